@@ -1,0 +1,29 @@
+# The two commands: `make up` runs the stack, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: up test bench clean
+
+$(BIN)/python:
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "==> installing twotier into $(VENV)"
+	$(BIN)/pip install --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@echo "==> installing twotier with the dev extra into $(VENV)"
+	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+up: $(VENV)/.installed
+	$(BIN)/python -m appserver.stack
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,123 @@
+"""The access log: one line per request, nginx's combined format plus timings, or JSON.
+
+Lines written in one turn of the event loop are joined and written together
+(``call_soon``), so a busy proxy makes one write per loop iteration rather
+than one per request, and a test reading the log sees each line at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import IO
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """What happened to one request: the values both formats are made from."""
+
+    remote_addr: str
+    time: float  # when the request head was complete, seconds since the epoch
+    request: str  # the request line
+    status: int
+    body_bytes_sent: int
+    referer: str
+    user_agent: str
+    request_time: float  # seconds in the proxy
+    request_id: str
+    route: str  # the prefix of the matched route, "" when none
+    handler: str  # "static", "proxy", or "proxy" itself for its own answers ("local")
+    upstream_addr: str  # every server tried, ", "-separated as nginx does; "" when none
+    upstream_status: str
+    upstream_connect_time: float | None
+    upstream_header_time: float | None
+    upstream_response_time: float | None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"') if value else "-"
+
+
+class _LocalTime:
+    """nginx's $time_local, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, when: float) -> str:
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+        return self._text
+
+
+_local_time = _LocalTime()
+
+
+def format_combined(record: AccessRecord) -> str:
+    return (
+        f'{record.remote_addr} - - [{_local_time(record.time)}] "{_quote(record.request)}" '
+        f'{record.status} {record.body_bytes_sent} "{_quote(record.referer)}" "{_quote(record.user_agent)}" '
+        f"rt={record.request_time:.3f} uaddr={record.upstream_addr or '-'} "
+        f"us={record.upstream_status or '-'} ut={_seconds(record.upstream_response_time)} "
+        f"rid={record.request_id}"
+    )
+
+
+def format_json(record: AccessRecord) -> str:
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+FORMATS = {"combined": format_combined, "json": format_json}
+
+
+class AccessLog:
+    def __init__(self, target: str, fmt: str) -> None:
+        self._format = FORMATS[fmt]
+        self._pending: list[str] = []
+        self._stream: IO[str] | None
+        if target == "off":
+            self._stream = None
+        elif target == "-":
+            self._stream = sys.stdout
+        else:
+            self._stream = open(target, "a", encoding="utf-8", errors="backslashreplace")
+
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
+
+    def write(self, record: AccessRecord) -> None:
+        if self._stream is None:
+            return
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self._pending.append(self._format(record))
+                self.flush()
+                return
+        self._pending.append(self._format(record))
+
+    def flush(self) -> None:
+        if self._pending and self._stream is not None:
+            lines, self._pending = self._pending, []
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed stdout must not take the proxy down
+
+    def close(self) -> None:
+        self.flush()
+        if self._stream not in (None, sys.stdout):
+            self._stream.close()

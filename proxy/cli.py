@@ -1,0 +1,96 @@
+"""The ``proxy`` command: run, check a configuration, or explain a request."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__, config as config_module
+from .errors import ConfigError
+
+log = logging.getLogger("proxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxy",
+        description="twotier's web-server tier: serves static files and forwards the rest to app servers.")
+    parser.add_argument("--config", "-c", default="proxy.toml", help="proxy.toml to use (default: %(default)s)")
+    parser.add_argument("--check-config", "-t", action="store_true",
+                        help="validate the configuration, print a summary, and exit (like nginx -t)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def setup_logging(target: str) -> None:
+    handler: logging.Handler
+    handler = logging.StreamHandler(sys.stderr) if target == "-" else logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y/%m/%d %H:%M:%S"))
+    root = logging.getLogger("proxy")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def summary(cfg: config_module.Config) -> str:
+    lines = [f"configuration ok: {cfg.path}", "listen: " + ", ".join(str(a) for a in cfg.server.listen), "routes:"]
+    for route in sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True):
+        action = []
+        if route.static is not None:
+            action.append(f"static {route.static}")
+        if route.upstream:
+            action.append(f"upstream {route.upstream}")
+        lines.append(f"  {route.prefix:<16} -> " + (", else ".join(action)))
+    lines.append("upstreams:")
+    for name, upstream in cfg.upstreams.items():
+        servers = ", ".join(str(s) for s in upstream.servers)
+        lines.append(f"  {name}: {servers} (keepalive {upstream.keepalive}, read_timeout {upstream.read_timeout:g}s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_module.load(args.config)
+    except ConfigError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        print(summary(cfg))
+        return 0
+    try:
+        setup_logging(cfg.log.error)
+    except OSError as exc:
+        print(f"proxy: {cfg.path}: log.error: cannot open {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return run(cfg)
+
+
+def run(cfg: config_module.Config) -> int:
+    from .server.listener import ListenError, serve
+
+    async def _main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+
+        def _stop(signame: str) -> None:
+            if not stop.done():
+                log.info("received %s", signame)
+                stop.set_result(signame)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stop, sig.name)
+        await serve(cfg, shutdown=stop)
+
+    try:
+        asyncio.run(_main())
+    except ListenError as exc:
+        print(f"proxy: {exc.strerror}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"proxy: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,405 @@
+"""proxy.toml -> frozen dataclasses.
+
+Every setting is declared once, below, with its default, the kind of value it
+takes and what it does (gunicorn's ``Setting`` classes are the model). The
+loader, the error messages and docs/configuration.md are all derived from
+those declarations, so they cannot drift apart.
+
+Strategy: ``load(path)`` reads TOML with tomllib, then ``_build`` walks each
+section's dataclass fields: unknown keys are errors, every value goes through
+its ``Kind``, and the first problem raises ``ConfigError`` with a one-line
+message naming the file, the key and what was expected. Cross-checks that need
+the whole file (routes naming upstreams, duplicate listeners) run last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+
+class Invalid(ValueError):
+    """Raised by a converter; the loader adds the file and the key."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of value: what a user is told to write, and how it is converted."""
+
+    expected: str
+    convert: Callable[[Any, Path], Any]
+
+
+def setting(default: Any, kind: Kind, doc: str, *, shown: str | None = None) -> Any:
+    """Declare one key: default (already converted), kind, and one line of docs."""
+    return field(default=default, metadata={"kind": kind, "doc": doc, "shown": shown})
+
+
+# --- kinds ------------------------------------------------------------------
+
+def _convert_bool(value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid
+    return value
+
+
+def _convert_str(value: Any, base: Path) -> str:
+    if not isinstance(value, str):
+        raise Invalid
+    return value
+
+
+def _convert_count(value: Any, base: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Invalid
+    return value
+
+
+def _convert_seconds(value: Any, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise Invalid
+    return float(value)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """``16384``, ``"16k"``, ``"1m"``, ``"2g"`` -> bytes (binary units, like nginx)."""
+    if isinstance(value, bool):
+        raise Invalid
+    if isinstance(value, int):
+        if value < 0:
+            raise Invalid
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(match[1]) * _SIZE_UNITS[match[2].lower()]
+    raise Invalid
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    """A TCP address: a host name or IP literal, and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_ADDRESS_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
+
+
+def parse_address(value: Any) -> Address:
+    """``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"app:8000"`` -> Address."""
+    if not isinstance(value, str):
+        raise Invalid
+    match = _ADDRESS_RE.match(value.strip())
+    if not match:
+        raise Invalid
+    port = int(match["port"])
+    if port > 65535:
+        raise Invalid
+    if match["v6"]:
+        try:
+            host = str(ipaddress.IPv6Address(match["v6"]))
+        except ValueError:
+            raise Invalid from None
+    else:
+        host = match["host"]
+    return Address(host, port)
+
+
+def _list_of(kind: Kind, *, non_empty: bool = True) -> Kind:
+    def convert(value: Any, base: Path) -> tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or (non_empty and not value):
+            raise Invalid
+        return tuple(kind.convert(item, base) for item in value)
+
+    return Kind(f"a list of {kind.expected}" + (" (at least one)" if non_empty else ""), convert)
+
+
+def _choice(*names: str) -> Kind:
+    def convert(value: Any, base: Path) -> str:
+        if value not in names:
+            raise Invalid
+        return value
+
+    return Kind("one of " + ", ".join(f'"{n}"' for n in names), convert)
+
+
+def _convert_folder(value: Any, base: Path) -> Path | None:
+    if not isinstance(value, str):
+        raise Invalid
+    if value == "":
+        return None
+    folder = (base / value).resolve()
+    if not folder.is_dir():
+        raise Invalid(f"folder {folder} does not exist")
+    return folder
+
+
+def _convert_prefix(value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid
+    return value
+
+
+BOOL = Kind("true or false", _convert_bool)
+STRING = Kind("a string", _convert_str)
+COUNT = Kind("a whole number >= 0", _convert_count)
+SECONDS = Kind("a number of seconds > 0", _convert_seconds)
+SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, b: parse_size(v))
+ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, b: parse_address(v))
+FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
+PREFIX = Kind('a URL path prefix starting with "/"', _convert_prefix)
+
+
+# --- sections ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: tuple[Address, ...] = setting(
+        (Address("127.0.0.1", 8080),), _list_of(ADDRESS),
+        "Addresses to accept connections on; several allowed. Port 0 picks a free port.",
+        shown='["127.0.0.1:8080"]')
+    name: str = setting("twotier", STRING, "Product name sent in the Server and Via headers.")
+    sendfile: bool = setting(
+        False, BOOL,
+        "Send static file bodies with sendfile(2) instead of read/write in chunks. "
+        "Off by default: see docs/configuration.md for the measurement behind it.")
+    grace_period: float = setting(
+        30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
+    temp_dir: str = setting(
+        "", STRING, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = setting(
+        32768, SIZE, "Largest request head (request line and headers) -> 431.")
+    max_request_line: int = setting(8192, SIZE, "Longest request line -> 414.")
+    max_headers: int = setting(100, COUNT, "Most header fields in one request -> 431.")
+    max_body_bytes: int = setting(
+        1024**2, SIZE, "Largest request body, declared or streamed -> 413 (nginx client_max_body_size).",
+        shown='"1m"')
+    body_buffer_bytes: int = setting(
+        64 * 1024, SIZE,
+        "Request body kept in memory up to this size; larger bodies are spilled to a temporary file.",
+        shown='"64k"')
+    header_timeout: float = setting(10.0, SECONDS, "Seconds to receive a complete request head -> 408 and close.")
+    body_timeout: float = setting(30.0, SECONDS, "Seconds allowed between two reads of a request body -> 408 and close.")
+    send_timeout: float = setting(
+        60.0, SECONDS, "Seconds a client may go without accepting any response bytes before it is closed.")
+    keepalive_timeout: float = setting(5.0, SECONDS, "An idle client connection is closed after this many seconds.")
+    keepalive_requests: int = setting(
+        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close.")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    access: str = setting("-", STRING, 'Access log: a file path, "-" for standard output, or "off".')
+    format: str = setting("combined", _choice("combined", "json"),
+                          'Access log format: nginx "combined" plus timings, or one JSON object per line.')
+    error: str = setting("-", STRING, 'Error and state-change log: a file path, or "-" for standard error.')
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str = field(metadata={"internal": True})
+    servers: tuple[Address, ...] = setting(
+        (), _list_of(ADDRESS), "The app servers of this group, as host:port.", shown="(required)")
+    keepalive: int = setting(
+        32, COUNT, "Idle connections kept open per server for reuse; 0 = a new connection per request.")
+    idle_timeout: float = setting(
+        60.0, SECONDS,
+        "How long an idle pooled connection is kept. Keep it below the app server's own keep-alive "
+        "(appserver sets Gunicorn's to 75 s) so the server never closes a connection the proxy is about to reuse.")
+    connect_timeout: float = setting(3.0, SECONDS, "Connecting to a server: refused -> 502, timed out -> 504.")
+    read_timeout: float = setting(60.0, SECONDS, "Seconds between two reads of the upstream's response -> 504.")
+    send_timeout: float = setting(60.0, SECONDS, "Seconds allowed for writing the request to the upstream -> 504.")
+    buffer_bytes: int = setting(
+        64 * 1024, SIZE,
+        "Response bytes held in memory per request while the client reads slower than the upstream sends.",
+        shown='"64k"')
+    max_temp_file_bytes: int = setting(
+        1024**3, SIZE,
+        "Beyond buffer_bytes, up to this much of a response is spilled to a temporary file so the app server "
+        "is released early; 0 = never spill (the upstream is then read at the client's pace).",
+        shown='"1g"')
+
+
+@dataclass(frozen=True)
+class Route:
+    position: int = field(default=0, metadata={"internal": True})
+    prefix: str = setting("", PREFIX, "Requests whose path starts with this are handled here; longest prefix wins.",
+                          shown="(required)")
+    static: Path | None = setting(
+        None, FOLDER,
+        "Serve files from this folder: the path after the prefix is looked up in it. "
+        "With upstream set too, a file is served when one exists and the rest is forwarded (nginx try_files).",
+        shown='""')
+    upstream: str = setting("", STRING, "Name of an [upstreams.NAME] group to forward to.")
+    cache_control: str = setting("", STRING, "Cache-Control header for static files served by this route.")
+    index: str = setting("index.html", STRING, "File served for a folder; \"\" for none.")
+    autoindex: bool = setting(False, BOOL, "List a folder's files when it has no index file.")
+    dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")
+    precompressed: bool = setting(
+        True, BOOL, "Serve a .br or .gz sibling of a file when the client accepts that encoding.")
+
+    @property
+    def where(self) -> str:
+        return f"routes[{self.position}]"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file, validated. ``path`` is where it was read from (for reloads and messages)."""
+
+    path: Path
+    server: ServerSettings
+    limits: Limits
+    log: LogSettings
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+
+
+# The sections a file may hold, and the dataclass each is built into.
+SECTIONS: dict[str, type] = {"server": ServerSettings, "limits": Limits, "log": LogSettings}
+
+
+# --- loading ----------------------------------------------------------------
+
+def _build(cls: type, table: Any, where: str, source: Path, internal: dict[str, Any] | None = None) -> Any:
+    """Build one section dataclass from a TOML table; ``where`` names it in messages."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {where}: expected a table")
+    declared = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in table:
+        if key not in declared:
+            known = ", ".join(declared)
+            raise ConfigError(f"{source}: {where}.{key}: unknown key (expected one of: {known})")
+    values = dict(internal or {})
+    for name, f in declared.items():
+        if name not in table:
+            if f.metadata.get("shown") == "(required)":
+                raise ConfigError(f"{source}: {where}.{name}: missing (expected {f.metadata['kind'].expected})")
+            continue
+        kind: Kind = f.metadata["kind"]
+        try:
+            values[name] = kind.convert(table[name], source.parent)
+        except Invalid as exc:
+            detail = str(exc) or f"expected {kind.expected}, got {table[name]!r}"
+            raise ConfigError(f"{source}: {where}.{name}: {detail}") from None
+    return cls(**values)
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a proxy.toml; raise ConfigError with a one-line message."""
+    source = Path(path)
+    try:
+        with open(source, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_dict(data, source.resolve())
+
+
+def from_dict(data: dict[str, Any], source: Path) -> Config:
+    """Validate an already-parsed TOML document (tests use this directly)."""
+    known = [*SECTIONS, "upstreams", "routes"]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
+    sections = {name: _build(cls, data.get(name, {}), name, source) for name, cls in SECTIONS.items()}
+
+    raw_upstreams = data.get("upstreams", {})
+    if not isinstance(raw_upstreams, dict):
+        raise ConfigError(f"{source}: upstreams: expected tables like [upstreams.app]")
+    upstreams = {
+        name: _build(Upstream, table, f"upstreams.{name}", source, {"name": name})
+        for name, table in raw_upstreams.items()
+    }
+
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise ConfigError(f"{source}: routes: expected [[routes]] tables")
+    routes = tuple(
+        _build(Route, table, f"routes[{i}]", source, {"position": i}) for i, table in enumerate(raw_routes)
+    )
+
+    config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, **sections)
+    _cross_check(config)
+    return config
+
+
+def _cross_check(config: Config) -> None:
+    source = config.path
+    seen: set[Address] = set()
+    for address in config.server.listen:
+        if address in seen and address.port != 0:
+            raise ConfigError(f"{source}: server.listen: {address} is listed twice")
+        seen.add(address)
+    prefixes: set[str] = set()
+    for route in config.routes:
+        if route.prefix in prefixes:
+            raise ConfigError(f"{source}: {route.where}.prefix: {route.prefix!r} is used by an earlier route")
+        prefixes.add(route.prefix)
+        if route.static is None and not route.upstream:
+            raise ConfigError(f"{source}: {route.where}: expected static, upstream, or both")
+        if route.upstream and route.upstream not in config.upstreams:
+            defined = ", ".join(config.upstreams) or "none"
+            raise ConfigError(
+                f"{source}: {route.where}.upstream: unknown upstream {route.upstream!r} (defined: {defined})")
+
+
+# --- reference documentation ------------------------------------------------
+
+def _shown(f: dataclasses.Field) -> str:
+    if f.metadata.get("shown"):
+        return f.metadata["shown"]
+    default = f.default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, str):
+        return f'"{default}"'
+    return str(default)
+
+
+def reference() -> str:
+    """The configuration reference as Markdown, generated from the declarations above."""
+    tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
+              ("[upstreams.NAME]", Upstream), ("[[routes]]", Route)]
+    out: list[str] = []
+    for title, cls in tables:
+        out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            doc = f.metadata["doc"] + f" ({f.metadata['kind'].expected}.)"
+            out.append(f"| `{f.name}` | `{_shown(f)}` | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(reference())

@@ -1,0 +1,60 @@
+"""One error hierarchy that carries the HTTP status; converted to a response once, at the edge.
+
+Modelled on h11's ``ProtocolError(msg, error_status_hint=400)``: code deep in the
+sans-IO layer raises with the status it would like the client to see, and
+``server/client.py`` is the only place that turns an exception into bytes.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base class. ``status`` is the response the client gets for it."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class ClientError(ProxyError):
+    """The client sent something we will not accept (4xx). The connection is closed
+    afterwards unless ``keep_alive`` says the framing is still intact."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None, *, keep_alive: bool = False) -> None:
+        super().__init__(message, status)
+        self.keep_alive = keep_alive
+
+
+class ClientTimeout(ClientError):
+    """The client was too slow sending a head or a body (408)."""
+
+    status = 408
+
+
+class UpstreamError(ProxyError):
+    """The upstream refused, broke the protocol, or closed early (502)."""
+
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connect or read timed out (504)."""
+
+    status = 504
+
+
+class NoUpstreamAvailable(ProxyError):
+    """Every server of the group is down or busy (503)."""
+
+    status = 503
+
+
+class ConfigError(ProxyError):
+    """A problem in proxy.toml. The message names the file, the key and what was expected."""
+
+    status = 500

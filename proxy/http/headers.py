@@ -1,0 +1,132 @@
+"""Header rewriting in both directions, as plain functions over (name, value) pairs.
+
+Names are lower-case bytes, as h11 hands them over. Nothing here awaits.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the
+message: Connection, every header Connection names, and the fixed list below
+are never forwarded, in either direction. Proxy-Connection is not in the RFC
+but old clients send it and nginx strips it too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te",
+    b"transfer-encoding", b"upgrade", b"trailer",
+})
+
+# Headers that describe how the client reached us. A client can write anything
+# in them, so they are replaced, never extended (the app tier trusts exactly
+# one hop: ours).
+CLIENT_SUPPLIED_FORWARDING = frozenset({
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+    b"x-forwarded-prefix", b"x-real-ip", b"forwarded",
+})
+
+# Set by us on the upstream request: the body is buffered and re-framed with
+# Content-Length, so the client's framing and Expect never go upstream.
+_REQUEST_REPLACED = HOP_BY_HOP | CLIENT_SUPPLIED_FORWARDING | {
+    b"host", b"content-length", b"expect", b"x-request-id", b"via",
+}
+
+# Headers of the upstream's response that we set ourselves instead.
+_RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length", b"server", b"date", b"x-request-id"}
+
+# Framing headers a Connection header must never name (an old smuggling trick:
+# a proxy that strips what Connection names would strip the framing).
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._~:+/=-]{1,128}$")
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lower-cased tokens of every Connection header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens.discard(b"")
+    return tokens
+
+
+def request_id(client_value: bytes | None) -> bytes:
+    """The client's X-Request-ID when well formed, else a new random one."""
+    if client_value is not None and _REQUEST_ID_RE.match(client_value):
+        return client_value
+    return os.urandom(16).hex().encode()
+
+
+def forwarded_for(ip: str) -> bytes:
+    """RFC 7239 node: IPv6 addresses are quoted and bracketed."""
+    return f'"[{ip}]"'.encode() if ":" in ip else ip.encode()
+
+
+def upstream_request_headers(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    host: bytes,
+    client_ip: str,
+    scheme: bytes,
+    request_id: bytes,
+    via: bytes,
+    body_length: int | None,
+) -> list[tuple[bytes, bytes]]:
+    """The header list the upstream receives.
+
+    ``headers`` are the client's (already checked); ``body_length`` is None
+    when the request had no body framing at all, else the buffered length.
+    """
+    named = connection_tokens(headers)
+    out: list[tuple[bytes, bytes]] = [(b"host", host)] if host else []
+    client_via = None
+    for name, value in headers:
+        if name in _REQUEST_REPLACED or name in named or b"_" in name:
+            if name == b"via":
+                client_via = value
+            continue
+        out.append((name, value))
+    ip = client_ip.encode()
+    out += [
+        (b"x-forwarded-for", ip),
+        (b"x-forwarded-proto", scheme),
+        (b"x-real-ip", ip),
+        (b"forwarded", b"for=" + forwarded_for(client_ip) + b";proto=" + scheme
+         + (b";host=" + _quoted(host) if host else b"")),
+        (b"via", client_via + b", " + via if client_via else via),
+        (b"x-request-id", request_id),
+    ]
+    if host:
+        out.append((b"x-forwarded-host", host))
+    if body_length is not None:
+        out.append((b"content-length", str(body_length).encode()))
+    return out
+
+
+def _quoted(value: bytes) -> bytes:
+    # RFC 7239 section 4: a host with ":" (a port, an IPv6 literal) must be a quoted-string.
+    return b'"' + value + b'"' if b":" in value or b"[" in value else value
+
+
+def client_response_headers(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    via: bytes,
+    extra: list[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as the client receives them.
+
+    Content-Length is kept only when the caller passes it in ``extra``: h11
+    then frames the body with it, or chooses chunked/close-delimited itself.
+    """
+    named = connection_tokens(headers)
+    out = [(n, v) for n, v in headers if n not in _RESPONSE_REPLACED and n not in named]
+    upstream_via = next((v for n, v in headers if n == b"via"), None)
+    if upstream_via is not None:
+        out = [(n, v) for n, v in out if n != b"via"]
+        via = upstream_via + b", " + via
+    out.append((b"via", via))
+    out += extra
+    return out

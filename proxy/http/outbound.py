@@ -1,0 +1,70 @@
+"""The upstream side of a connection, sans-IO: requests to bytes, bytes to checked responses.
+
+An upstream is trusted to be an HTTP server, not to be correct: a response
+that a second parser could read differently (Content-Length together with
+Transfer-Encoding, two different lengths, CR or LF inside a value, a bad
+status line) is a 502 and the connection is discarded, as nginx does. h11
+already rejects most of these; the CL+TE pair it accepts (TE wins), so that
+one is checked here.
+"""
+
+from __future__ import annotations
+
+import h11
+
+from ..errors import UpstreamError
+
+
+class UpstreamProtocol:
+    """Wraps ``h11.Connection(h11.CLIENT)`` for one upstream connection, across requests."""
+
+    __slots__ = ("h11", "requests")
+
+    def __init__(self) -> None:
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamProtocol {self.h11.our_state}/{self.h11.their_state} requests={self.requests}>"
+
+    def request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        self.requests += 1
+        return self.h11.send(h11.Request(method=method, target=target, headers=headers))
+
+    def data(self, payload: bytes) -> bytes:
+        return self.h11.send(h11.Data(data=payload))
+
+    def end(self) -> bytes:
+        return self.h11.send(h11.EndOfMessage())
+
+    def receive_data(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+
+    def next_event(self):
+        """h11.Response, h11.InformationalResponse, h11.Data, h11.EndOfMessage or h11.NEED_DATA.
+
+        An upstream that closes before the response ends raises UpstreamError.
+        """
+        try:
+            event = self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"invalid response: {exc}") from None
+        kind = type(event)
+        if kind is h11.Response:
+            framing = 0
+            for name, _ in event.headers:
+                if name == b"content-length" or name == b"transfer-encoding":
+                    framing += 1
+            if framing > 1:
+                raise UpstreamError("invalid response: both Content-Length and Transfer-Encoding")
+        elif kind is h11.ConnectionClosed:
+            raise UpstreamError("upstream closed the connection before the response ended")
+        return event
+
+    @property
+    def reusable(self) -> bool:
+        """Both sides finished cleanly and neither asked to close."""
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        self.h11.start_next_cycle()

@@ -1,0 +1,383 @@
+"""One task per client connection: read a request, answer it, repeat while keep-alive holds.
+
+The decisions are made by the sans-IO modules (inbound, routing, static,
+headers); this module waits for bytes, applies the timeouts, and is the one
+place where a ProxyError becomes a response (the "edge" of STYLE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import h11
+
+from ..accesslog import AccessRecord
+from ..errors import ClientError, ClientTimeout, ProxyError
+from ..http import static
+from ..http.inbound import ClientConnection, RequestHead
+from ..http.responses import error_bytes, error_page, reason as reason_phrase
+from .buffers import RequestBody
+from .channel import Channel
+from .sendfile import send_file
+
+log = logging.getLogger("proxy")
+
+LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
+LINGER_BYTES = 1024 * 1024
+
+
+class Exchange:
+    """The mutable facts about one request while it is handled; frozen into an AccessRecord at the end."""
+
+    __slots__ = ("head", "started", "wall", "request_id", "status", "body_bytes", "route", "handler",
+                 "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time", "reused")
+
+    def __init__(self, head: RequestHead | None, started: float, request_id: bytes) -> None:
+        self.head = head
+        self.started = started
+        self.wall = time.time()
+        self.request_id = request_id
+        self.status = 0
+        self.body_bytes = 0
+        self.route = ""
+        self.handler = "local"
+        self.upstream_addr: list[str] = []
+        self.upstream_status: list[str] = []
+        self.connect_time: float | None = None
+        self.header_time: float | None = None
+        self.response_time: float | None = None
+        self.reused: bool | None = None
+
+    def record(self, remote_addr: str, now: float) -> AccessRecord:
+        head = self.head
+        return AccessRecord(
+            remote_addr=remote_addr,
+            time=self.wall,
+            request=head.request_line if head else "-",
+            status=self.status,
+            body_bytes_sent=self.body_bytes,
+            referer=_text(head.get(b"referer")) if head else "",
+            user_agent=_text(head.get(b"user-agent")) if head else "",
+            request_time=now - self.started,
+            request_id=self.request_id.decode(),
+            route=self.route,
+            handler=self.handler,
+            upstream_addr=", ".join(self.upstream_addr),
+            upstream_status=", ".join(self.upstream_status),
+            upstream_connect_time=self.connect_time,
+            upstream_header_time=self.header_time,
+            upstream_response_time=self.response_time,
+        )
+
+    def server_timing(self, now: float) -> bytes:
+        """Server-Timing entries for the proxy's part (RFC-less but W3C-specified header)."""
+        parts = [b'proxy;dur=%.3f;desc="%s %s"' % ((now - self.started) * 1000, self.handler.encode(),
+                                                    self.route.encode())]
+        if self.connect_time is not None:
+            parts.append(b'upstream-connect;dur=%.3f;desc="%s"' % (
+                self.connect_time * 1000, b"reused" if self.reused else b"new"))
+        if self.header_time is not None:
+            parts.append(b"upstream-ttfb;dur=%.3f" % (self.header_time * 1000))
+        return b", ".join(parts)
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("latin-1") if value else ""
+
+
+class ClientHandler:
+    """Serves one client connection. ``busy`` is true while a request is in progress."""
+
+    def __init__(self, runtime, channel: Channel, scheme: bytes = b"http") -> None:
+        self.runtime = runtime
+        self.channel = channel
+        self.scheme = scheme
+        self.conn = ClientConnection(runtime.config.limits)
+        self.client_ip = channel.peer[0] if channel.peer else ""
+        self.busy = False
+        self.task: asyncio.Task | None = None
+        self.client_gone = False
+        self.forwarding = False
+        channel.on_lost = self._lost
+
+    def __repr__(self) -> str:
+        return f"<ClientHandler {self.client_ip} busy={self.busy} {self.conn!r}>"
+
+    def _lost(self) -> None:
+        # The client hung up. While we wait on an upstream nothing else would notice,
+        # so stop the exchange (nginx logs these as 499).
+        self.client_gone = True
+        if self.forwarding and self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or stopped reading: nothing left to tell it
+        except asyncio.CancelledError:
+            if not self.client_gone:
+                raise
+        except Exception:
+            log.exception("internal error while serving %s", self.client_ip)
+            self.channel.abort()
+        finally:
+            self.channel.close()
+
+    async def _serve(self) -> None:
+        runtime = self.runtime
+        limits = runtime.config.limits
+        loop = runtime.loop
+        deadline = loop.time() + limits.header_timeout
+        while True:
+            self.busy = False
+            try:
+                head = await self._read_head(deadline)
+            except ClientError as exc:
+                self._answer_error(exc, Exchange(None, loop.time(), runtime.new_request_id(None)))
+                await self._linger()
+                return
+            if head is None:
+                return
+            self.busy = True
+            exchange = Exchange(head, loop.time(), runtime.new_request_id(head.get(b"x-request-id")))
+            try:
+                await self._handle(head, exchange)
+            except ProxyError as exc:
+                if exchange.status:  # the answer had started: all we can do is cut it short
+                    self._log(exchange)
+                    self.channel.abort()
+                    return
+                if not self._answer_error(exc, exchange):
+                    await self._linger()
+                    return
+            except asyncio.CancelledError:
+                if self.client_gone:
+                    exchange.status = exchange.status or 499
+                    self._log(exchange)
+                raise
+            except (ConnectionError, TimeoutError):
+                exchange.status = exchange.status or 499
+                self._log(exchange)
+                raise
+            else:
+                self._log(exchange)
+            if not self.conn.can_keep_alive or runtime.closing:
+                self.channel.write_eof()
+                return
+            self.conn.start_next_cycle()
+            deadline = loop.time() + limits.keepalive_timeout
+
+    def _log(self, exchange: Exchange) -> None:
+        self.runtime.log_access(exchange.record(self.client_ip, self.runtime.loop.time()))
+
+    # --- reading ---
+
+    async def _read_head(self, deadline: float) -> RequestHead | None:
+        """The next request head, or None when the client closed or stayed idle too long."""
+        conn = self.conn
+        loop = self.runtime.loop
+        waiting_idle = conn.requests > 0 and not conn.head_started
+        while True:
+            event = conn.next_event()
+            if type(event) is RequestHead:
+                return event
+            if event is h11.NEED_DATA:
+                remaining = deadline - loop.time()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    data = await self.channel.recv(remaining)
+                except TimeoutError:
+                    if conn.head_started:
+                        raise ClientTimeout("request head not received in time") from None
+                    return None
+                if self.runtime.closing and not conn.head_started and not data:
+                    return None
+                conn.receive_data(data)
+                if waiting_idle and conn.head_started:
+                    waiting_idle = False
+                    deadline = loop.time() + self.runtime.config.limits.header_timeout
+                continue
+            return None  # ConnectionClosed
+
+    async def _read_body(self, head: RequestHead) -> RequestBody | None:
+        """The whole request body, buffered (memory, then a temp file), or None when there is none."""
+        conn = self.conn
+        limits = self.runtime.config.limits
+        if not head.has_body:
+            event = conn.next_event()
+            assert type(event) is h11.EndOfMessage, event
+            return None
+        if conn.h11.they_are_waiting_for_100_continue:
+            self.channel.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = RequestBody(limits.body_buffer_bytes, self.runtime.config.server.temp_dir)
+        try:
+            while True:
+                event = conn.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    body.append(event.data)
+                elif kind is h11.EndOfMessage:
+                    return body
+                elif event is h11.NEED_DATA:
+                    try:
+                        conn.receive_data(await self.channel.recv(limits.body_timeout))
+                    except TimeoutError:
+                        raise ClientTimeout("request body not received in time") from None
+                else:
+                    raise ClientError("unexpected event while reading the body")
+        except BaseException:
+            body.close()
+            raise
+
+    # --- dispatch ---
+
+    async def _handle(self, head: RequestHead, exchange: Exchange) -> None:
+        runtime = self.runtime
+        body = await self._read_body(head)
+        try:
+            if head.path == "*":  # OPTIONS * asks about the server itself (RFC 9110 9.3.7)
+                self.respond(exchange, 200, b"", [(b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+                return
+            route = runtime.router.match(head.path)
+            if route is None:
+                raise ClientError("no route", 404, keep_alive=True)
+            exchange.route = route.prefix
+            if route.static is not None:
+                if head.method in (b"GET", b"HEAD"):
+                    try:
+                        await self._serve_static(route, head, exchange)
+                        return
+                    except ClientError as exc:
+                        if exc.status != 404 or not route.upstream:
+                            raise
+                elif not route.upstream:
+                    raise ClientError("method not allowed", 405, keep_alive=True)
+            from .forward import forward  # forward imports this module for Exchange
+
+            self.forwarding = True
+            try:
+                await forward(self, head, body, runtime.groups[route.upstream], exchange)
+            finally:
+                self.forwarding = False
+        finally:
+            if body is not None:
+                body.close()
+
+    async def _serve_static(self, route, head: RequestHead, exchange: Exchange) -> None:
+        exchange.handler = "static"
+        found = static.locate(route, head.path, head.get(b"accept-encoding"), head.query)
+        if type(found) is static.Redirect:
+            self.respond(exchange, 301, error_page(301, self.runtime.server_name),
+                         [(b"location", found.location), (b"content-type", b"text/html; charset=utf-8")])
+            return
+        if type(found) is static.Listing:
+            page = static.listing_page(found.folder, found.url_path, route.dotfiles)
+            self.respond(exchange, 200, page, [(b"content-type", b"text/html; charset=utf-8")])
+            return
+        try:
+            fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise ClientError("cannot open file", 403, keep_alive=True) from None
+        try:
+            info = os.fstat(fd)
+            plan = static.plan(info, found, head.method, head.headers, route.cache_control)
+            if plan.status == 412:
+                raise ClientError("precondition failed", 412, keep_alive=True)
+            if plan.status == 416:
+                self.respond(exchange, 416, error_page(416, self.runtime.server_name),
+                             [(b"content-type", b"text/html; charset=utf-8"), *plan.headers])
+                return
+            self.start_response(exchange, plan.status, plan.headers)
+            if head.method == b"HEAD" or plan.status == 304:
+                self.channel.write(self.conn.send(h11.EndOfMessage()))
+                return
+            await send_file(self, fd, plan.parts, exchange)
+        finally:
+            os.close(fd)
+
+    # --- writing ---
+
+    def _base_headers(self, exchange: Exchange) -> list[tuple[bytes, bytes]]:
+        runtime = self.runtime
+        headers = [(b"server", runtime.server_name), (b"date", runtime.clock.date()),
+                   (b"x-request-id", exchange.request_id)]
+        conn = self.conn
+        head = exchange.head
+        if (runtime.closing or conn.requests >= runtime.config.limits.keepalive_requests
+                or (head is not None and not head.keep_alive)):
+            headers.append((b"connection", b"close"))
+        return headers
+
+    def start_response(self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]],
+                       reason: bytes = b"") -> None:
+        now = self.runtime.loop.time()
+        exchange.status = status
+        all_headers = self._base_headers(exchange) + headers
+        all_headers.append((b"server-timing", exchange.server_timing(now)))
+        self.channel.write(self.conn.send(
+            h11.Response(status_code=status, headers=all_headers, reason=reason or reason_phrase(status))))
+
+    def respond(self, exchange: Exchange, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A complete response the proxy makes itself."""
+        if not any(name == b"content-length" for name, _ in headers):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        self.start_response(exchange, status, headers)
+        conn = self.conn
+        if body and exchange.head is not None and exchange.head.method != b"HEAD" and status not in (204, 304):
+            self.channel.write(conn.send(h11.Data(data=body)))
+            exchange.body_bytes += len(body)
+        self.channel.write(conn.send(h11.EndOfMessage()))
+
+    def _answer_error(self, exc: ProxyError, exchange: Exchange) -> bool:
+        """Answer an error; True when the connection stays open for the next request.
+
+        It stays open only when the request was read completely and the error
+        does not doubt the framing (404, 405, 412...); otherwise the answer
+        carries Connection: close and the caller drains what is left.
+        """
+        runtime = self.runtime
+        status = exc.status
+        if status >= 500:
+            log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
+        extra = [(b"allow", b"GET, HEAD")] if status == 405 else []
+        if status == 503:
+            extra.append((b"retry-after", b"1"))
+        h11_conn = self.conn.h11
+        if (not isinstance(exc, ClientError) or exc.keep_alive) and h11_conn.their_state is h11.DONE \
+                and h11_conn.our_state is h11.SEND_RESPONSE:
+            self.respond(exchange, status, error_page(status, runtime.server_name),
+                         [(b"content-type", b"text/html; charset=utf-8"), *extra])
+            self._log(exchange)
+            return self.conn.can_keep_alive
+        exchange.status = status
+        head_only = exchange.head is not None and exchange.head.method == b"HEAD"
+        extra.append((b"x-request-id", exchange.request_id))
+        self.channel.write(error_bytes(status, runtime.server_name, runtime.clock.date(),
+                                       head_only=head_only, extra=extra))
+        exchange.body_bytes = 0 if head_only else len(error_page(status, runtime.server_name))
+        self._log(exchange)
+        return False
+
+    async def _linger(self) -> None:
+        """Half-close, then read and drop what the client still sends (nginx's lingering close)."""
+        self.channel.write_eof()
+        loop = self.runtime.loop
+        deadline = loop.time() + LINGER_SECONDS
+        dropped = 0
+        while dropped < LINGER_BYTES:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                data = await self.channel.recv(remaining)
+            except TimeoutError:
+                return
+            if not data:
+                return
+            dropped += len(data)
+

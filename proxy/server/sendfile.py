@@ -1,0 +1,77 @@
+"""File bodies to a client: ``loop.sendfile`` or chunked reads, never the whole file in memory.
+
+``[server] sendfile`` picks the method (see docs/configuration.md for the
+measurement). Either way each step waits at most ``send_timeout`` for the
+client to take bytes, so a reader that stops costs one idle connection and is
+then closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import h11
+
+CHUNK = 256 * 1024
+SENDFILE_STEP = 4 * 1024 * 1024
+
+
+class Region:
+    """Stands in for ``length`` bytes of the file in an h11 Data event.
+
+    h11 only needs len() to keep Content-Length framing honest; with
+    ``send_with_data_passthrough`` the bytes themselves never pass through it.
+    """
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+async def send_file(handler, fd: int, parts: tuple, exchange) -> None:
+    channel = handler.channel
+    conn = handler.conn
+    runtime = handler.runtime
+    timeout = runtime.config.limits.send_timeout
+    use_sendfile = runtime.config.server.sendfile
+    for part in parts:
+        if type(part) is bytes:
+            channel.write(conn.send(h11.Data(data=part)))
+            exchange.body_bytes += len(part)
+            continue
+        offset, length = part
+        conn.send_passthrough(h11.Data(data=Region(length)))  # framing: Content-Length, adds no bytes
+        if use_sendfile:
+            await _sendfile(runtime.loop, channel, fd, offset, length, timeout)
+        else:
+            await _copy(channel, fd, offset, length, timeout)
+        exchange.body_bytes += length
+    channel.write(conn.send(h11.EndOfMessage()))
+
+
+async def _copy(channel, fd: int, offset: int, length: int, timeout: float) -> None:
+    end = offset + length
+    while offset < end:
+        data = os.pread(fd, min(CHUNK, end - offset), offset)
+        if not data:
+            raise ConnectionAbortedError("file shrank while it was being sent")
+        channel.write(data)
+        offset += len(data)
+        await channel.drain(timeout)
+
+
+async def _sendfile(loop, channel, fd: int, offset: int, length: int, timeout: float) -> None:
+    with open(fd, "rb", closefd=False) as file:
+        end = offset + length
+        while offset < end:
+            step = min(SENDFILE_STEP, end - offset)
+            async with asyncio.timeout(timeout):
+                sent = await loop.sendfile(channel.transport, file, offset, step)
+            if sent == 0:
+                raise ConnectionAbortedError("file shrank while it was being sent")
+            offset += sent

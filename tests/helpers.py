@@ -1,0 +1,239 @@
+"""Real processes and sockets for integration tests: the proxy, Gunicorn, a recording upstream.
+
+Everything listens on 127.0.0.1 with a port chosen at run time, readiness is
+polled (never a fixed sleep), and each helper stops only the process group it
+started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = READY_TIMEOUT, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def accepting(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A child process in its own group, with its output collected line by line."""
+
+    def __init__(self, argv: list[str], cwd: Path = ROOT, env: dict | None = None) -> None:
+        self.argv = argv
+        self.lines: list[str] = []
+        self.stdout: list[str] = []
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _pump(stream, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return "\n".join(self.lines + self.stdout)
+
+    def wait_for_line(self, pattern: str, timeout: float = READY_TIMEOUT, stream: str = "stderr"):
+        regex = re.compile(pattern)
+        sink = self.lines if stream == "stderr" else self.stdout
+
+        def found():
+            for line in list(sink):
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[:3]} exited with {self.proc.returncode}:\n{self.output()}")
+            return None
+
+        return wait_until(found, timeout, what=f"/{pattern}/ in output")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=2)
+        return self.proc.returncode
+
+
+class ProxyProcess(Process):
+    """``python -m proxy`` with a config written to ``folder``; ``port`` is the first listener's."""
+
+    def __init__(self, folder: Path, config: str, args: list[str] = ()) -> None:
+        self.config_path = Path(folder) / "proxy.toml"
+        self.config_path.write_text(textwrap.dedent(config))
+        super().__init__([sys.executable, "-m", "proxy", "--config", str(self.config_path), *args])
+        match = self.wait_for_line(r"listening on http://(\S+):(\d+)/")
+        self.host = match[1]
+        self.port = int(match[2])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def access_lines(self) -> list[str]:
+        return list(self.stdout)
+
+
+class GunicornProcess(Process):
+    """Gunicorn serving ``app`` (module:callable) on a free port of 127.0.0.1."""
+
+    def __init__(self, app: str, *args: str, workers: int = 1, worker_class: str = "sync",
+                 env: dict | None = None) -> None:
+        self.port = free_port()
+        super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                          "--workers", str(workers), "--worker-class", worker_class, *args, app], env=env)
+        wait_until(lambda: accepting(self.port) or self._died(), what="gunicorn to accept connections")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _died(self) -> bool:
+        return self.proc.poll() is not None
+
+
+class RecordingUpstream:
+    """A raw TCP upstream: records every byte it receives and answers with ``respond(request_bytes)``.
+
+    ``respond`` gets the bytes of one request head (and body, by Content-Length)
+    and returns the raw response bytes, or None to close without answering.
+    """
+
+    def __init__(self, respond=None, keep_alive: bool = True) -> None:
+        self.respond = respond or (lambda raw: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.keep_alive = keep_alive
+        self.received: list[bytes] = []  # one entry per request
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn:
+            conn.settimeout(30)
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                match = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+                if match:
+                    length = int(match[1])
+                while len(rest) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                raw = head + b"\r\n\r\n" + rest[:length]
+                buffer = rest[length:]
+                self.received.append(raw)
+                answer = self.respond(raw)
+                if answer is None:
+                    return
+                try:
+                    conn.sendall(answer)
+                except OSError:
+                    return
+                if not self.keep_alive:
+                    return
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send raw bytes, return everything the proxy answers until it closes (or ``timeout``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError, socket.timeout):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close:
+                break
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int | None:
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
+    return int(match[1]) if match else None

@@ -1,0 +1,120 @@
+"""proxy.toml validation: every mistake is one line naming the file, the key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy import config
+from proxy.config import Address, ConfigError, parse_address, parse_size
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_text(tmp_path: Path, text: str) -> config.Config:
+    path = tmp_path / "proxy.toml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def test_defaults_with_an_empty_file(tmp_path):
+    cfg = load_text(tmp_path, "")
+    assert cfg.server.listen == (Address("127.0.0.1", 8080),)
+    assert cfg.limits.max_body_bytes == 1024 * 1024
+    assert cfg.limits.max_header_bytes == 32768
+    assert cfg.log.format == "combined"
+    assert cfg.routes == ()
+
+
+def test_full_example_loads(tmp_path):
+    (tmp_path / "static").mkdir()
+    cfg = load_text(tmp_path, """
+        [server]
+        listen = ["127.0.0.1:8080", "[::1]:8080"]
+        [limits]
+        max_body_bytes = "16k"
+        [upstreams.app]
+        servers = ["127.0.0.1:8000", "app:8001"]
+        keepalive = 0
+        [[routes]]
+        prefix = "/static/"
+        static = "static"
+        [[routes]]
+        prefix = "/"
+        upstream = "app"
+    """.replace("\n        ", "\n"))
+    assert cfg.server.listen[1] == Address("::1", 8080)
+    assert cfg.limits.max_body_bytes == 16384
+    assert cfg.upstreams["app"].servers[1] == Address("app", 8001)
+    assert cfg.routes[0].static == (tmp_path / "static").resolve()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[server]\nlisten = 8080\n", 'server.listen: expected a list of "host:port"'),
+    ("[server]\nbogus = 1\n", "server.bogus: unknown key"),
+    ("[nope]\n", "nope: unknown section"),
+    ("[limits]\nmax_body_bytes = \"lots\"\n", "limits.max_body_bytes: expected a size"),
+    ("[limits]\nheader_timeout = -1\n", "limits.header_timeout: expected a number of seconds > 0"),
+    ("[limits]\nmax_headers = true\n", "limits.max_headers: expected a whole number"),
+    ("[log]\nformat = \"xml\"\n", 'log.format: expected one of "combined", "json"'),
+    ("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n", "server.listen: 127.0.0.1:8080 is listed twice"),
+    ("[[routes]]\nprefix = \"/\"\nupstream = \"nope\"\n", "routes[0].upstream: unknown upstream 'nope'"),
+    ("[[routes]]\nprefix = \"/\"\nstatic = \"missing\"\n", "routes[0].static: folder"),
+    ("[[routes]]\nprefix = \"/\"\n", "routes[0]: expected static, upstream, or both"),
+    ("[[routes]]\nupstream = \"a\"\n", "routes[0].prefix: missing"),
+    ("[[routes]]\nprefix = \"x\"\n", "routes[0].prefix: expected a URL path prefix"),
+    ("[upstreams.app]\nkeepalive = 2\n", "upstreams.app.servers: missing"),
+    ("[upstreams.app]\nservers = [\"nohost\"]\n", "upstreams.app.servers: expected"),
+    ("[upstreams.app]\nservers = []\n", "upstreams.app.servers: expected"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_errors_name_the_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    text_of_error = str(caught.value)
+    assert text_of_error.startswith(str(tmp_path / "proxy.toml")), text_of_error
+    assert message in text_of_error
+    assert "\n" not in text_of_error
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, 0), (1024, 1024), ("16k", 16384), ("1m", 1048576), ("2G", 2 * 1024**3), ("10kb", 10240), ("5", 5)])
+def test_sizes(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "k", "1.5m", "-1", "1t", True, 1.5, -3])
+def test_bad_sizes(value):
+    with pytest.raises(config.Invalid):
+        parse_size(value)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("127.0.0.1:80", Address("127.0.0.1", 80)),
+    ("[::1]:8080", Address("::1", 8080)),
+    ("app:8000", Address("app", 8000)),
+    ("localhost:0", Address("localhost", 0)),
+])
+def test_addresses(value, expected):
+    assert parse_address(value) == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ":80", "host:99999", "[zz]:80", "a b:1", "[::1]"])
+def test_bad_addresses(value):
+    with pytest.raises(config.Invalid):
+        parse_address(value)
+
+
+def test_reference_doc_is_current():
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert config.reference() in doc, "regenerate docs/configuration.md with python -m proxy.config"
+
+
+def test_shipped_configs_are_valid():
+    assert config.load(ROOT / "proxy.toml").upstreams["app"].servers == (Address("127.0.0.1", 8000),)
