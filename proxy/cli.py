@@ -47,7 +47,12 @@ def summary(cfg: config_module.Config) -> str:
     lines.append("upstreams:")
     for name, upstream in cfg.upstreams.items():
         servers = ", ".join(str(s) for s in upstream.servers)
-        lines.append(f"  {name}: {servers} (keepalive {upstream.keepalive}, read_timeout {upstream.read_timeout:g}s)")
+        checks = f", health {upstream.health.path}" if upstream.health else ""
+        lines.append(f"  {name}: {servers} ({upstream.balance}, keepalive {upstream.keepalive}, "
+                     f"read_timeout {upstream.read_timeout:g}s{checks})")
+    if cfg.status is not None:
+        lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
+                     f"(allow {', '.join(str(n) for n in cfg.status.allow)})")
     return "\n".join(lines)
 
 

@@ -275,6 +275,12 @@ class ServerSpec:
     backup: bool = setting(False, BOOL, "Used only when no primary server is available.")
     max_conns: int = setting(0, COUNT, "Most requests in flight to this server at once; 0 = no limit.")
 
+    def __str__(self) -> str:
+        extras = [f"weight={self.weight}"] if self.weight != 1 else []
+        extras += ["backup"] if self.backup else []
+        extras += [f"max_conns={self.max_conns}"] if self.max_conns else []
+        return " ".join([str(self.address), *extras])
+
 
 def _convert_server(value: Any, ctx: Context) -> ServerSpec:
     if isinstance(value, str):

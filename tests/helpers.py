@@ -251,3 +251,17 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: 
 def status_of(response: bytes) -> int | None:
     match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     return int(match[1]) if match else None
+
+
+def single_upstream_config(address: str, extra: str = "") -> str:
+    """A proxy.toml that forwards everything to one server: the shape most tests need."""
+    return f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [upstreams.app]
+        servers = ["{address}"]
+        {extra}
+        [[routes]]
+        prefix = "/"
+        upstream = "app"
+    """

@@ -125,10 +125,14 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
         if more and condition in upstream.next_upstream and head.method in IDEMPOTENT:
             conn.channel.close()
             raise _Retry(UpstreamError(f"{peer.address} answered {response.status_code}"), condition, sent=True)
-        await _relay(handler, conn, response, exchange, upstream)
+        spool = await _relay(handler, conn, response, exchange, upstream)
         exchange.response_time = loop.time() - began
     finally:
         peer.group.finished(peer)
+    try:
+        await spool.flushed(handler.runtime.config.limits.send_timeout)
+    finally:
+        spool.close()
 
 
 async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Response:
@@ -163,8 +167,12 @@ async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Re
         raise UpstreamError(f"{conn.pool.address}: {exc}") from None
 
 
-async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> None:
-    """Stream the response body to the client through a Spool, then release the upstream."""
+async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> Spool:
+    """Stream the response body towards the client and release the upstream as soon as it ends.
+
+    Returns the Spool with whatever the client has not taken yet; the caller
+    waits for it to drain after the upstream's books are closed.
+    """
     runtime = handler.runtime
     channel = conn.channel
     protocol = conn.protocol
@@ -193,13 +201,12 @@ async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> N
                 except TimeoutError:
                     raise UpstreamTimeout(f"{conn.pool.address} stalled mid-response") from None
                 protocol.receive_data(data)
-        if protocol.reusable:
-            conn.pool.release(conn)
-        else:
-            channel.close()
-        await spool.flushed(client_timeout)
     except BaseException:
         channel.close()
-        raise
-    finally:
         spool.close()
+        raise
+    if protocol.reusable:
+        conn.pool.release(conn)
+    else:
+        channel.close()
+    return spool
