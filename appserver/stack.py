@@ -3,9 +3,10 @@
 Each tier runs as its own process in its own process group, exactly as it
 would in production (or in its own container): the app tier (``appserver``
 with appserver.toml) first, then the proxy once the app tier accepts
-connections. Ctrl-C (or SIGTERM) sends SIGTERM to both groups so each drains
-gracefully; whatever is still running after ``STOP_SECONDS`` is killed, so no
-process and no port is left behind.
+connections. Ctrl-C (or SIGTERM) sends SIGTERM to each tier's main process,
+which drains gracefully (Gunicorn's master stops its own workers, as it
+expects to); whatever is still running in either group after
+``STOP_SECONDS`` is killed, so no process and no port is left behind.
 
 The proxy is given a copy of proxy.toml that listens on ``--proxy-port`` and
 sends the app tier's traffic to ``--app-port`` (any upstream server written
@@ -59,6 +60,10 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 class Tier:
+    """One tier's process group. Its leader is reaped only in ``reap``, after the group is
+    killed: until then the leader's pid, which is the group id, cannot be reused, so the
+    kill can only reach processes this launcher started."""
+
     def __init__(self, name: str, argv: list[str], host: str, port: int) -> None:
         self.name = name
         self.argv = argv
@@ -66,12 +71,25 @@ class Tier:
         self.port = port
         self.process: subprocess.Popen | None = None
 
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process else None
+        return f"<Tier {self.name} 127.0.0.1:{self.port} pid={pid} exit={self.exit_status()}>"
+
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, cwd=ROOT, start_new_session=True)
 
+    def exit_status(self) -> int | None:
+        """The leader's exit status once it has exited (left unreaped), else None."""
+        if self.process is None:
+            return None
+        if self.process.returncode is not None:
+            return self.process.returncode
+        info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return None if info is None else info.si_status
+
     def wait_ready(self, deadline: float, stopping) -> bool:
         while time.monotonic() < deadline:
-            if self.process.poll() is not None or stopping():
+            if self.exit_status() is not None or stopping():
                 return False
             if _accepting(self.host, self.port):
                 return True
@@ -79,25 +97,28 @@ class Tier:
         return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.exit_status() is not None:
             return
+        # The leader only: signalled as a group, Gunicorn's workers would start
+        # their own shutdown before the master has begun its orderly one.
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
 
     def reap(self, deadline: float) -> None:
         if self.process is None:
             return
-        try:
-            self.process.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
+        while self.exit_status() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.exit_status() is None:
             print(f"{self.name} did not stop in {STOP_SECONDS:g}s: killing it", file=sys.stderr)
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+        # The whole group, even after a clean exit: nothing the tier started may outlive it.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 def tiers(args: argparse.Namespace, proxy_config: Path) -> list[Tier]:
@@ -222,8 +243,8 @@ def run(stack: list[Tier], proxy_port: int) -> int:
         print(f"\ntwotier is up: http://127.0.0.1:{proxy_port}/  (Ctrl-C stops both tiers)\n", flush=True)
         while not stopping:
             for tier in stack:
-                if tier.process.poll() is not None:
-                    print(f"the {tier.name} exited with status {tier.process.returncode}; stopping",
+                if tier.exit_status() is not None:
+                    print(f"the {tier.name} exited with status {tier.exit_status()}; stopping",
                           file=sys.stderr)
                     return 1
             time.sleep(0.2)

@@ -307,3 +307,22 @@ def test_what_the_proxy_accepts_gunicorn_accepts_too(stack):
     assert requests.get(stack.url + "/api/whoami?q=" + "a" * 6000).status_code == 200
     seen = requests.get(stack.url + "/api/whoami", headers={"X-Big": "b" * 12000})
     assert seen.status_code == 200 and len(seen.json()["headers"]["X-Big"]) == 12000
+
+
+def test_make_up_launcher_stops_everything_when_a_tier_dies(tmp_path):
+    # An app whose module exists but whose callable does not: Gunicorn binds, its workers fail to
+    # boot, and the master gives up. The launcher must notice, stop the proxy, and free both ports.
+    config = tmp_path / "appserver.toml"
+    config.write_text('app = "demo_app.wsgi:no_such_app"\nworkers = 1\n')
+    app_port, proxy_port = free_port(), free_port()
+    launcher = Process([sys.executable, "-m", "appserver.stack", "--app-config", str(config),
+                        "--app-port", str(app_port), "--proxy-port", str(proxy_port)])
+    try:
+        assert launcher.proc.wait(60) == 1
+        assert re.search(r"the app tier \(appserver\) (exited with status \d+; stopping|did not come up)",
+                         launcher.output())
+        # A leftover proxy would still listen on its port; a leftover Gunicorn worker would still
+        # hold the inherited listening socket of the app's.
+        assert port_free(app_port) and port_free(proxy_port)
+    finally:
+        launcher.stop()
