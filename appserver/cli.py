@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, f in config_module.declared().items():
         flag = f.metadata["flag"]
         if flag:
-            parser.add_argument(flag, dest=name, metavar=name.upper().replace("_", "-"),
+            parser.add_argument(flag, dest=name, metavar=f.metadata["metavar"],
                                 help=f"{f.metadata['doc']} (default: {config_module._shown(f)})")
     parser.add_argument("app", nargs="?", metavar="APP",
                         help=f"WSGI application as module:callable (default: {config_module.DEFAULT_APP})")
@@ -46,8 +46,9 @@ def settings_from_args(argv: list[str] | None) -> tuple[Settings, bool]:
 
 
 def check_app_module(app: str) -> None:
-    """Fail early, with one line, when the APP's module cannot be found (without importing it here:
-    the workers import it, so the master stays free of the application's side effects)."""
+    """Fail early, with one line, when the APP's module cannot be found. The module itself is
+    not imported here (only its parent packages, to look inside them): the workers import it,
+    so the master stays free of the application's import-time side effects."""
     module = app.split(":", 1)[0]
     try:
         found = importlib.util.find_spec(module)

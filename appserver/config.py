@@ -53,9 +53,10 @@ class Kind:
     from_text: Callable[[str], Any] = str
 
 
-def setting(default: Any, kind: Kind, doc: str, *, flag: str = "", shown: str = "") -> Any:
+def setting(default: Any, kind: Kind, doc: str, *, flag: str = "", metavar: str = "", shown: str = "") -> Any:
     """Declare one key: default (already converted), kind, one line of docs, and its CLI flag if any."""
-    return field(default=default, metadata={"kind": kind, "doc": doc, "flag": flag, "shown": shown})
+    return field(default=default,
+                 metadata={"kind": kind, "doc": doc, "flag": flag, "metavar": metavar, "shown": shown})
 
 
 # --- kinds ------------------------------------------------------------------
@@ -151,18 +152,18 @@ class Settings:
         DEFAULT_APP, APP, "The WSGI application to serve (also the APP argument).")
     bind: tuple[str, ...] = setting(
         ("127.0.0.1:8000",), BIND, "Where Gunicorn listens. Loopback only: the proxy is the one public door.",
-        flag="--bind", shown='"127.0.0.1:8000"')
+        flag="--bind", metavar="HOST:PORT", shown='"127.0.0.1:8000"')
     workers: int = setting(
-        default_workers(), POSITIVE_INT, "Worker processes: 2 x cores + 1.", flag="--workers",
+        default_workers(), POSITIVE_INT, "Worker processes: 2 x cores + 1.", flag="--workers", metavar="N",
         shown="2 x cores + 1")
     worker_class: str = setting(
         "gthread", _choice("sync", "gthread"),
         "gthread keeps connections alive, so the proxy's upstream pool is used: measured 1.6x to 2.3x the "
         "requests/s of sync behind the proxy. sync closes the connection after every answer.",
-        flag="--worker-class")
+        flag="--worker-class", metavar="sync|gthread")
     threads: int = setting(
         4, POSITIVE_INT, "Requests one gthread worker handles at once (sync: always 1).",
-        flag="--threads")
+        flag="--threads", metavar="N")
     keepalive: int = setting(
         75, SECONDS,
         "Seconds an idle kept-alive connection stays open (gthread). Longer than the proxy's idle_timeout "
@@ -175,7 +176,7 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = setting(
         ("127.0.0.1",), ADDRESS_LIST,
         "Peers whose X-Forwarded-Proto Gunicorn believes: the proxy's address only.",
-        flag="--forwarded-allow-ips", shown='"127.0.0.1"')
+        flag="--forwarded-allow-ips", metavar="LIST", shown='"127.0.0.1"')
     access_log: str = setting("-", ACCESS_LOG, "Access log, one line per request with the request id.")
     error_log: str = setting("-", ERROR_LOG, "Error log: start, stop, worker and application errors.")
     log_level: str = setting("info", _choice("debug", "info", "warning", "error", "critical"),

@@ -105,9 +105,10 @@ def test_flags_override_the_file_and_go_through_the_same_checks(tmp_path):
 
 def test_every_flag_of_the_contract_exists():
     # The Docker/systemd files rely on exactly these.
-    parser = cli._parser()
-    flags = {option for action in parser._actions for option in action.option_strings}
-    assert {"--config", "--bind", "--workers", "--worker-class", "--threads", "--forwarded-allow-ips"} <= flags
+    usage = " ".join(cli._parser().format_usage().split())
+    for part in ("[--config FILE]", "[--bind HOST:PORT]", "[--workers N]", "[--worker-class sync|gthread]",
+                 "[--threads N]", "[--forwarded-allow-ips LIST]", "[APP]"):
+        assert part in usage, part
 
 
 def test_an_app_module_that_does_not_exist_is_one_line():
