@@ -32,6 +32,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .cli import check_bind
+from .config import ConfigError as AppConfigError, load as load_app_config
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_APP_PORT = 8000
 DEFAULT_PROXY_PORT = 8080
@@ -45,18 +48,6 @@ def _accepting(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        # As the tiers themselves bind: connections of a previous run still in
-        # TIME_WAIT do not make the port busy, only a listener does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 class Tier:
@@ -199,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from proxy.errors import ConfigError as ProxyConfigError
 
-    from .config import ConfigError as AppConfigError, load as load_app_config
-
     folder = Path(tempfile.mkdtemp(prefix="twotier-stack-"))
     try:
         try:
@@ -217,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(stack: list[Tier], proxy_port: int) -> int:
     """Start the tiers in order, wait for Ctrl-C/SIGTERM or a tier's death, stop them all."""
     for tier in stack:
-        if _port_in_use(tier.host, tier.port):
-            print(f"cannot start the {tier.name}: 127.0.0.1:{tier.port} is already in use "
-                  f"(another `make up` still running? stop it, or free the port)", file=sys.stderr)
+        try:
+            check_bind((f"{tier.host}:{tier.port}",))
+        except AppConfigError as exc:
+            print(f"cannot start the {tier.name}: {exc}", file=sys.stderr)
             return 1
 
     stopping = False

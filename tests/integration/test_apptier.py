@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from appserver.cli import check_bind
+from appserver.config import ConfigError
 from tests.helpers import ROOT, Process, ProxyProcess, accepting, free_port, wait_until
 
 STATIC = ROOT / "demo_app" / "static"
@@ -326,3 +328,25 @@ def test_make_up_launcher_stops_everything_when_a_tier_dies(tmp_path):
         assert port_free(app_port) and port_free(proxy_port)
     finally:
         launcher.stop()
+
+
+def test_an_address_in_use_is_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: address already in use"):
+            check_bind((f"127.0.0.1:{port}",))
+    check_bind((f"127.0.0.1:{port}", "unix:/tmp/nowhere.sock"))  # free again; unix sockets are Gunicorn's
+
+
+def test_make_up_launcher_refuses_a_busy_port_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "appserver.stack", "--app-port", str(free_port()),
+                                 "--proxy-port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"cannot start the web tier (proxy): cannot listen on 127.0.0.1:{port}: "
+                                          "address already in use (is another server running there?)"]

@@ -160,3 +160,4 @@ def test_repo_appserver_toml_is_valid():
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "app-tier.md").read_text()
     assert config.reference() in doc, "regenerate the table in docs/app-tier.md with python -m appserver.config"
+
