@@ -138,8 +138,14 @@ ERROR_LOG = Kind('a file path, or "-" for standard error', _log_target)
 
 
 def default_workers() -> int:
-    """2 x cores + 1: Gunicorn's rule of thumb (one worker waits on I/O while another computes)."""
-    return 2 * (os.cpu_count() or 1) + 1
+    """2 x cores + 1: Gunicorn's rule of thumb (one worker waits on I/O while another computes).
+
+    Cores this process may run on (taskset, a container's cpuset), not all the machine has."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 2 * cores + 1
 
 
 # --- the settings ------------------------------------------------------------
@@ -268,7 +274,6 @@ def gunicorn_settings(settings: Settings) -> dict[str, Any]:
         # The middleware goes around whatever app each worker loaded, so it is
         # applied the same way for `appserver` and for `gunicorn -c gunicorn_conf.py`.
         "post_worker_init": wrap_worker_app,
-        "proc_name": "appserver",
     }
 
 

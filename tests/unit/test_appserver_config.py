@@ -26,7 +26,7 @@ def test_defaults_are_the_ones_for_life_behind_the_proxy():
     s = Settings()
     assert s.app == "demo_app.wsgi:app"
     assert s.bind == ("127.0.0.1:8000",)
-    assert s.workers == 2 * os.cpu_count() + 1
+    assert s.workers == 2 * len(os.sched_getaffinity(0)) + 1
     assert s.keepalive == 75  # > the proxy's upstream idle_timeout of 60 s
     assert s.forwarded_allow_ips == ("127.0.0.1",)
     assert s.graceful_timeout == 30
