@@ -138,7 +138,10 @@ def locate(route: Route, path: str, accept_encoding: bytes | None = None, query:
                 return _variant(index, accept_encoding, route.precompressed, root_str)
         if route.autoindex:
             return Listing(real, path)
-        raise ClientError("folder has no index", 403, keep_alive=True)
+        # With an upstream behind the route (nginx "try_files $uri @app") a folder with
+        # nothing to serve is the app's to answer: 404 makes the caller forward it, where
+        # 403 kept the app's own "/" out of reach whenever the folder had no index.html.
+        raise ClientError("folder has no index", 404 if route.upstream else 403, keep_alive=True)
     if not stat_module.S_ISREG(info.st_mode):
         raise ClientError("not a regular file", 404, keep_alive=True)
     return _variant(real, accept_encoding, route.precompressed, root_str)

@@ -334,6 +334,10 @@ def test_a_folder_without_index_is_403(site):
     assert refused(site, "/static/sub/", index="").status == 403
 
 
+def test_a_folder_without_index_goes_to_the_upstream_when_there_is_one(site):
+    assert refused(site, "/static/empty/", upstream="app").status == 404  # 404: the caller forwards it
+
+
 def test_autoindex_lists_the_folder(site):
     assert find(site, "/static/empty/", autoindex=True) == static.Listing(str(site / "empty"), "/static/empty/")
 
