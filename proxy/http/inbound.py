@@ -316,7 +316,18 @@ class ClientConnection:
     def start_next_cycle(self) -> None:
         """After a response: keep the bytes already read as the start of the next head."""
         self.h11.start_next_cycle()
-        self._head = bytearray(self.h11.trailing_data[0])
+        pending, closed = self.h11.trailing_data
+        if pending[:1] in (b"\r", b"\n"):
+            # An empty line after a body (old clients send a CRLF after a POST body): RFC 9112
+            # section 2.2 says to ignore it, h11 refuses it and cannot drop bytes it holds. At
+            # IDLE/IDLE a new h11 connection is in the same state, so hand it the rest instead.
+            self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+            pending = pending.lstrip(b"\r\n")
+            if pending:
+                self.h11.receive_data(bytes(pending))
+            if closed:
+                self.h11.receive_data(b"")
+        self._head = bytearray(pending)
 
     @property
     def can_keep_alive(self) -> bool:

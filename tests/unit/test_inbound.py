@@ -323,6 +323,23 @@ def test_empty_lines_before_the_request_line_are_skipped():
     assert type(conn.next_event()) is RequestHead
 
 
+def test_an_empty_line_after_a_body_is_skipped():
+    # RFC 9112 2.2: old clients send CRLF after a POST body; the next request must still parse.
+    conn = ClientConnection(SMALL)
+    conn.receive_data(request("Host: h", "Content-Length: 2", line="POST / HTTP/1.1", body=b"ok\r\n\r\n")
+                      + request("Host: h", line="GET /next HTTP/1.1"))
+    assert conn.next_event().method == b"POST"
+    assert conn.next_event().data == b"ok"
+    answer(conn)
+    head = conn.next_event()
+    assert head.path == "/next" and conn.requests == 2
+    answer(conn)
+    conn.receive_data(b"\r\n")
+    assert conn.next_event() is h11.NEED_DATA
+    conn.receive_data(b"")
+    assert type(conn.next_event()) is h11.ConnectionClosed
+
+
 def answer(conn: ClientConnection) -> None:
     assert type(conn.next_event()) is h11.EndOfMessage
     conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
