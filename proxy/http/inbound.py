@@ -30,6 +30,7 @@ from .routing import normalize_path
 # Methods an edge proxy answers itself rather than forwards: TRACE reflects
 # the request (cookies included) back to a script; CONNECT asks for a tunnel.
 REFUSED_METHODS = frozenset({b"TRACE", b"CONNECT"})
+_ALLOW_FORWARDED = ((b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),)
 
 # nginx's method alphabet. RFC 9110 section 9.1 makes methods case-sensitive tokens;
 # a lower-case or digit-bearing one is nobody's method, and Gunicorn refuses it too.
@@ -128,7 +129,7 @@ def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHe
     if b"\n " in raw_head or b"\n\t" in raw_head:
         raise ClientError("obsolete line folding in request head")
     if event.method in REFUSED_METHODS:
-        raise ClientError(f"method {event.method.decode()} not allowed", 405, keep_alive=False)
+        raise ClientError(f"method {event.method.decode()} not allowed", 405, _ALLOW_FORWARDED)
 
     headers: list[tuple[bytes, bytes]] = []
     host = b""
