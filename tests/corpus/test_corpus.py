@@ -81,14 +81,18 @@ def build_site(root) -> None:
     os.symlink("../secret.txt", static / "lib.js.gz")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
+def start(folder) -> tuple[ProxyProcess, RecordingUpstream]:
+    """The corpus proxy with its static site in ``folder``, and the upstream behind it."""
     site = folder / "site"
     site.mkdir()
     build_site(site)
     upstream = RecordingUpstream()
-    proxy = ProxyProcess(folder, CONFIG.format(upstream=upstream.address))
+    return ProxyProcess(folder, CONFIG.format(upstream=upstream.address)), upstream
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    proxy, upstream = start(tmp_path_factory.mktemp("corpus"))
     yield proxy, upstream
     proxy.stop()
     upstream.close()
@@ -173,6 +177,24 @@ def send(sock: socket.socket, data: bytes, piece: int) -> None:
         pass
 
 
+def play(sock: socket.socket, case: casefile.Case, timeout: float = READ_TIMEOUT) -> tuple[list[int], Reader, float]:
+    """Send a case on ``sock``; the statuses of the responses it expects (fewer if they do not come)."""
+    expect = case.expect
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    send(sock, case.data, expect.send_in)
+    if expect.half_close:
+        sock.shutdown(socket.SHUT_WR)
+    reader = Reader(sock)
+    deadline = time.monotonic() + timeout
+    statuses = []
+    for _ in expect.statuses:
+        status = reader.response(expect.head, deadline)
+        if status is None:
+            break
+        statuses.append(status)
+    return statuses, reader, deadline
+
+
 NORMAL_STATIC = b"GET /static/hello.txt HTTP/1.1\r\nHost: corpus\r\n\r\n"
 NORMAL_PROXIED = b"GET /still-alive HTTP/1.1\r\nHost: corpus\r\nConnection: close\r\n\r\n"
 
@@ -213,18 +235,7 @@ def test_case(corpus, name):
     expect = case.expect
     before = len(upstream.received)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=READ_TIMEOUT) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        send(sock, case.data, expect.send_in)
-        if expect.half_close:
-            sock.shutdown(socket.SHUT_WR)
-        reader = Reader(sock)
-        deadline = time.monotonic() + READ_TIMEOUT
-        statuses = []
-        for _ in expect.statuses:
-            status = reader.response(expect.head, deadline)
-            if status is None:
-                break
-            statuses.append(status)
+        statuses, reader, deadline = play(sock, case)
         assert statuses == expect.statuses, f"{name}: {expect.why}\nresponses: {reader.raw[:600]!r}"
         if expect.closed:
             assert reader.closed(deadline), f"{name}: connection left open; unread {reader.buffer[:200]!r}"
