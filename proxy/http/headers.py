@@ -105,6 +105,24 @@ def upstream_request_headers(
     return out
 
 
+def why_dropped(name: bytes, named: set[bytes]) -> str | None:
+    """Why ``upstream_request_headers`` leaves a client header out (None: it is kept).
+
+    For ``proxy explain``; the test suite checks it agrees with the function above.
+    """
+    if b"_" in name:
+        return "underscore in the name (Gunicorn reads _ and - alike)"
+    if name in HOP_BY_HOP:
+        return "hop-by-hop (RFC 9110 7.6.1)"
+    if name in named:
+        return "named by Connection, so hop-by-hop"
+    if name in CLIENT_SUPPLIED_FORWARDING or name in (b"via", b"x-request-id"):
+        return "replaced by the proxy's own value"
+    if name in (b"content-length", b"expect"):
+        return "the body is buffered and re-framed by the proxy"
+    return None
+
+
 def _quoted(value: bytes) -> bytes:
     # RFC 7239 section 4: a host with ":" (a port, an IPv6 literal) must be a quoted-string.
     return b'"' + value + b'"' if b":" in value or b"[" in value else value

@@ -30,6 +30,7 @@ from .routing import normalize_path
 # Methods an edge proxy answers itself rather than forwards: TRACE reflects
 # the request (cookies included) back to a script; CONNECT asks for a tunnel.
 REFUSED_METHODS = frozenset({b"TRACE", b"CONNECT"})
+_ALLOW_FORWARDED = ((b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),)
 
 # Control bytes h11's field-value regex lets through ([^\x00\s] admits them).
 _CTL_RE = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -114,7 +115,7 @@ def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHe
     if b"\n " in raw_head or b"\n\t" in raw_head:
         raise ClientError("obsolete line folding in request head")
     if event.method in REFUSED_METHODS:
-        raise ClientError(f"method {event.method.decode()} not allowed", 405, keep_alive=False)
+        raise ClientError(f"method {event.method.decode()} not allowed", 405, _ALLOW_FORWARDED)
 
     headers: list[tuple[bytes, bytes]] = []
     host = b""

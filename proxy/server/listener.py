@@ -16,6 +16,7 @@ import os
 from typing import Awaitable, Callable
 
 from ..accesslog import AccessLog, AccessRecord
+from ..metrics import Metrics
 from ..config import Address, Config
 from ..http.headers import request_id
 from ..http.responses import Clock
@@ -36,6 +37,7 @@ class Runtime:
         self.router = Router(config.routes)
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
         self.access = AccessLog(config.log.access, config.log.format)
+        self.metrics = Metrics()
         self.clock = Clock()
         self.server_name = config.server.name.encode()
         self.via = b"1.1 " + self.server_name
@@ -48,6 +50,7 @@ class Runtime:
     new_request_id = staticmethod(request_id)
 
     def log_access(self, record: AccessRecord) -> None:
+        self.metrics.observe(record)
         self.access.write(record)
 
     @staticmethod
@@ -135,6 +138,8 @@ async def serve(config: Config, *, shutdown: Awaitable, on_ready: Callable[[list
     """Run the proxy until ``shutdown`` completes, then stop gracefully."""
     loop = asyncio.get_running_loop()
     runtime = Runtime(config, loop)
+    for group in runtime.groups.values():
+        await group.start()
     servers = await start_listeners(runtime)
     addresses = bound_addresses(servers)
     for address in addresses:
