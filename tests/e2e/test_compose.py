@@ -141,6 +141,12 @@ class Stack:
 
         wait_until(healthy, HEALTHY_SECONDS, interval=0.5, what=f"healthy containers {counts}")
 
+    def proxy_status(self) -> dict:
+        """The proxy's status page, read from inside its container (deploy/proxy.toml allows 127.0.0.1 only)."""
+        code = ("import urllib.request; "
+                "print(urllib.request.urlopen('http://127.0.0.1:8080/_proxy/status', timeout=5).read().decode())")
+        return json.loads(self.run("exec", "-T", "proxy", "python", "-c", code).stdout)
+
     def request(self, path: str, headers: dict | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
@@ -207,6 +213,13 @@ def test_app_port_is_not_published(stack):
     assert proxy["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]}
 
 
+def test_status_page_is_private(stack):
+    status, _, _ = stack.request("/_proxy/status")
+    assert status == 404           # through the published port: not from 127.0.0.1 as the proxy sees it
+    [upstream] = stack.proxy_status()["upstreams"].values()
+    assert upstream["servers"] and upstream["servers"][0]["configured_as"] == "app:8000"
+
+
 def test_scale_to_three_app_containers_spreads_requests(stack):
     stack.run("up", "--detach", "--no-build", "--no-recreate", "--scale", "app=3", timeout=COMMAND_SECONDS)
     stack.wait_healthy({"proxy": 1, "app": 3})
@@ -231,10 +244,9 @@ def test_scale_to_three_app_containers_spreads_requests(stack):
 def test_stop_lets_a_request_in_flight_finish(stack):
     """SIGTERM through `docker compose stop` while /api/slow is being answered: the client still gets it.
 
-    The request is fully sent before `stop` is run, and compose takes far
-    longer to start and reach the daemon than the proxy takes to read it, so
-    the proxy has it in hand when the signal arrives. Both tiers must then
-    exit 0 (SIGKILL after stop_grace_period would give 137).
+    `stop` is run once the proxy's status page shows the request in flight to
+    the app tier. Both tiers must then exit 0 (SIGKILL after
+    stop_grace_period would give 137).
     """
     request_id = f"e2e-stop-{secrets.token_hex(6)}"
     sent = threading.Event()
@@ -243,7 +255,7 @@ def test_stop_lets_a_request_in_flight_finish(stack):
     def slow_request() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
         try:
-            conn.request("GET", "/api/slow?seconds=2", headers={"X-Request-ID": request_id})
+            conn.request("GET", "/api/slow?seconds=3", headers={"X-Request-ID": request_id})
             sent.set()
             response = conn.getresponse()
             outcome.update(status=response.status, body=response.read(), at=time.monotonic())
@@ -256,6 +268,12 @@ def test_stop_lets_a_request_in_flight_finish(stack):
     client = threading.Thread(target=slow_request)
     client.start()
     assert sent.wait(10), "the request was not sent"
+
+    def in_flight() -> int:
+        return sum(server["in_flight"] for upstream in stack.proxy_status()["upstreams"].values()
+                   for server in upstream["servers"])
+
+    wait_until(in_flight, 10, interval=0.1, what="the slow request to be in flight to the app tier")
     stop_started = time.monotonic()
     stack.run("stop", timeout=COMMAND_SECONDS)
     client.join(30)

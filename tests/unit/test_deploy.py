@@ -192,6 +192,12 @@ def test_container_proxy_configs_pass_check_config(path, tmp_path):
     assert "configuration ok" in result.stdout
 
 
+def test_compose_and_configmap_proxy_configs_differ_only_in_the_app_tiers_name():
+    compose, configmap = (tomllib.loads(p.read_text()) for p in (DEPLOY / "proxy.toml", K8S / "proxy.toml"))
+    configmap["upstreams"]["app"]["servers"] = compose["upstreams"]["app"]["servers"]
+    assert configmap == compose
+
+
 def upstream_servers(path: Path) -> list[str]:
     return tomllib.loads(path.read_text())["upstreams"]["app"]["servers"]
 
@@ -397,9 +403,9 @@ def test_kustomization_renders_and_validates(tmp_path):
 def test_nginx_conf_passes_nginx_t(tmp_path):
     """``nginx -t`` with the in-container paths and the app's name replaced by local ones."""
     text = (DEPLOY / "nginx.conf").read_text()
-    assert "server app:8000;" in text and IMAGE_STATIC in text
+    assert "server app:8000 " in text and IMAGE_STATIC in text
     (tmp_path / "static").mkdir()
-    text = (text.replace("server app:8000;", "server 127.0.0.1:8000;")
+    text = (text.replace("server app:8000 ", "server 127.0.0.1:8000 ")
             .replace(IMAGE_STATIC, str(tmp_path / "static"))
             .replace("/tmp/", f"{tmp_path}/"))
     (tmp_path / "nginx.conf").write_text(text)
