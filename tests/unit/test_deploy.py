@@ -37,7 +37,7 @@ K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 
 
 def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False, **kwargs)
 
 
 def tool(name: str) -> str:
@@ -62,7 +62,7 @@ class Stage:
         return found[-1] if found else None
 
 
-def inherited(stage: "Stage", instruction: str) -> str | None:
+def inherited(stage: Stage, instruction: str) -> str | None:
     """The value ``instruction`` has in ``stage``, set there or in a stage it is built FROM."""
     while stage is not None:
         value = stage.last(instruction)
