@@ -125,6 +125,9 @@ def locate(route: Route, path: str, accept_encoding: bytes | None = None, query:
     root_str = str(root)
     if real != root_str and not real.startswith(root_str + os.sep):
         raise ClientError("path leaves the static folder", 404, keep_alive=True)
+    if not route.dotfiles and real != root_str and "/." in real[len(root_str):]:
+        # A symlink without a dot in its name may still lead to one (config -> .env).
+        raise ClientError("dotfile", 404, keep_alive=True)
 
     if stat_module.S_ISDIR(info.st_mode):
         if not path.endswith("/"):

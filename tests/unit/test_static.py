@@ -347,6 +347,12 @@ def test_dotfiles_are_404(site, url):
     assert refused(site, url).status == 404
 
 
+def test_a_symlink_to_a_dotfile_is_404(site):
+    (site / "config").symlink_to(site / ".env")
+    assert refused(site, "/static/config").status == 404
+    assert find(site, "/static/config", dotfiles=True).path == str(site / ".env")
+
+
 def test_dotfiles_can_be_allowed(site):
     assert find(site, "/static/.env", dotfiles=True).path == str(site / ".env")
 
