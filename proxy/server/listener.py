@@ -11,11 +11,14 @@ what is left.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from typing import Awaitable, Callable
 
 from ..accesslog import AccessLog, AccessRecord
-from ..metrics import Metrics
+from ..metrics import Metrics, merge, worker_view
+from .board import PUBLISH_INTERVAL, Board
 from ..config import Address, Config
 from ..http.headers import request_id
 from ..http.responses import Clock, error_bytes
@@ -31,8 +34,11 @@ log = logging.getLogger("proxy")
 class Runtime:
     """What every connection of this process shares: config, routes, pools, logs."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
+                 slot: int | None = None) -> None:
         self.config = config
+        self.board = board  # shared with the other workers, for whole-proxy status pages
+        self.slot = slot
         self.loop = loop
         self.router = Router(config.routes)
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
@@ -49,6 +55,27 @@ class Runtime:
         return f"<Runtime {self.config.path} connections={len(self.handlers)} closing={self.closing}>"
 
     new_request_id = staticmethod(request_id)
+
+    def publish(self) -> None:
+        """Pin this worker's counters on the board, and again every PUBLISH_INTERVAL."""
+        if self.board is None:
+            return
+        payload = json.dumps(worker_view(self), separators=(",", ":")).encode()
+        if not self.board.publish(self.slot, payload):
+            log.warning("status board: this worker's view (%d bytes) does not fit its slot", len(payload))
+        if not self.closing:
+            self.loop.call_later(PUBLISH_INTERVAL, self.publish)
+
+    def merged_metrics(self) -> dict:
+        """Every worker's counters added up, this worker's live and first."""
+        views = [worker_view(self)]
+        if self.board is not None:
+            fresh = time.time() - 3 * PUBLISH_INTERVAL
+            for payload in self.board.read_all(exclude=self.slot):
+                view = json.loads(payload)
+                if view["published"] >= fresh:
+                    views.append(view)
+        return merge(views)
 
     def log_access(self, record: AccessRecord) -> None:
         self.metrics.observe(record)
@@ -185,7 +212,8 @@ class Acceptor:
 
 
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
-                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None) -> None:
+                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
+                board: Board | None = None, slot: int | None = None) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
@@ -194,7 +222,7 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
     binds ``[server] listen`` itself.
     """
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop)
+    runtime = Runtime(config, loop, board, slot)
     own = sockets is None
     if own:
         sockets = list(bind_all(config.server.listen).values())
@@ -203,6 +231,7 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
     for group in runtime.groups.values():
         await group.start()
     acceptors = [Acceptor(runtime, sock) for sock in sockets]
+    runtime.publish()
     if on_ready is not None:
         on_ready([bound_address(sock) for sock in sockets])
     try:
@@ -215,6 +244,8 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
         in_flight = sum(1 for h in runtime.handlers if h.busy)
         log.info("shutting down: %d request(s) in flight", in_flight)
         await runtime.drain(config.server.grace_period if grace is None else grace)
+        if board is not None:
+            board.clear(slot)
         log.info("stopped")
 
 
