@@ -170,7 +170,27 @@ def _convert_folder(value: Any, ctx: Context) -> Path | None:
 
 
 def _convert_prefix(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
+    # Printable ASCII without quotes or backslashes: a prefix is also written into the
+    # Server-Timing header's quoted desc, and headers are not re-validated on the way out.
+    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+        raise Invalid
+    return value
+
+
+_PREFIX_RE = re.compile(r'^/[!#-\[\]-~]*$')
+_FIELD_VALUE_RE = re.compile(r"^[\x20-\x7e]*$")
+_TOKEN_RE = re.compile(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")
+
+
+def _convert_header_value(value: Any, ctx: Context) -> str:
+    """A string that goes into a response header as it is: printable ASCII, no CR or LF."""
+    if not isinstance(value, str) or not _FIELD_VALUE_RE.match(value) or value != value.strip():
+        raise Invalid
+    return value
+
+
+def _convert_token(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value):
         raise Invalid
     return value
 
@@ -182,7 +202,9 @@ SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
-PREFIX = Kind('a URL path prefix starting with "/"', _convert_prefix)
+PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
+HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
+TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
 
 
 def _convert_weight(value: Any, ctx: Context) -> int:
@@ -233,7 +255,7 @@ class ServerSettings:
         (Address("127.0.0.1", 8080),), _list_of(ADDRESS),
         "Addresses to accept connections on; several allowed. Port 0 picks a free port.",
         shown='["127.0.0.1:8080"]')
-    name: str = setting("twotier", STRING, "Product name sent in the Server and Via headers.")
+    name: str = setting("twotier", TOKEN, "Product name sent in the Server and Via headers.")
     sendfile: bool = setting(
         False, BOOL,
         "Send static file bodies with sendfile(2) instead of read/write in chunks. "
@@ -391,7 +413,7 @@ class Route:
         "With upstream set too, a file is served when one exists and the rest is forwarded (nginx try_files).",
         shown='""')
     upstream: str = setting("", STRING, "Name of an [upstreams.NAME] group to forward to.")
-    cache_control: str = setting("", STRING, "Cache-Control header for static files served by this route.")
+    cache_control: str = setting("", HEADER_VALUE, "Cache-Control header for static files served by this route.")
     index: str = setting("index.html", STRING, "File served for a folder; \"\" for none.")
     autoindex: bool = setting(False, BOOL, "List a folder's files when it has no index file.")
     dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")

@@ -21,6 +21,7 @@ from ..metrics import Metrics, merge, worker_view
 from .board import PUBLISH_INTERVAL, Board
 from ..config import Address, Config
 from ..http.headers import request_id
+from ..http import static
 from ..http.responses import Clock, error_bytes
 from ..http.routing import Router
 from ..upstream.group import UpstreamGroup
@@ -44,6 +45,7 @@ class Runtime:
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
         self.access = AccessLog(config.log.access, config.log.format)
         self.metrics = Metrics()
+        self.files = static.LocateCache()
         self.clock = Clock()
         self.server_name = config.server.name.encode()
         self.via = b"1.1 " + self.server_name
