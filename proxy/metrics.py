@@ -28,6 +28,9 @@ class Metrics:
         self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count
         self.duration_sum: Counter[str] = Counter()
         self.duration_count: Counter[str] = Counter()
+        # Edge protocols: kept up to date by server/tls.py as things happen.
+        self.tls_handshakes = 0
+        self.tls_failures: Counter[str] = Counter()  # by tls.Failure.kind
 
     def observe(self, record: AccessRecord) -> None:
         route = record.route or "-"
@@ -73,6 +76,8 @@ def snapshot(runtime) -> dict:
         "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy)},
         "requests": sum(metrics.requests.values()),
         "upstreams": upstreams,
+        "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(sorted(metrics.tls_failures.items()))}
+                if runtime.tls is not None else None),
     }
 
 
@@ -85,6 +90,17 @@ def _label(value: str) -> str:
 
 
 STATES = ("up", "down", "failed", "draining")
+
+
+def _edge_samples(metrics: Metrics) -> list[str]:
+    """TLS handshakes."""
+    out = ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
+            "# TYPE proxy_tls_handshakes_total counter", f"proxy_tls_handshakes_total {metrics.tls_handshakes}",
+            "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
+            "# TYPE proxy_tls_handshake_failures_total counter"]
+    out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}'
+            for kind, n in sorted(metrics.tls_failures.items())]
+    return out
 
 
 def render_prometheus(runtime) -> bytes:
@@ -133,4 +149,5 @@ def render_prometheus(runtime) -> bytes:
                 f"proxy_upstream_idle_connections{{{labels}}} {server['idle_connections']}")
     for name, (kind, text) in series.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
+    out += _edge_samples(metrics)
     return ("\n".join(out) + "\n").encode()

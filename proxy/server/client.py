@@ -20,6 +20,7 @@ from ..errors import ALLOW_GET_HEAD, ClientError, ClientTimeout, ProxyError
 from ..http import static
 from ..http.inbound import ClientConnection, RequestHead
 from ..http.responses import error_bytes, error_page, reason as reason_phrase
+from ..tls import https_location
 from .buffers import RequestBody
 from .channel import Channel
 from .sendfile import send_file
@@ -248,6 +249,14 @@ class ClientHandler:
             if status is not None and head.path in (status.path, status.metrics_path):
                 self._serve_status(head, exchange, status)
                 return
+            tls = runtime.tls
+            if tls is not None and tls.settings.redirect_http and self.scheme == b"http":
+                # [tls] redirect_http: 308 keeps the method and body, unlike 301/302 (RFC 9110 15.4.9).
+                location = https_location(head.host or runtime.local_host(self.channel), head.target,
+                                          runtime.edge.https_port or 443)
+                self.respond(exchange, 308, error_page(308, runtime.server_name),
+                             [(b"location", location), (b"content-type", b"text/html; charset=utf-8")])
+                return
             route = runtime.router.match(head.path)
             if route is None:
                 raise ClientError("no route", 404, keep_alive=True)
@@ -337,6 +346,9 @@ class ClientHandler:
         now = self.runtime.loop.time()
         exchange.status = status
         all_headers = self._base_headers(exchange) + headers
+        if self.scheme == b"https" and self.runtime.tls is not None and self.runtime.tls.hsts \
+                and not any(name == b"strict-transport-security" for name, _ in headers):
+            all_headers += self.runtime.tls.hsts  # [tls] hsts, unless the app sent its own
         all_headers.append((b"server-timing", exchange.server_timing(now)))
         self.channel.write(self.conn.send(
             h11.Response(status_code=status, headers=all_headers, reason=reason or reason_phrase(status))))
@@ -374,6 +386,8 @@ class ClientHandler:
         exchange.status = status
         head_only = exchange.head is not None and exchange.head.method == b"HEAD"
         extra.append((b"x-request-id", exchange.request_id))
+        if self.scheme == b"https" and runtime.tls is not None:
+            extra += runtime.tls.hsts
         self.channel.write(error_bytes(status, runtime.server_name, runtime.clock.date(),
                                        head_only=head_only, extra=extra))
         exchange.body_bytes = 0 if head_only else len(error_page(status, runtime.server_name))

@@ -17,13 +17,15 @@ from typing import Awaitable, Callable
 
 from ..accesslog import AccessLog, AccessRecord
 from ..metrics import Metrics
-from ..config import Address, Config
+from ..config import Address, Config, load as config_load
 from ..http.headers import request_id
 from ..http.responses import Clock
 from ..http.routing import Router
+from ..tls import load_certificates
 from ..upstream.group import UpstreamGroup
 from .channel import Channel
 from .client import ClientHandler
+from .tls import EdgeState, follow_reloads, start_tls_listeners
 
 log = logging.getLogger("proxy")
 
@@ -43,6 +45,10 @@ class Runtime:
         self.via = b"1.1 " + self.server_name
         self.closing = False
         self.handlers: set[ClientHandler] = set()
+        # Edge (TLS): certificates are built per Runtime from the config it is given, and ``tls`` is
+        # replaced whole on a reload; ``edge`` holds handshakes in progress and their failure log.
+        self.tls = load_certificates(config.tls, config.path) if config.tls is not None else None
+        self.edge = EdgeState()
 
     def __repr__(self) -> str:
         return f"<Runtime {self.config.path} connections={len(self.handlers)} closing={self.closing}>"
@@ -61,8 +67,8 @@ class Runtime:
             return b""
         return str(Address(name[0], name[1])).encode()
 
-    def accept(self, channel: Channel) -> None:
-        handler = ClientHandler(self, channel)
+    def accept(self, channel: Channel, scheme: bytes = b"http") -> None:
+        handler = ClientHandler(self, channel, scheme)
         task = self.loop.create_task(handler.run())
         handler.task = task
         self.handlers.add(handler)
@@ -71,6 +77,7 @@ class Runtime:
     async def drain(self, grace: float) -> None:
         """Close idle connections now and wait up to ``grace`` seconds for busy ones."""
         self.closing = True
+        self.edge.close()
         for handler in list(self.handlers):
             if not handler.busy:
                 handler.channel.close()
@@ -103,12 +110,13 @@ class ListenError(OSError):
     """A listening socket could not be opened; the message says which and why."""
 
 
-async def start_listeners(runtime: Runtime) -> list[asyncio.AbstractServer]:
+async def start_listeners(runtime: Runtime, addresses=None, factory=None) -> list[asyncio.AbstractServer]:
+    """Listen on ``addresses`` ([server].listen by default) with protocols from ``factory``."""
     servers = []
-    for address in runtime.config.server.listen:
+    for address in runtime.config.server.listen if addresses is None else addresses:
         try:
             server = await runtime.loop.create_server(
-                lambda: _AcceptingChannel(runtime), address.host, address.port,
+                factory or (lambda: _AcceptingChannel(runtime)), address.host, address.port,
                 reuse_address=True, backlog=1024)
         except OSError as exc:
             for s in servers:
@@ -134,21 +142,35 @@ def bound_addresses(servers: list[asyncio.AbstractServer]) -> list[Address]:
 
 
 async def serve(config: Config, *, shutdown: Awaitable, on_ready: Callable[[list[Address]], None] | None = None,
-                grace: float | None = None) -> None:
-    """Run the proxy until ``shutdown`` completes, then stop gracefully."""
+                grace: float | None = None, reloads: asyncio.Queue | None = None) -> None:
+    """Run the proxy until ``shutdown`` completes, then stop gracefully.
+
+    Each item put in ``reloads`` re-reads the TLS certificates (the CLI puts one per SIGHUP).
+    """
     loop = asyncio.get_running_loop()
     runtime = Runtime(config, loop)
     for group in runtime.groups.values():
         await group.start()
     servers = await start_listeners(runtime)
+    try:
+        secure = await start_tls_listeners(runtime, start_listeners)
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    for scheme, group_of in (("http", servers), ("https", secure)):
+        for address in bound_addresses(group_of):
+            log.info("listening on %s://%s/", scheme, address)
+    servers += secure
     addresses = bound_addresses(servers)
-    for address in addresses:
-        log.info("listening on http://%s/", address)
     if on_ready is not None:
         on_ready(addresses)
+    follower = loop.create_task(follow_reloads(runtime, reloads, config_load)) if reloads is not None else None
     try:
         await shutdown
     finally:
+        if follower is not None:
+            follower.cancel()
         for server in servers:
             server.close()
         in_flight = sum(1 for h in runtime.handlers if h.busy)
