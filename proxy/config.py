@@ -238,6 +238,7 @@ def _convert_optional_file(value: Any, ctx: Context) -> Path | None:
 
 
 _SERVER_NAME_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")  # RFC 9110 7.8 protocol
 
 
 def _convert_server_name(value: Any, ctx: Context) -> str:
@@ -246,10 +247,17 @@ def _convert_server_name(value: Any, ctx: Context) -> str:
     return value.lower()
 
 
+def _convert_protocol(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value.lower()):
+        raise Invalid
+    return value.lower()
+
+
 PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file)
 PEM_KEY = Kind('a PEM file (relative to the config file), or "" when the key is in the certificate file',
                _convert_optional_file)
 SERVER_NAME = Kind('a host name like "api.example.test" or "*.example.test"', _convert_server_name)
+PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 
 
 # --- sections ---------------------------------------------------------------
@@ -399,6 +407,17 @@ class Upstream:
         "Beyond buffer_bytes, up to this much of a response is spilled to a temporary file so the app server "
         "is released early; 0 = never spill (the upstream is then read at the client's pace).",
         shown='"1g"')
+    # Edge protocols (issue 6): which Upgrade requests become tunnels to this group, and how long one may idle.
+    upgrade: tuple[str, ...] = setting(
+        ("websocket",), _list_of(PROTOCOL, non_empty=False),
+        "Protocols a client may switch to (Connection: Upgrade) on this group's servers; when a server answers "
+        "101 the two connections are relayed as raw bytes. A request to upgrade to any other protocol gets 400 "
+        '("h2c" is ignored instead, as RFC 9113 allows); [] refuses every upgrade.', shown='["websocket"]')
+    websocket_idle_timeout: float = setting(
+        300.0, SECONDS,
+        "An upgraded connection (a WebSocket tunnel) that carries no bytes either way for this long is closed. "
+        "Here rather than in [limits] because it is the app that knows how chatty its sockets are (nginx: "
+        "proxy_read_timeout per location).")
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,18 @@ class Metrics:
         self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count
         self.duration_sum: Counter[str] = Counter()
         self.duration_count: Counter[str] = Counter()
-        # Edge protocols: kept up to date by server/tls.py as things happen.
+        # Edge protocols: kept up to date by server/tls.py and server/tunnel.py as things happen.
         self.tls_handshakes = 0
         self.tls_failures: Counter[str] = Counter()  # by tls.Failure.kind
+        self.tunnels_open = 0
+        self.tunnels_total = 0
+        self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
 
     def observe(self, record: AccessRecord) -> None:
         route = record.route or "-"
         self.requests[route, record.status] += 1
+        if record.tunnel:
+            return  # a tunnel's lifetime (minutes) would swamp the request-duration histogram
         seconds = record.request_time
         self.duration_sum[route] += seconds
         self.duration_count[route] += 1
@@ -76,6 +81,9 @@ def snapshot(runtime) -> dict:
         "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy)},
         "requests": sum(metrics.requests.values()),
         "upstreams": upstreams,
+        "tunnels": {"open": metrics.tunnels_open, "total": metrics.tunnels_total,
+                    "bytes_to_upstream": metrics.tunnel_bytes["to_upstream"],
+                    "bytes_to_client": metrics.tunnel_bytes["to_client"]},
         "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(sorted(metrics.tls_failures.items()))}
                 if runtime.tls is not None else None),
     }
@@ -93,8 +101,15 @@ STATES = ("up", "down", "failed", "draining")
 
 
 def _edge_samples(metrics: Metrics) -> list[str]:
-    """TLS handshakes."""
-    out = ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
+    """Tunnels (upgraded connections) and TLS handshakes."""
+    out = ["# HELP proxy_tunnels_open Upgraded connections (WebSocket tunnels) open now.",
+           "# TYPE proxy_tunnels_open gauge", f"proxy_tunnels_open {metrics.tunnels_open}",
+           "# HELP proxy_tunnels_total Upgraded connections opened.",
+           "# TYPE proxy_tunnels_total counter", f"proxy_tunnels_total {metrics.tunnels_total}",
+           "# HELP proxy_tunnel_bytes_total Bytes relayed through tunnels, by direction.",
+           "# TYPE proxy_tunnel_bytes_total counter"]
+    out += [f'proxy_tunnel_bytes_total{{direction="{d}"}} {metrics.tunnel_bytes[d]}' for d in ("to_upstream", "to_client")]
+    out += ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
             "# TYPE proxy_tls_handshakes_total counter", f"proxy_tls_handshakes_total {metrics.tls_handshakes}",
             "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
             "# TYPE proxy_tls_handshake_failures_total counter"]

@@ -99,6 +99,7 @@ def test_plain_http_is_redirected_with_308_and_no_hsts(site):
 def test_status_page_is_not_redirected(site):
     status = requests.get(f"http://127.0.0.1:{site.port}/_proxy/status").json()
     assert status["tls"]["handshakes"] >= 0
+    assert status["tunnels"]["open"] == 0
 
 
 @pytest.mark.parametrize("server_name, expected", [
