@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from . import __version__, config as config_module
@@ -133,34 +131,15 @@ def _gencert(args: argparse.Namespace) -> int:
 
 
 def run(cfg: config_module.Config) -> int:
-    from .server.listener import ListenError, serve
-
-    async def _main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-
-        def _stop(signame: str) -> None:
-            if not stop.done():
-                log.info("received %s", signame)
-                stop.set_result(signame)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop, sig.name)
-        # Edge (TLS): SIGHUP re-reads the certificates in this single process. The master/worker
-        # reload (a fresh config in new workers) supersedes this once it is merged.
-        reloads: asyncio.Queue = asyncio.Queue()
-        loop.add_signal_handler(signal.SIGHUP, lambda: (log.info("received SIGHUP"), reloads.put_nowait(None)))
-        await serve(cfg, shutdown=stop, reloads=reloads)
+    """Run the master process (which forks the workers) until it is told to stop."""
+    from .server.master import Master
+    from .server.sockets import ListenError
 
     try:
-        asyncio.run(_main())
+        return Master(cfg).run()
     except ListenError as exc:
         print(f"proxy: {exc.strerror}", file=sys.stderr)
         return 1
-    except ConfigError as exc:  # a certificate file that changed between the check and the start
+    except ConfigError as exc:  # a certificate file that changed since the configuration was checked
         print(f"proxy: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"proxy: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -211,6 +211,15 @@ def _table(cls: type, expected: str) -> Kind:
     return Kind(expected, lambda value, ctx: _build(cls, value, ctx))
 
 
+def _convert_workers(value: Any, ctx: Context) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise Invalid
+    return value
+
+
+WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU core', _convert_workers)
 WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
 STATUSES = Kind("a list of HTTP status codes", _convert_statuses)
 NETWORK = Kind('an address or network like "127.0.0.1/32" or "::1/128"', _convert_network)
@@ -273,6 +282,12 @@ class ServerSettings:
         False, BOOL,
         "Send static file bodies with sendfile(2) instead of read/write in chunks. "
         "Off by default: see docs/configuration.md for the measurement behind it.")
+    workers: int = setting(
+        1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
+        "and replaces them all, gracefully, on SIGHUP.")
+    max_connections: int = setting(
+        4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
+        "and closed. The open-files limit is raised to its hard limit at start.")
     grace_period: float = setting(
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(

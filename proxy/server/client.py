@@ -28,6 +28,7 @@ from .sendfile import send_file
 
 log = logging.getLogger("proxy")
 
+DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
 LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
 
@@ -117,6 +118,11 @@ class ClientHandler:
     def __repr__(self) -> str:
         return f"<ClientHandler {self.client_ip} busy={self.busy} {self.conn!r}>"
 
+    def close_if_idle(self) -> None:
+        """Close unless a request has begun (used while stopping)."""
+        if not self.busy and not self.channel.has_data and not self.conn.head_started:
+            self.channel.close()
+
     def _lost(self) -> None:
         # The client hung up. While we wait on an upstream nothing else would notice,
         # so stop the exchange (nginx logs these as 499).
@@ -136,7 +142,7 @@ class ClientHandler:
             log.exception("internal error while serving %s", self.client_ip)
             self.channel.abort()
         finally:
-            self.channel.close()
+            await self.channel.close_and_wait(self.runtime.config.limits.send_timeout)
 
     async def _serve(self) -> None:
         runtime = self.runtime
@@ -176,11 +182,14 @@ class ClientHandler:
                 raise
             else:
                 self._log(exchange)
-            if not self.conn.can_keep_alive or runtime.closing:
+            if not self.conn.can_keep_alive:
                 self.channel.write_eof()
                 return
             self.conn.start_next_cycle()
-            deadline = loop.time() + limits.keepalive_timeout
+            # Stopping began after this answer promised keep-alive: the client may reuse the
+            # connection right away, so it gets a short while to do so (and Connection: close).
+            idle = DRAIN_IDLE if runtime.closing else limits.keepalive_timeout
+            deadline = loop.time() + idle
 
     def _log(self, exchange: Exchange) -> None:
         self.runtime.log_access(exchange.record(self.client_ip, self.runtime.loop.time()))

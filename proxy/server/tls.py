@@ -1,12 +1,13 @@
 """HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does.
 
-Why not ``create_server(ssl=context)``: asyncio would then fix the context
-for the life of the listening socket, and swallow failed handshakes without
-a word (it logs them only in debug mode). Accepting plain TCP and calling
-``loop.start_tls`` per connection instead gives each handshake the
-certificates current at that moment (``runtime.tls``, replaced on reload with
-no socket closed), and puts every failure in our hands: counted in the
-metrics, and logged once a minute at most (``tls.FailureLog``).
+Why not asyncio's ``ssl=`` argument when accepting: asyncio would then
+swallow failed handshakes without a word (it logs them only in debug mode),
+or fail the accepting task with them. Accepting plain TCP and calling
+``loop.start_tls`` per connection instead puts every failure in our hands:
+counted in the metrics, and logged once a minute at most
+(``tls.FailureLog``). Each handshake uses ``runtime.tls``, the certificates
+this worker was started with; a reload (SIGHUP to the master) starts new
+workers with certificates read afresh, and no socket is closed.
 
 ``start_tls`` pauses the transport before its first await, and the task that
 calls it runs before any read callback of the new connection (both are
@@ -17,13 +18,13 @@ ClientHello reaches the holding protocol.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+from typing import Callable
 
 from ..config import Address
-from ..errors import ConfigError
-from ..tls import FailureLog, classify, describe, load_certificates
+from ..tls import Certificates, FailureLog, classify, describe
 from .channel import Channel
+from .sockets import bound_address
 
 log = logging.getLogger("proxy")
 
@@ -95,47 +96,14 @@ class EdgeState:
             task.cancel()
 
 
-async def start_tls_listeners(runtime, start_listeners) -> list[asyncio.AbstractServer]:
-    """Listen on ``[tls].listen`` (nothing when TLS is off); ``start_listeners`` is listener.py's binder."""
-    if runtime.tls is None:
-        return []
-    servers = await start_listeners(runtime, runtime.tls.settings.listen, lambda: _Holding(runtime))
-    for server in servers:
-        for sock in server.sockets:
-            runtime.edge.https_port = runtime.edge.https_port or sock.getsockname()[1]
-    log.info("TLS certificates: %s", describe(runtime.tls))
-    return servers
+def tls_protocol(runtime) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for connections accepted on a [tls] socket."""
+    return lambda: _Holding(runtime)
 
 
-async def follow_reloads(runtime, requests: asyncio.Queue, load) -> None:
-    """Re-read the certificates each time a reload is asked for (SIGHUP in a single process).
-
-    ``load(path)`` is config.load: the whole file is checked as at start, and
-    a file that does not load leaves everything as it was. Only ``[tls]``
-    takes effect here; any other change is reported as needing a restart.
-    """
-    while True:
-        await requests.get()
-        try:
-            fresh = load(runtime.config.path)
-            certificates = load_certificates(fresh.tls, fresh.path) if fresh.tls is not None else None
-        except ConfigError as exc:  # keep serving with what we have
-            log.error("reload failed, keeping the current certificates: %s", exc)
-            continue
-        if certificates is None or runtime.tls is None:
-            log.warning("reload: a single proxy process re-reads only [tls] certificates%s; restart it to apply "
-                        "other changes", "" if runtime.tls is None and certificates is None
-                        else ", and [tls] cannot be added or removed without a restart")
-            continue
-        if fresh.tls.listen != runtime.tls.settings.listen:
-            log.warning("reload: [tls].listen changed: that needs a restart; the new certificates apply to "
-                        "the current addresses")
-        runtime.tls = certificates
-        log.info("reloaded TLS certificates: %s", describe(certificates))
-        if _without_tls(fresh) != _without_tls(runtime.config):
-            log.warning("reload: settings outside [tls] changed; a single proxy process applies them only "
-                        "after a restart")
-
-
-def _without_tls(config):
-    return dataclasses.replace(config, tls=None)
+def log_tls_listening(sockets, certificates: Certificates | None) -> None:
+    """The lines a process that binds [tls] listen logs (the master, or serve() on its own)."""
+    if certificates is not None and sockets:
+        log.info("TLS certificates: %s", describe(certificates))
+    for sock in sockets:
+        log.info("listening on https://%s/", bound_address(sock))

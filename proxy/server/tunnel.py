@@ -37,12 +37,13 @@ from ..http.upgrade import switching_headers
 class _End(asyncio.Protocol):
     """One connection of a tunnel; ``other`` is the connection its bytes go to."""
 
-    __slots__ = ("tunnel", "side", "transport", "other", "direction", "eof", "tls")
+    __slots__ = ("tunnel", "side", "channel", "transport", "other", "direction", "eof", "tls")
 
     def __init__(self, tunnel: "Tunnel", side: str, direction: str) -> None:
         self.tunnel = tunnel
         self.side = side  # "client" or "upstream": who ended the tunnel, in the log
         self.direction = direction  # where this end's bytes go, for the counters
+        self.channel = None  # the Channel this end took over; told when the connection is gone
         self.transport: asyncio.Transport | None = None
         self.other: _End
         self.eof = False
@@ -64,6 +65,7 @@ class _End(asyncio.Protocol):
         return not self.tls  # over TCP keep our write side open: the other side may still answer
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.channel.connection_lost(exc)  # so whoever waits on the Channel's close (the handler) is released
         self.tunnel.finish(self.side)
 
     def pause_writing(self) -> None:
@@ -111,8 +113,9 @@ class Tunnel:
         self.metrics.tunnels_total += 1
         ends = ((self.client, client_channel, to_upstream), (self.upstream, upstream_channel, to_client))
         for end, channel, _ in ends:
-            end.transport = channel.transport
+            end.channel, end.transport = channel, channel.transport
             end.tls = not channel.transport.can_write_eof()
+            channel.on_lost = None  # the handler's 499 logic is for requests; the tunnel logs its own end
         for end, channel, early in ends:
             if early:
                 self.count(end.direction, len(early))

@@ -77,6 +77,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_proxy, test_app_gunicorn):
         upstream = "app"
     """)
     idle = socket.create_connection(("127.0.0.1", proxy.port))  # an idle keep-alive client
+    late = socket.create_connection(("127.0.0.1", proxy.port))  # one that sends just after the stop began
     result = {}
 
     def slow_request():
@@ -88,9 +89,13 @@ def test_sigterm_lets_in_flight_requests_finish(start_proxy, test_app_gunicorn):
                what="the slow request to reach the app")
     proxy.signal(signal.SIGTERM)
     proxy.wait_for_line(r"shutting down: 1 request\(s\) in flight")
-    # New connections are refused while the in-flight one finishes.
-    wait_until(lambda: refused(proxy.port), what="the listener to close")
-    assert idle.recv(1) == b""  # the idle connection was closed at once
+    late.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = late.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+    assert refused(proxy.port)  # new connections are refused while the in-flight one finishes
+    idle.settimeout(5)
+    assert idle.recv(1) == b""  # closed after a short linger
+    late.close()
     thread.join(10)
     assert result["response"].status_code == 200 and result["response"].text == "slow"
     assert proxy.proc.wait(10) == 0

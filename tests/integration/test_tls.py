@@ -16,13 +16,15 @@ from tests.edge import client_context, der, https_port, peer_certificate, write_
 from tests.helpers import ROOT, ProxyProcess, wait_until
 
 
-def tls_config(certificate: str, key: str, *, upstream: str = "", static: str = "", extra: str = "") -> str:
+def tls_config(certificate: str, key: str, *, upstream: str = "", static: str = "", extra: str = "",
+               workers: int = 1) -> str:
     """A proxy.toml with a plain and a TLS listener (ports chosen at run time), [status], and one route."""
     route = 'upstream = "app"' if upstream else f'static = "{static}"'
     backend = f'[upstreams.app]\nservers = ["{upstream}"]' if upstream else ""
     return f"""
 [server]
 listen = ["127.0.0.1:0"]
+workers = {workers}
 [tls]
 listen = ["127.0.0.1:0"]
 certificate = "{certificate}"
@@ -205,26 +207,37 @@ def test_failed_handshakes_are_logged_once_and_cost_nothing_else(tmp_path, ca, s
 def test_sighup_reloads_the_certificate(tmp_path, ca, start_proxy):
     first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
     write_cert(first, tmp_path, "site")
-    proxy = start_proxy(tls_config("site.pem", "site.key", static="."))
+    # Two workers: the master builds the contexts once per generation and the forked workers share them.
+    proxy = start_proxy(tls_config("site.pem", "site.key", static=".", workers=2))
     port = https_port(proxy)
+    wait_until(lambda: _count(proxy, "is accepting connections") == 2, what="both workers to accept")
     context = client_context(ca)
-    held = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")
-    assert held.getpeercert(binary_form=True) == der(first)
+    assert {peer_certificate(port, context, "localhost") for _ in range(6)} == {der(first)}
 
-    write_cert(second, tmp_path, "site")  # rotation: new files at the same paths, then SIGHUP
+    write_cert(second, tmp_path, "site")  # rotation: new files at the same paths, then SIGHUP to the master
     proxy.signal(signal.SIGHUP)
-    wait_until(lambda: peer_certificate(port, context, "localhost") == der(second), timeout=10,
+    wait_until(lambda: peer_certificate(port, context, "localhost") == der(second), timeout=20,
                what="the new certificate to be served")
-    proxy.wait_for_line(r"reloaded TLS certificates: .*site\.pem")
-    # A connection made before the reload goes on with its own handshake.
-    held.sendall(b"GET /site.pem HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    assert held.recv(100).startswith(b"HTTP/1.1 200 ")
-    held.close()
+    proxy.wait_for_line(r"TLS certificates for the new workers: .*site\.pem")
+    # Until the old generation has exited, a connection may still reach one of its workers.
+    wait_until(lambda: _count(proxy, " exited") == 2, what="the old workers to exit")
+    with requests.get(f"https://localhost:{port}/site.pem", verify=_ca_file(ca, tmp_path)) as response:
+        assert response.status_code == 200
 
     (tmp_path / "site.key").write_text("not a key\n")  # a broken rotation keeps what works
     proxy.signal(signal.SIGHUP)
-    proxy.wait_for_line(r"reload failed, keeping the current certificates: .*site\.key")
-    assert peer_certificate(port, context, "localhost") == der(second)
+    proxy.wait_for_line(r"reload failed, still serving the previous configuration: .*site\.key")
+    assert {peer_certificate(port, context, "localhost") for _ in range(6)} == {der(second)}
+
+
+def _count(proxy, text: str) -> int:
+    return sum(text in line for line in proxy.lines)
+
+
+def _ca_file(ca, folder) -> str:
+    path = folder / "ca.pem"
+    path.write_bytes(ca.cert_pem.bytes())
+    return str(path)
 
 
 def run_proxy(*args, cwd=ROOT):
