@@ -270,6 +270,7 @@ class ClientHandler:
             tls = runtime.tls
             if tls is not None and tls.settings.redirect_http and self.scheme == b"http":
                 # [tls] redirect_http: 308 keeps the method and body, unlike 301/302 (RFC 9110 15.4.9).
+                exchange.handler = "redirect"
                 location = https_location(head.host or runtime.local_host(self.channel), head.target,
                                           runtime.edge.https_port or 443)
                 self.respond(exchange, 308, error_page(308, runtime.server_name),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -325,3 +326,20 @@ def test_upgrade_to_a_route_without_websocket_support_in_the_app(proxy):
                 pass
         return caught.value.response.status_code
     assert run(go()) == 404  # the app's answer, passed back as an ordinary response
+
+
+def test_graceful_stop_closes_open_tunnels_at_once(tmp_path, start_proxy, ws_gunicorn):
+    proxy = start_proxy(proxy_config(ws_gunicorn.address).replace(
+        'listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:0"]\n        grace_period = 30.0'))
+
+    async def go():
+        async with connect(f"ws://127.0.0.1:{proxy.port}/ws/echo", ping_interval=None) as ws:
+            await ws.send("before the stop")
+            assert await ws.recv() == "before the stop"
+            stopped_at = time.monotonic()
+            proxy.signal(signal.SIGTERM)
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return time.monotonic() - stopped_at
+    assert run(go()) < 5  # not held until grace_period: the upgrade request finished long ago
+    assert proxy.proc.wait(10) == 0
+    assert any("tunnel=websocket" in line and "end=shutdown" in line for line in proxy.access_lines())
