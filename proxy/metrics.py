@@ -49,6 +49,26 @@ class Metrics:
                 break
 
 
+def process_stats() -> dict:
+    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow."""
+    import asyncio
+
+    stats = {"open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None}
+    try:
+        stats["tasks"] = len(asyncio.all_tasks())
+    except RuntimeError:
+        stats["tasks"] = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"
+                    stats[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return stats
+
+
 def snapshot(runtime) -> dict:
     """Everything the status page shows, as plain data."""
     now = runtime.loop.time()
@@ -78,7 +98,9 @@ def snapshot(runtime) -> dict:
         "server": runtime.config.server.name,
         "pid": os.getpid(),
         "uptime_seconds": round(time.time() - metrics.started, 3),
-        "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy)},
+        "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy),
+                        "refused_at_max": runtime.refused},
+        "process": process_stats(),
         "requests": sum(metrics.requests.values()),
         "upstreams": upstreams,
         "tunnels": {"open": metrics.tunnels_open, "total": metrics.tunnels_total,

@@ -87,7 +87,7 @@ def upstream_request_headers(
     client_via = None
     for name, value in headers:
         if name in _REQUEST_REPLACED or name in named or b"_" in name:
-            if name == b"via":
+            if name == b"via" and name not in named:  # a Via that Connection names is hop-by-hop: dropped
                 client_via = value
             continue
         out.append((name, value))
@@ -146,7 +146,7 @@ def client_response_headers(
     """
     named = connection_tokens(headers)
     out = [(n, v) for n, v in headers if n not in _RESPONSE_REPLACED and n not in named]
-    upstream_via = next((v for n, v in headers if n == b"via"), None)
+    upstream_via = next((v for n, v in headers if n == b"via" and n not in named), None)
     if upstream_via is not None:
         out = [(n, v) for n, v in out if n != b"via"]
         via = upstream_via + b", " + via

@@ -156,8 +156,14 @@ class Channel(asyncio.Protocol):
             self.transport.writelines(parts)
 
     async def drain(self, timeout: float) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        if self._lost:
+        """Wait until the transport's buffer is below its high-water mark.
+
+        Raises ConnectionResetError once the transport is closing: a failed send
+        closes it at once but reports connection_lost only on the next turn of
+        the loop, and a writer that never has to wait would otherwise go on
+        writing into a dead connection without ever yielding.
+        """
+        if self._lost or self.transport.is_closing():
             raise ConnectionResetError("connection lost")
         if not self._write_paused:
             return

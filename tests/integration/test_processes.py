@@ -43,11 +43,10 @@ def live(pid: int) -> bool:
 
 
 def serving_pids(proxy, count: int = 40) -> set[int]:
-    with requests.Session() as session:
-        pids = set()
-        for _ in range(count):
-            with requests.get(proxy.url + "/_proxy/status") as response:  # a new connection each time
-                pids.add(response.json()["pid"])
+    pids = set()
+    for _ in range(count):
+        with requests.get(proxy.url + "/_proxy/status") as response:  # a new connection each time
+            pids.add(response.json()["pid"])
     return pids
 
 
@@ -105,7 +104,7 @@ def test_reload_under_load_loses_no_request(start_proxy, recording_upstream):
         thread.start()
     try:
         for generation in range(2, 5):
-            wait_until(lambda: len(results) > 50 * generation, what="traffic before the reload")
+            wait_until(lambda g=generation: len(results) > 50 * g, what="traffic before the reload")
             proxy.signal(signal.SIGHUP)
             proxy.wait_for_line(rf"worker \d+ \(generation {generation}\) is accepting")
             wait_until(lambda g=generation: sum("reload complete" in line for line in proxy.lines) >= g - 1,

@@ -141,7 +141,8 @@ def test_all_servers_down_is_503_with_retry_after(start_proxy):
     second = requests.get(proxy.url + "/echo")
     assert second.status_code == 503
     assert 1 <= int(second.headers["Retry-After"]) <= 31
-    line = [x for x in proxy.access_lines() if '"GET /echo' in x][0]
+    line = wait_until(lambda: next((x for x in proxy.access_lines() if '"GET /echo' in x), None),
+                      what="the first request's access line")
     tried = line.split("uaddr=")[1].split(" us=")[0]
     assert sorted(tried.split(", ")) == sorted(f"127.0.0.1:{p}" for p in ports)
 
