@@ -3,9 +3,14 @@
 Every finished request already becomes an AccessRecord; ``Metrics.observe``
 counts it (requests by route and status, a duration histogram), so the
 numbers and the access log can never disagree. Upstream state is read from
-the groups when a page is asked for. Rendering is plain functions: JSON for
-people and scripts, the Prometheus text exposition format (version 0.0.4,
-simple enough that a dependency would not pay for itself) for scrapers.
+the groups when a page is asked for.
+
+The pipeline is plain data all the way: ``worker_view`` describes one
+worker, ``merge`` adds the views of every worker (read from the shared
+board, see server/board.py), and ``status_document`` / ``render_prometheus``
+render the merged view: JSON for people and scripts, the Prometheus text
+exposition format (version 0.0.4, simple enough that a dependency would not
+pay for itself) for scrapers.
 """
 
 from __future__ import annotations
@@ -20,12 +25,19 @@ from .accesslog import AccessRecord
 # Request duration buckets in seconds (Prometheus client defaults, which suit web requests).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# A server's state as most workers see it; on a tie, the one that needs attention.
+STATES = ("up", "down", "failed", "draining")
+_SEVERITY = {"draining": 3, "down": 2, "failed": 1, "up": 0}
+
+# Per-server numbers that add up across workers.
+_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "connects")
+
 
 class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
         self.requests: Counter[tuple[str, int]] = Counter()  # (route, status) -> count
-        self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count
+        self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count in that bucket alone
         self.duration_sum: Counter[str] = Counter()
         self.duration_count: Counter[str] = Counter()
         # Edge protocols: kept up to date by server/tls.py and server/tunnel.py as things happen.
@@ -48,6 +60,14 @@ class Metrics:
                 self.buckets[route, le] += 1
                 break
 
+    def as_data(self) -> dict:
+        return {
+            "requests": [[route, status, count] for (route, status), count in self.requests.items()],
+            "durations": {route: {"sum": self.duration_sum[route], "count": count,
+                                  "buckets": [self.buckets[route, le] for le in BUCKETS]}
+                          for route, count in self.duration_count.items()},
+        }
+
 
 def process_stats() -> dict:
     """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow."""
@@ -69,8 +89,8 @@ def process_stats() -> dict:
     return stats
 
 
-def snapshot(runtime) -> dict:
-    """Everything the status page shows, as plain data."""
+def worker_view(runtime) -> dict:
+    """One worker's counters and upstream view, as plain data (what it pins on the board)."""
     now = runtime.loop.time()
     upstreams = {}
     for name, group in runtime.groups.items():
@@ -93,21 +113,124 @@ def snapshot(runtime) -> dict:
                                            if peer.health.last_check is not None else None),
             })
         upstreams[name] = {"balance": group.config.balance, "servers": servers}
-    metrics = runtime.metrics
     return {
-        "server": runtime.config.server.name,
         "pid": os.getpid(),
-        "uptime_seconds": round(time.time() - metrics.started, 3),
+        "published": time.time(),
+        "started": runtime.metrics.started,
         "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy),
                         "refused_at_max": runtime.refused},
         "process": process_stats(),
-        "requests": sum(metrics.requests.values()),
+        "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,
-        "tunnels": {"open": metrics.tunnels_open, "total": metrics.tunnels_total,
-                    "bytes_to_upstream": metrics.tunnel_bytes["to_upstream"],
-                    "bytes_to_client": metrics.tunnel_bytes["to_client"]},
-        "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(sorted(metrics.tls_failures.items()))}
-                if runtime.tls is not None else None),
+        "edge": edge_view(runtime),
+    }
+
+
+# --- edge protocols: open tunnels and their bytes, TLS handshakes ----------
+
+TUNNEL_KEYS = ("open", "total", "bytes_to_upstream", "bytes_to_client")
+
+
+def edge_view(runtime) -> dict:
+    metrics = runtime.metrics
+    tunnels = (metrics.tunnels_open, metrics.tunnels_total, metrics.tunnel_bytes["to_upstream"],
+               metrics.tunnel_bytes["to_client"])
+    return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
+            "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
+                    if runtime.tls is not None else None)}
+
+
+def merge_edge(edges) -> dict:
+    """Every worker's tunnel and TLS numbers added up; "tls" is None when TLS is off."""
+    tunnels: Counter[str] = Counter()
+    handshakes, failures, tls_on = 0, Counter(), False
+    for edge in edges:
+        tunnels.update(edge["tunnels"])
+        if edge["tls"] is not None:
+            tls_on = True
+            handshakes += edge["tls"]["handshakes"]
+            failures.update(edge["tls"]["failures"])
+    return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
+            "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None}
+
+
+def _edge_samples(edge: dict) -> list[str]:
+    """Tunnels (upgraded connections) and TLS handshakes, in the exposition format."""
+    tunnels = edge["tunnels"]
+    out = ["# HELP proxy_tunnels_open Upgraded connections (WebSocket tunnels) open now.",
+           "# TYPE proxy_tunnels_open gauge", f"proxy_tunnels_open {tunnels['open']}",
+           "# HELP proxy_tunnels_total Upgraded connections opened.",
+           "# TYPE proxy_tunnels_total counter", f"proxy_tunnels_total {tunnels['total']}",
+           "# HELP proxy_tunnel_bytes_total Bytes relayed through tunnels, by direction.",
+           "# TYPE proxy_tunnel_bytes_total counter"]
+    out += [f'proxy_tunnel_bytes_total{{direction="{d}"}} {tunnels["bytes_" + d]}' for d in ("to_upstream", "to_client")]
+    tls = edge["tls"] or {"handshakes": 0, "failures": {}}
+    out += ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
+            "# TYPE proxy_tls_handshakes_total counter", f"proxy_tls_handshakes_total {tls['handshakes']}",
+            "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
+            "# TYPE proxy_tls_handshake_failures_total counter"]
+    out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}' for kind, n in tls["failures"].items()]
+    return out
+
+
+def merge(views: list[dict]) -> dict:
+    """Add up the views of several workers (the first is the one answering)."""
+    requests: Counter = Counter()
+    durations: dict[str, dict] = {}
+    connections: Counter = Counter()
+    upstreams: dict[str, dict] = {}
+    for view in views:
+        connections.update(view["connections"])
+        for route, status, count in view["metrics"]["requests"]:
+            requests[route, status] += count
+        for route, d in view["metrics"]["durations"].items():
+            total = durations.setdefault(route, {"sum": 0.0, "count": 0, "buckets": [0] * len(BUCKETS)})
+            total["sum"] += d["sum"]
+            total["count"] += d["count"]
+            total["buckets"] = [a + b for a, b in zip(total["buckets"], d["buckets"])]
+        for name, group in view["upstreams"].items():
+            merged = upstreams.setdefault(name, {"balance": group["balance"], "servers": {}})
+            for server in group["servers"]:
+                into = merged["servers"].get(server["address"])
+                if into is None:
+                    merged["servers"][server["address"]] = {**server, "states": [server["state"]]}
+                    continue
+                for key in _SUMMED:
+                    into[key] += server[key]
+                into["states"].append(server["state"])
+                into["last_error"] = into["last_error"] or server["last_error"]
+    for group in upstreams.values():
+        for server in group["servers"].values():
+            votes = Counter(server.pop("states"))
+            server["state"] = max(votes, key=lambda s: (votes[s], _SEVERITY[s]))
+            if len(votes) > 1:
+                server["states_by_worker"] = dict(votes)
+        group["servers"] = list(group["servers"].values())
+    return {
+        "workers": [{"pid": v["pid"], "requests": sum(c for _, _, c in v["metrics"]["requests"]),
+                     "connections": v["connections"], "process": v["process"]} for v in views],
+        "connections": dict(connections),
+        "requests": [[route, status, count] for (route, status), count in sorted(requests.items())],
+        "durations": durations,
+        "upstreams": upstreams,
+        "started": min(v["started"] for v in views),
+        "edge": merge_edge(v["edge"] for v in views if "edge" in v),
+    }
+
+
+def status_document(merged: dict, server_name: str) -> dict:
+    """The JSON status page: totals for the whole proxy; ``pid`` and ``process`` are the answering worker's."""
+    answering = merged["workers"][0]
+    return {
+        "server": server_name,
+        "pid": answering["pid"],
+        "process": answering["process"],
+        "uptime_seconds": round(time.time() - merged["started"], 3),
+        "workers": merged["workers"],
+        "connections": merged["connections"],
+        "requests": sum(count for _, _, count in merged["requests"]),
+        "upstreams": merged["upstreams"],
+        **merged["edge"],  # "tunnels" and "tls"
     }
 
 
@@ -119,50 +242,29 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-STATES = ("up", "down", "failed", "draining")
-
-
-def _edge_samples(metrics: Metrics) -> list[str]:
-    """Tunnels (upgraded connections) and TLS handshakes."""
-    out = ["# HELP proxy_tunnels_open Upgraded connections (WebSocket tunnels) open now.",
-           "# TYPE proxy_tunnels_open gauge", f"proxy_tunnels_open {metrics.tunnels_open}",
-           "# HELP proxy_tunnels_total Upgraded connections opened.",
-           "# TYPE proxy_tunnels_total counter", f"proxy_tunnels_total {metrics.tunnels_total}",
-           "# HELP proxy_tunnel_bytes_total Bytes relayed through tunnels, by direction.",
-           "# TYPE proxy_tunnel_bytes_total counter"]
-    out += [f'proxy_tunnel_bytes_total{{direction="{d}"}} {metrics.tunnel_bytes[d]}' for d in ("to_upstream", "to_client")]
-    out += ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
-            "# TYPE proxy_tls_handshakes_total counter", f"proxy_tls_handshakes_total {metrics.tls_handshakes}",
-            "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
-            "# TYPE proxy_tls_handshake_failures_total counter"]
-    out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}'
-            for kind, n in sorted(metrics.tls_failures.items())]
-    return out
-
-
-def render_prometheus(runtime) -> bytes:
+def render_prometheus(merged: dict) -> bytes:
     """The text exposition format: HELP, TYPE, then samples."""
-    metrics = runtime.metrics
-    data = snapshot(runtime)
     out = [
         "# HELP proxy_requests_total Requests answered, by route prefix and status.",
         "# TYPE proxy_requests_total counter",
     ]
-    for (route, status), count in sorted(metrics.requests.items()):
+    for route, status, count in merged["requests"]:
         out.append(f'proxy_requests_total{{route="{_label(route)}",status="{status}"}} {count}')
     out += ["# HELP proxy_request_duration_seconds Time from request head to the end of the answer.",
             "# TYPE proxy_request_duration_seconds histogram"]
-    for route in sorted(metrics.duration_count):
+    for route, d in sorted(merged["durations"].items()):
+        label = _label(route)
         cumulative = 0
-        for le in BUCKETS:
-            cumulative += metrics.buckets[route, le]
-            out.append(f'proxy_request_duration_seconds_bucket{{route="{_label(route)}",le="{le}"}} {cumulative}')
-        out.append(f'proxy_request_duration_seconds_bucket{{route="{_label(route)}",le="+Inf"}} '
-                   f"{metrics.duration_count[route]}")
-        out.append(f'proxy_request_duration_seconds_sum{{route="{_label(route)}"}} {metrics.duration_sum[route]:.6f}')
-        out.append(f'proxy_request_duration_seconds_count{{route="{_label(route)}"}} {metrics.duration_count[route]}')
+        for le, count in zip(BUCKETS, d["buckets"]):
+            cumulative += count
+            out.append(f'proxy_request_duration_seconds_bucket{{route="{label}",le="{le}"}} {cumulative}')
+        out.append(f'proxy_request_duration_seconds_bucket{{route="{label}",le="+Inf"}} {d["count"]}')
+        out.append(f'proxy_request_duration_seconds_sum{{route="{label}"}} {d["sum"]:.6f}')
+        out.append(f'proxy_request_duration_seconds_count{{route="{label}"}} {d["count"]}')
     out += ["# HELP proxy_connections Client connections open now.", "# TYPE proxy_connections gauge",
-            f"proxy_connections {data['connections']['open']}"]
+            f"proxy_connections {merged['connections'].get('open', 0)}",
+            "# HELP proxy_workers Worker processes reporting.", "# TYPE proxy_workers gauge",
+            f"proxy_workers {len(merged['workers'])}"]
     series = {
         "proxy_upstream_state": ("gauge", "1 for the state each upstream server is in."),
         "proxy_upstream_in_flight": ("gauge", "Requests in flight to each upstream server."),
@@ -171,7 +273,7 @@ def render_prometheus(runtime) -> bytes:
         "proxy_upstream_idle_connections": ("gauge", "Idle pooled connections per upstream server."),
     }
     samples: dict[str, list[str]] = {name: [] for name in series}
-    for name, group in data["upstreams"].items():
+    for name, group in merged["upstreams"].items():
         for server in group["servers"]:
             labels = f'upstream="{_label(name)}",server="{_label(server["address"])}"'
             for state in STATES:
@@ -186,5 +288,5 @@ def render_prometheus(runtime) -> bytes:
                 f"proxy_upstream_idle_connections{{{labels}}} {server['idle_connections']}")
     for name, (kind, text) in series.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
-    out += _edge_samples(metrics)
+    out += _edge_samples(merged["edge"])
     return ("\n".join(out) + "\n").encode()

@@ -310,10 +310,11 @@ class ClientHandler:
         if head.method not in (b"GET", b"HEAD"):
             raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
         if head.path == status.path:
-            body = metrics.render_json(metrics.snapshot(self.runtime))
+            document = metrics.status_document(self.runtime.merged_metrics(), self.runtime.config.server.name)
+            body = metrics.render_json(document)
             kind = b"application/json"
         else:
-            body = metrics.render_prometheus(self.runtime)
+            body = metrics.render_prometheus(self.runtime.merged_metrics())
             kind = b"text/plain; version=0.0.4; charset=utf-8"
         self.respond(exchange, 200, body, [(b"content-type", kind), (b"cache-control", b"no-store")])
 

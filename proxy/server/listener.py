@@ -11,11 +11,14 @@ what is left.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from typing import Awaitable, Callable
 
 from ..accesslog import AccessLog, AccessRecord
-from ..metrics import Metrics
+from ..metrics import Metrics, merge, worker_view
+from .board import PUBLISH_INTERVAL, Board
 from ..config import Address, Config
 from ..http.headers import request_id
 from ..http.responses import Clock, error_bytes
@@ -33,9 +36,11 @@ log = logging.getLogger("proxy")
 class Runtime:
     """What every connection of this process shares: config, routes, pools, logs."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 certificates: Certificates | None = None) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
+                 slot: int | None = None, certificates: Certificates | None = None) -> None:
         self.config = config
+        self.board = board  # shared with the other workers, for whole-proxy status pages
+        self.slot = slot
         self.loop = loop
         self.router = Router(config.routes)
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
@@ -57,6 +62,27 @@ class Runtime:
         return f"<Runtime {self.config.path} connections={len(self.handlers)} closing={self.closing}>"
 
     new_request_id = staticmethod(request_id)
+
+    def publish(self) -> None:
+        """Pin this worker's counters on the board, and again every PUBLISH_INTERVAL."""
+        if self.board is None:
+            return
+        payload = json.dumps(worker_view(self), separators=(",", ":")).encode()
+        if not self.board.publish(self.slot, payload):
+            log.warning("status board: this worker's view (%d bytes) does not fit its slot", len(payload))
+        if not self.closing:
+            self.loop.call_later(PUBLISH_INTERVAL, self.publish)
+
+    def merged_metrics(self) -> dict:
+        """Every worker's counters added up, this worker's live and first."""
+        views = [worker_view(self)]
+        if self.board is not None:
+            fresh = time.time() - 3 * PUBLISH_INTERVAL
+            for payload in self.board.read_all(exclude=self.slot):
+                view = json.loads(payload)
+                if view["published"] >= fresh:
+                    views.append(view)
+        return merge(views)
 
     def log_access(self, record: AccessRecord) -> None:
         self.metrics.observe(record)
@@ -196,7 +222,8 @@ class Acceptor:
 
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
                 certificates: Certificates | None = None,
-                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None) -> None:
+                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
+                board: Board | None = None, slot: int | None = None) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
@@ -206,7 +233,7 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     sockets ``serve`` binds both lists itself.
     """
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop, certificates)
+    runtime = Runtime(config, loop, board, slot, certificates)
     own = sockets is None
     if own:
         bound = bind_all(config.server.listen)
@@ -227,6 +254,7 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     acceptors += [Acceptor(runtime, sock, tls_protocol(runtime)) for sock in tls_sockets]  # handshake first
     if tls_sockets:
         runtime.edge.https_port = bound_address(tls_sockets[0]).port
+    runtime.publish()
     if on_ready is not None:
         on_ready([bound_address(sock) for sock in sockets + tls_sockets])
     try:
@@ -239,6 +267,8 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
         in_flight = sum(1 for h in runtime.handlers if h.busy)
         log.info("shutting down: %d request(s) in flight", in_flight)
         await runtime.drain(config.server.grace_period if grace is None else grace)
+        if board is not None:
+            board.clear(slot)
         log.info("stopped")
 
 

@@ -35,6 +35,7 @@ from .. import config as config_module
 from ..config import Address, Config
 from ..errors import ConfigError
 from ..tls import Certificates, describe, load_certificates
+from .board import Board
 from .sockets import ListenError, bind, bound_address, raise_fd_limit
 from .tls import log_tls_listening
 
@@ -51,6 +52,7 @@ class Worker:
     generation: int
     ready_fd: int  # the worker writes one byte here once it accepts connections
     started: float
+    slot: int  # its place on the status board
     ready: bool = False
     stopping: bool = False
 
@@ -66,6 +68,7 @@ class Master:
     workers: dict[int, Worker] = field(default_factory=dict)
     generation: int = 0
     stopping: str = ""
+    board: Board = field(default_factory=Board)
     _signals: list[int] = field(default_factory=list)
     _restart_delay: float = 0.0
 
@@ -134,20 +137,22 @@ class Master:
 
     def spawn(self) -> None:
         ready_read, ready_write = os.pipe()
+        slot = self.board.take()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             os.close(ready_read)
             code = 1
             try:
-                code = _worker_main(self.config, list(self.sockets_for(self.config).values()),
-                                    list(self.tls_sockets_for(self.config).values()), self.certificates, ready_write)
+                code = _worker_main(self.config, list(self.sockets_for(self.config).values()), ready_write,
+                                    self.board, slot, list(self.tls_sockets_for(self.config).values()),
+                                    self.certificates)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
                 logging.shutdown()
                 os._exit(code)
         os.close(ready_write)
-        self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic())
+        self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic(), slot)
 
     def sockets_for(self, cfg: Config) -> dict[Address, object]:
         return {address: self.sockets[address] for address in cfg.server.listen}
@@ -200,6 +205,7 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            self.board.release(worker.slot)
             if not worker.ready:
                 os.close(worker.ready_fd)
             if worker.stopping or self.stopping:
@@ -292,8 +298,8 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _worker_main(cfg: Config, sockets: list, tls_sockets: list, certificates: Certificates | None,
-                 ready_fd: int) -> int:
+def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
+                 certificates: Certificates | None) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
     from .listener import serve
 
@@ -328,8 +334,8 @@ def _worker_main(cfg: Config, sockets: list, tls_sockets: list, certificates: Ce
             os.write(ready_fd, b"1")
             os.close(ready_fd)
 
-        await serve(cfg, shutdown=stop, sockets=sockets, tls_sockets=tls_sockets, certificates=certificates,
-                    on_ready=ready)
+        await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
+                    tls_sockets=tls_sockets, certificates=certificates)
 
     asyncio.run(main())
     return 0

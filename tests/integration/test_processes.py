@@ -167,3 +167,28 @@ def test_max_connections_answers_503(start_proxy, recording_upstream):
     assert wait_until(lambda: status_of(raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n"
                                                      b"Connection: close\r\n\r\n")) == 200,
                       what="room again")
+
+
+def test_status_and_metrics_add_up_every_worker(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=2))
+    wait_until(lambda: len(worker_pids(proxy)) == 2, what="two workers")
+    sent = 0
+
+    def both_workers_served():
+        nonlocal sent
+        for _ in range(10):  # a new connection each time, so both workers take some
+            with requests.get(proxy.url + "/count-me") as response:
+                assert response.status_code == 200
+            sent += 1
+        workers = requests.get(proxy.url + "/_proxy/status").json()["workers"]
+        return len(workers) == 2 and all(w["requests"] > 0 for w in workers)
+    wait_until(both_workers_served, timeout=30, what="both workers to serve requests")
+
+    # Other workers' numbers are at most one publish interval (1 s) old: poll.
+    def totals():
+        text = requests.get(proxy.url + "/_proxy/metrics").text
+        status = requests.get(proxy.url + "/_proxy/status").json()
+        return (f'proxy_requests_total{{route="/",status="200"}} {sent}' in text and "proxy_workers 2" in text
+                and status["upstreams"]["app"]["servers"][0]["requests"] == sent)
+    wait_until(totals, timeout=10, what="the metrics of both workers to add up")

@@ -343,3 +343,24 @@ def test_graceful_stop_closes_open_tunnels_at_once(tmp_path, start_proxy, ws_gun
     assert run(go()) < 5  # not held until grace_period: the upgrade request finished long ago
     assert proxy.proc.wait(10) == 0
     assert any("tunnel=websocket" in line and "end=shutdown" in line for line in proxy.access_lines())
+
+
+def test_status_adds_up_tunnels_of_every_worker(tmp_path, start_proxy, ws_gunicorn):
+    proxy = start_proxy(proxy_config(ws_gunicorn.address).replace(
+        'listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:0"]\n        workers = 2'))
+    wait_until(lambda: sum("is accepting connections" in line for line in proxy.lines) == 2,
+               what="both workers to accept")
+
+    async def go():
+        sockets = [await connect(f"ws://127.0.0.1:{proxy.port}/ws/echo", ping_interval=None) for _ in range(6)]
+        try:
+            for ws in sockets:
+                await ws.send("x")
+                await ws.recv()
+            # Each worker publishes its counters about once a second; any worker answers with the sum.
+            await asyncio.to_thread(wait_until, lambda: status(proxy)["tunnels"]["open"] == 6, 10)
+            return status(proxy)["workers"]
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    assert len(run(go())) == 2
+    wait_until(lambda: status(proxy)["tunnels"]["open"] == 0, timeout=10, what="every tunnel closed")
