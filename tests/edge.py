@@ -56,6 +56,11 @@ def rss_bytes(pid: int) -> int:
     return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
 
 
+def worker_pid(proxy: ProxyProcess) -> int:
+    """The pid of a proxy's only worker (the master, proxy.pid, never holds a connection)."""
+    return int(proxy.wait_for_line(r"worker (\d+) \(generation 1\) is accepting connections")[1])
+
+
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     """Read up to the end of an HTTP head; returns (head, bytes after it)."""
     data = b""

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.edge import WS_REQUEST, RawUpgradeUpstream, client_context, https_port, read_head, read_until_eof, \
-    rss_bytes, write_cert
+    rss_bytes, worker_pid, write_cert
 from tests.helpers import raw_request, status_of, wait_until
 
 MIB = 1024 * 1024
@@ -237,7 +237,8 @@ def test_backpressure_bounds_memory_when_the_upstream_stops_reading(tmp_path, st
             sock.sendall(WS_REQUEST)
             head, _ = read_head(sock)
             assert head.startswith(b"HTTP/1.1 101 ")
-            baseline = rss_bytes(proxy.pid)
+            worker = worker_pid(proxy)
+            baseline = rss_bytes(worker)
             sent = [0]
 
             def send_all():
@@ -255,7 +256,7 @@ def test_backpressure_bounds_memory_when_the_upstream_stops_reading(tmp_path, st
                 return len(readings) > 5 and readings[-1] == readings[-6] > 0
             wait_until(stalled, timeout=30, interval=0.1, what="the relay to stall")
             assert sender.is_alive() and sent[0] < total  # the client is held back, not buffered for
-            growth = rss_bytes(proxy.pid) - baseline
+            growth = rss_bytes(worker) - baseline
             print(f"\nstalled: sent {sent[0] / MIB:.0f} MiB of {total / MIB:.0f}, relayed {readings[-1] / MIB:.1f} MiB, proxy RSS +{growth / MIB:.1f} MiB")
             assert growth < 8 * MIB, f"proxy RSS grew {growth / MIB:.1f} MiB with the upstream not reading"
             may_read.set()
@@ -294,7 +295,9 @@ def test_wss_through_tls(tmp_path, start_proxy, ca, ws_gunicorn):
 def test_200_concurrent_tunnels_with_bounded_memory(proxy):
     count = 200
     wait_until(lambda: status(proxy)["tunnels"]["open"] == 0, timeout=10, what="no tunnel left by other tests")
-    baseline = rss_bytes(proxy.pid)
+    worker = worker_pid(proxy)
+    assert worker != proxy.pid
+    baseline = rss_bytes(worker)
     measured = {}
 
     async def go():
@@ -307,12 +310,12 @@ def test_200_concurrent_tunnels_with_bounded_memory(proxy):
             answers = await asyncio.gather(*(ws.recv() for ws in sockets))
             assert answers == [f"n{i}" for i in range(count)]
             measured["open"] = status(proxy)["tunnels"]["open"]
-            measured["rss"] = rss_bytes(proxy.pid)
+            measured["rss"] = rss_bytes(worker)
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     run(go())
     growth = measured["rss"] - baseline
-    print(f"\nproxy RSS: {baseline / MIB:.1f} MiB before, {measured['rss'] / MIB:.1f} MiB with {count} tunnels "
+    print(f"\nproxy worker RSS: {baseline / MIB:.1f} MiB before, {measured['rss'] / MIB:.1f} MiB with {count} tunnels "
           f"open (+{growth / MIB:.1f} MiB, {growth / count / 1024:.0f} KiB per tunnel)")
     assert measured["open"] == count
     assert growth < 32 * MIB, f"{count} tunnels grew the proxy by {growth / MIB:.1f} MiB"
