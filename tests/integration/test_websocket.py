@@ -292,6 +292,33 @@ def test_wss_through_tls(tmp_path, start_proxy, ca, ws_gunicorn):
     wait_until(both_closed, timeout=10, what="both tunnels closed")
 
 
+def test_wss_tunnels_cost_little_memory(tmp_path, start_proxy, ca, ws_gunicorn):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    tls = '[tls]\nlisten = ["127.0.0.1:0"]\ncertificate = "site.pem"\nkey = "site.key"\n'
+    proxy = start_proxy(proxy_config(ws_gunicorn.address, extra=tls.replace("\n", "\n        ")))
+    port, worker = https_port(proxy), worker_pid(proxy)
+    count = 60
+
+    async def go():
+        context = client_context(ca)
+        async with connect(f"wss://localhost:{port}/ws/echo", ssl=context) as ws:  # warm up: first handshake
+            await ws.send("warm")
+            await ws.recv()
+        baseline = rss_bytes(worker)
+        sockets = await asyncio.gather(*(connect(f"wss://localhost:{port}/ws/echo", ssl=context, ping_interval=None)
+                                         for _ in range(count)))
+        try:
+            await asyncio.gather(*(ws.send("x") for ws in sockets))
+            await asyncio.gather(*(ws.recv() for ws in sockets))
+            return rss_bytes(worker) - baseline
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    growth = run(go())
+    print(f"\nproxy worker RSS: +{growth / MIB:.1f} MiB with {count} wss tunnels ({growth / count / 1024:.0f} KiB each)")
+    # asyncio's own 256 KiB receive buffer per TLS connection would make this about 290 KiB (server/tls.py).
+    assert growth < count * 150 * 1024
+
+
 def test_200_concurrent_tunnels_with_bounded_memory(proxy):
     count = 200
     wait_until(lambda: status(proxy)["tunnels"]["open"] == 0, timeout=10, what="no tunnel left by other tests")
