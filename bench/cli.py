@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -169,12 +170,22 @@ def order(pair: int) -> tuple[str, str]:
     return ("proxy", "nginx") if pair % 2 == 0 else ("nginx", "proxy")
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts: Options, pair: int) -> report.Run:
     meter = UsageMeter(stack.child(server))
+    app = UsageMeter(stack.gunicorn)
+    wrk_before = _children_cpu()
     result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads)
     usage = meter.read()
+    app_usage = app.read()
+    wrk_cpu = _children_cpu() - wrk_before
     stack.check_alive()
-    return report.Run(server, pair, result, usage.cpu_seconds, usage.peak_rss_mb)
+    return report.Run(server, pair, result, usage.cpu_seconds, usage.peak_rss_mb, usage.system_seconds,
+                      app_usage.cpu_seconds, wrk_cpu)
 
 
 def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
@@ -187,8 +198,9 @@ def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> lis
             run = measure_one(stack, server, scenario, opts, pair)
             runs.append(run)
             print(f"  pair {pair + 1}/{opts.pairs} {server:5}: {run.wrk.rps:10,.0f} req/s  "
-                  f"p99 {run.wrk.p99_ms:8.2f} ms  {run.cpu_us_per_request:6.0f} CPU µs/req  "
-                  f"errors {run.wrk.error_count}", flush=True)
+                  f"p99 {run.wrk.p99_ms:8.2f} ms  CPU µs/req: {run.cpu_us_per_request:5.0f} {server}, "
+                  f"{run.per_request_us(run.app_cpu_seconds):5.0f} app, {run.per_request_us(run.wrk_cpu_seconds):4.0f} wrk"
+                  f"  errors {run.wrk.error_count}", flush=True)
     return runs
 
 

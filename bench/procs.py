@@ -186,17 +186,18 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time of these processes so far."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU time of these processes so far."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+        user += int(fields[11])  # utime
+        system += int(fields[12])  # stime
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -229,8 +230,13 @@ def peak_rss_mb(pids: list[int]) -> float:
 
 @dataclass(frozen=True)
 class Usage:
-    cpu_seconds: float
+    user_seconds: float
+    system_seconds: float  # in the kernel: syscalls, and on loopback the receiving side's TCP work too
     peak_rss_mb: float
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
 
 
 class UsageMeter:
@@ -242,4 +248,5 @@ class UsageMeter:
         self._cpu = cpu_seconds(self.pids)
 
     def read(self) -> Usage:
-        return Usage(cpu_seconds(self.pids) - self._cpu, peak_rss_mb(self.pids))
+        user, system = cpu_seconds(self.pids)
+        return Usage(user - self._cpu[0], system - self._cpu[1], peak_rss_mb(self.pids))

@@ -28,10 +28,16 @@ class Run:
     wrk: WrkResult
     cpu_seconds: float  # CPU used by the server's process group during the run
     peak_rss_mb: float
+    system_seconds: float = 0.0  # the part of cpu_seconds spent in the kernel
+    app_cpu_seconds: float = 0.0  # Gunicorn's CPU during the run (the app tier's share of the machine)
+    wrk_cpu_seconds: float = 0.0  # the load generator's
+
+    def per_request_us(self, seconds: float) -> float:
+        return seconds * 1e6 / self.wrk.requests if self.wrk.requests else 0.0
 
     @property
     def cpu_us_per_request(self) -> float:
-        return self.cpu_seconds * 1e6 / self.wrk.requests if self.wrk.requests else 0.0
+        return self.per_request_us(self.cpu_seconds)
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,10 @@ def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: 
             "proxy": asdict(s.proxy),
             "nginx": asdict(s.nginx),
             "runs": [{"server": r.server, "pair": r.pair, "rps": r.wrk.rps, "cpu_seconds": r.cpu_seconds,
-                      "cpu_us_per_request": r.cpu_us_per_request, "peak_rss_mb": r.peak_rss_mb,
+                      "cpu_us_per_request": r.cpu_us_per_request,
+                      "system_us_per_request": r.per_request_us(r.system_seconds),
+                      "app_cpu_us_per_request": r.per_request_us(r.app_cpu_seconds),
+                      "wrk_cpu_us_per_request": r.per_request_us(r.wrk_cpu_seconds), "peak_rss_mb": r.peak_rss_mb,
                       "wrk": asdict(r.wrk)} for r in runs[s.scenario.key]],
         }
 

@@ -23,7 +23,8 @@ NGINX_TEMP_DIRS = ("nginx-client-body", "nginx-proxy-temp", "nginx-fastcgi-temp"
                    "nginx-scgi-temp")
 
 # The app tier as appserver/stack.py runs it (`make up`): gthread, 2 workers, keep-alive 75 s.
-GUNICORN_ARGS = ("--workers", "2", "--worker-class", "gthread", "--threads", "4", "--keep-alive", "75")
+GUNICORN_WORKERS = 2
+GUNICORN_ARGS = ("--workers", str(GUNICORN_WORKERS), "--worker-class", "gthread", "--threads", "4", "--keep-alive", "75")
 
 
 def find_nginx() -> str | None:
@@ -78,6 +79,8 @@ def start_gunicorn(procs: Processes, layout: configs.Layout) -> Child:
     child = procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{layout.app_port}",
                                      *GUNICORN_ARGS, "bench.app:app"], cwd=ROOT)
     child.wait_for(lambda: accepting(layout.app_port), "accepting connections")
+    # The master listens before it forks: wait for the workers too, so that their CPU is counted.
+    child.wait_for(lambda: len(child.group()) >= 1 + GUNICORN_WORKERS, f"{GUNICORN_WORKERS} workers")
     return child
 
 
@@ -86,14 +89,18 @@ def start_nginx(procs: Processes, layout: configs.Layout, nginx: str) -> Child:
     child = procs.start("nginx", [nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
                                   "-e", str(work / "nginx-error.log")])
     child.wait_for(lambda: accepting(layout.nginx_port), "accepting connections")
+    child.wait_for(lambda: len(child.group()) >= 1 + layout.workers, f"{layout.workers} worker(s)")
     return child
 
 
-def start_proxy(procs: Processes, layout: configs.Layout, source: Path, argv_prefix: tuple[str, ...] = (),
+def start_proxy(procs: Processes, layout: configs.Layout, source: Path, runner: tuple[str, ...] = ("-m", "proxy"),
                 name: str = "proxy") -> tuple[Child, int]:
-    """``python -m proxy`` from ``source`` (the repo, or a scratch copy being tried out)."""
-    argv = [sys.executable, *argv_prefix, "-m", "proxy", "--config", str(layout.work / "proxy.toml")]
-    child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": str(source)})
+    """``python -m proxy`` from ``source`` (the repo, or a scratch copy being tried out).
+
+    ``runner`` replaces ``-m proxy`` to run the same CLI under a profiler.
+    """
+    argv = [sys.executable, *runner, "--config", str(layout.work / "proxy.toml")]
+    child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": f"{source}{os.pathsep}{ROOT}"})
     match = child.wait_for_log(r"listening on http://[^\s:]+:(\d+)/")
     return child, int(match[1])
 
