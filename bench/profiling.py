@@ -12,7 +12,8 @@ The proxy runs alone in front of the same Gunicorn, one scenario at a time:
   the CPU time the proxy really used (from /proc) to give µs per request per
   function. Install it with ``.venv/bin/pip install py-spy``.
 
-Each scenario leaves a text report beside the JSON results (``--results-dir``).
+Each scenario leaves a text report beside the JSON results (``--results-dir``);
+the raw profiles stay in the run's temporary folder with ``--keep``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,13 @@ AREAS = (  # first match wins: (label, substring of the function's file)
     ("proxy (other)", "proxy/"),
     ("asyncio event loop and transports", "asyncio/"),
     ("selectors / socket", "selectors.py"),
-    ("stdlib: os / posixpath / stat / email / mimetypes", "posixpath.py"),
+    ("stdlib path helpers (realpath, join, isfile)", "posixpath"),
+    ("stdlib path helpers (realpath, join, isfile)", "genericpath"),
+    ("stdlib: email.utils, mimetypes, enum", "email/"),
+    ("stdlib: email.utils, mimetypes, enum", "mimetypes"),
+    ("stdlib: email.utils, mimetypes, enum", "enum.py"),
+    ("collections.abc (iterating h11's Headers)", "_collections_abc"),
+    ("socket.py (close)", "socket.py"),
 )
 
 
@@ -182,10 +189,10 @@ def _cpu_note(result, usage) -> str:
             f"{usage.cpu_seconds / result.seconds * 100:.0f}% of a core")
 
 
-def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts, folder: Path) -> str:
+def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts) -> str:
     proxy, base, base_usage = _measure(procs, layout, scenario, opts, ("-m", "proxy"), f"proxy-{scenario.key}")
     procs.stop(proxy)
-    out = folder / f"{scenario.key}.prof"
+    out = layout.work / f"{scenario.key}.prof"
     proxy, result, usage = _measure(procs, layout, scenario, opts, ("-m", "bench.cpuprofile", str(out)),
                                     f"proxy-cprofile-{scenario.key}", warmup=False)
     procs.stop(proxy)  # SIGTERM: the proxy drains and returns, and cpuprofile writes its stats
@@ -203,8 +210,8 @@ def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts, folder
     return render(f"== {scenario.title}: cProfile", rows, note)
 
 
-def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, folder: Path, pyspy: str) -> str:
-    out = folder / f"{scenario.key}.pyspy.txt"
+def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, pyspy: str) -> str:
+    out = layout.work / f"{scenario.key}.pyspy.txt"
     seconds = max(1, round(opts.seconds))
 
     def record(proxy):
@@ -245,9 +252,9 @@ def run(opts, layout, procs: Processes) -> int:
     stack_module.start_gunicorn(procs, layout)
     for scenario in opts.scenarios:
         if pyspy:
-            text = _profile_pyspy(procs, layout, scenario, opts, folder, pyspy)
+            text = _profile_pyspy(procs, layout, scenario, opts, pyspy)
         else:
-            text = _profile_cprofile(procs, layout, scenario, opts, folder)
+            text = _profile_cprofile(procs, layout, scenario, opts)
         (folder / f"{scenario.key}-{opts.profile}.txt").write_text(text)
         print(text, flush=True)
     print(f"profiles saved in {folder}")
