@@ -235,14 +235,14 @@ def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     opts = options_from(parser().parse_args(argv))
+    if opts.workers != 1 and not proxy_supports_workers(opts.source):
+        print("bench: --proxy-workers is disabled: the proxy has no [server] workers key yet "
+              "(it runs one process). Leave it at 1 until proxy/config.py declares one.", file=sys.stderr)
+        return 2
     problems = missing_tools()
     if problems:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
-        return 2
-    if opts.workers != 1 and not proxy_supports_workers(opts.source):
-        print("bench: --proxy-workers is disabled: the proxy has no [server] workers key yet "
-              "(it runs one process). Leave it at 1 until proxy/config.py declares one.", file=sys.stderr)
         return 2
     nginx = stack_module.find_nginx()
     limit = raise_open_files_limit(OPEN_FILES)

@@ -18,9 +18,10 @@ from bench import cli, stack
 from tests.helpers import ROOT, accepting
 
 MISSING = cli.missing_tools()
-pytestmark = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "nginx and wrk present")
+needs_tools = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "nginx and wrk present")
 
 
+@needs_tools
 def test_quick_bench_runs_every_scenario_and_saves_the_table(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -37,6 +38,7 @@ def test_quick_bench_runs_every_scenario_and_saves_the_table(tmp_path):
     assert document["table"] in done.stdout
 
 
+@needs_tools
 def test_bench_leaves_no_server_behind(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "static-4k",
                            "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
