@@ -72,8 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-sendfile", type=_on_off, default=False, metavar="on|off",
                    help="the proxy's [server] sendfile (default off, the proxy's own default)")
     p.add_argument("--proxy-workers", type=int, default=1, metavar="N",
-                   help="worker processes for the proxy and nginx alike. Disabled until the proxy has a "
-                        "[server] workers key: any value but 1 stops with a message until then")
+                   help="worker processes for the proxy and nginx alike (default 1). Refused with a message "
+                        "when the proxy has no [server] workers key")
     p.add_argument("--proxy-src", type=Path, default=stack_module.ROOT, metavar="DIR",
                    help="run the proxy package found in DIR (a scratch copy with a change to try); default this repo")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
@@ -101,14 +101,6 @@ def options_from(args: argparse.Namespace) -> Options:
         keep=args.keep,
         profile=args.profile,
     )
-
-
-def proxy_supports_workers(source: Path) -> bool:
-    """Whether the proxy in ``source`` declares a [server] workers key (asked in a child: no import here)."""
-    code = "import dataclasses, proxy.config as c; print('workers' in {f.name for f in dataclasses.fields(c.ServerSettings)})"
-    done = subprocess.run([sys.executable, "-c", code], cwd=source, env={**os.environ, "PYTHONPATH": str(source)},
-                          capture_output=True, text=True, timeout=30)
-    return done.stdout.strip() == "True"
 
 
 def missing_tools() -> list[str]:
@@ -235,7 +227,8 @@ def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     opts = options_from(parser().parse_args(argv))
-    if opts.workers != 1 and not proxy_supports_workers(opts.source):
+    proxy_master = stack_module.proxy_supports_workers(opts.source)
+    if opts.workers != 1 and not proxy_master:
         print("bench: --proxy-workers is disabled: the proxy has no [server] workers key yet "
               "(it runs one process). Leave it at 1 until proxy/config.py declares one.", file=sys.stderr)
         return 2
@@ -255,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="twotier-bench-"))
     try:
         layout = stack_module.prepare(work, nginx_sendfile=opts.nginx_sendfile, proxy_sendfile=opts.proxy_sendfile,
-                                      workers=opts.workers)
+                                      workers=opts.workers, proxy_master=proxy_master)
         with Processes(work, stack_module.ROOT) as procs:
             if opts.profile:
                 from . import profiling

@@ -30,6 +30,7 @@ class Layout:
     nginx_sendfile: bool
     proxy_sendfile: bool
     workers: int = 1
+    proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
 
 
@@ -107,7 +108,7 @@ http {{
 
 
 def proxy_toml(layout: Layout) -> str:
-    workers = f"workers = {layout.workers}\n" if layout.workers != 1 else ""
+    workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]

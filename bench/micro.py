@@ -44,6 +44,7 @@ class CountingTransport:
         self.writes = 0
         self.on_write = on_write
         self.closing = False
+        self.protocol = None  # told connection_lost on close, as a real transport does
 
     def write(self, data) -> None:
         if data:
@@ -66,9 +67,14 @@ class CountingTransport:
         return self.closing
 
     def close(self) -> None:
+        if not self.closing and self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
         self.closing = True
 
     abort = close
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def pause_reading(self) -> None:
         pass
@@ -103,7 +109,9 @@ def fake_upstreams(runtime, loop) -> None:
     from proxy.upstream.pool import UpstreamConnection
 
     for group in runtime.groups.values():
-        for pool in group.servers:
+        # UpstreamGroup.servers were the pools at first; later each Peer has one.
+        pools = group.servers if hasattr(group, "servers") else [peer.pool for peer in group.peers]
+        for pool in pools:
             async def connect(pool=pool):
                 channel = Channel(loop)
 
@@ -111,7 +119,9 @@ def fake_upstreams(runtime, loop) -> None:
                     if data.endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
                         loop.call_soon(channel.data_received, UPSTREAM_RESPONSE)
 
-                channel.connection_made(CountingTransport(answer))
+                transport = CountingTransport(answer)
+                channel.connection_made(transport)
+                transport.protocol = channel
                 return UpstreamConnection(channel, pool)
 
             pool.connect = connect
@@ -131,7 +141,9 @@ def whole_requests(folder: Path, path: bytes, count: int) -> float:
 
         async def connection(requests: int) -> float:
             channel = Channel(loop)
-            channel.connection_made(CountingTransport())
+            transport = CountingTransport()
+            channel.connection_made(transport)
+            transport.protocol = channel
             handler = ClientHandler(runtime, channel)
             handler.task = loop.create_task(handler.run())
             await asyncio.sleep(0)

@@ -216,7 +216,8 @@ def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, pyspy: st
 
     def record(proxy):
         spy = subprocess.Popen([pyspy, "record", "--pid", str(proxy.pid), "--duration", str(seconds),
-                                "--rate", str(PYSPY_RATE), "--format", "raw", "--nonblocking", "--output", str(out)],
+                                "--rate", str(PYSPY_RATE), "--format", "raw", "--nonblocking", "--subprocesses",
+                                "--output", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
         def wait():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
-def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: int) -> configs.Layout:
+def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: int,
+            proxy_master: bool = False) -> configs.Layout:
     static = work / "static"
     static.mkdir()
     for name, size in STATIC_FILES.items():
@@ -42,7 +44,7 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
         (work / name).mkdir()
     layout = configs.Layout(work=work, static=static, app_port=free_port(), nginx_port=free_port(),
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
-                            run_as_root=os.geteuid() == 0)
+                            proxy_master=proxy_master, run_as_root=os.geteuid() == 0)
     (work / "nginx.conf").write_text(configs.nginx_conf(layout))
     (work / "proxy.toml").write_text(configs.proxy_toml(layout))
     return layout
@@ -102,7 +104,21 @@ def start_proxy(procs: Processes, layout: configs.Layout, source: Path, runner: 
     argv = [sys.executable, *runner, "--config", str(layout.work / "proxy.toml")]
     child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": f"{source}{os.pathsep}{ROOT}"})
     match = child.wait_for_log(r"listening on http://[^\s:]+:(\d+)/")
+    if layout.proxy_master:  # the master logs first, then forks: wait for its workers too
+        child.wait_for(lambda: len(child.group()) >= 1 + layout.workers, f"{layout.workers} worker(s)")
     return child, int(match[1])
+
+
+def proxy_supports_workers(source: Path) -> bool:
+    """Whether the proxy in ``source`` has a [server] workers key, i.e. a master process that forks workers.
+
+    Asked in a child process, so the harness never imports the proxy it measures.
+    """
+    code = ("import dataclasses, proxy.config as c; "
+            "print('workers' in {f.name for f in dataclasses.fields(c.ServerSettings)})")
+    done = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(source)})
+    return done.stdout.strip() == "True"
 
 
 def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path) -> Stack:

@@ -1,23 +1,144 @@
-"""The demo Flask application (the app tier's workload)."""
+"""The demo Flask application: the app tier's workload, built to show what the proxy did.
+
+Every route is under /api/: everything else (``/``, CSS, JS, images in
+``static/``) is served by the proxy from disk and never reaches Flask, which
+is why the app has no static folder at all.
+
+``ProxyFix`` trusts exactly one hop, the proxy, which *replaces* (never
+appends to) X-Forwarded-For/-Proto/-Host. With ``x_for=1`` werkzeug takes the
+last address of X-Forwarded-For, the one our proxy wrote, so a client that
+sends its own X-Forwarded-For cannot choose the address the app sees. Trust
+more hops only when there really are more proxies in front.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import threading
+import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request, stream_with_context, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+MAX_SLOW_SECONDS = 10.0  # /api/slow never holds a worker longer than this
+MAX_STREAM_CHUNKS = 50
+MAX_STREAM_INTERVAL = 1.0
+
+
+class DemoError(RuntimeError):
+    """Raised on purpose by /api/error."""
+
+
+class BadParameter(HTTPException):
+    code = 400
+
+
+def _number(name: str, default: float, low: float, high: float) -> float:
+    """A query parameter as a number clamped to [low, high]; 400 when it is not a number."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadParameter(f"{name} must be a number, got {raw!r}") from None
+    if value != value:  # NaN
+        raise BadParameter(f"{name} must be a number, got {raw!r}")
+    return min(max(value, low), high)
 
 
 def create_app() -> Flask:
+    """The application factory: a fresh app per call (tests make their own)."""
     app = Flask(__name__, static_folder=None)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 
     @app.get("/api/whoami")
     def whoami():
+        """What the app saw of this request, after the proxy and ProxyFix."""
+        original = request.environ.get("werkzeug.proxy_fix.orig", {})
         return jsonify(
             remote_addr=request.remote_addr,
+            peer_addr=original.get("REMOTE_ADDR", request.remote_addr),
+            scheme=request.scheme,
+            host=request.host,
+            url=url_for("whoami", _external=True),
+            method=request.method,
+            request_id=request.headers.get("X-Request-ID"),
+            via=request.headers.get("Via"),
             worker_pid=os.getpid(),
+            hostname=socket.gethostname(),
             thread=threading.current_thread().name,
+            multithread=bool(request.environ.get("wsgi.multithread")),
+            server_software=request.environ.get("SERVER_SOFTWARE", ""),
+            view="demo_app.whoami",
             headers=dict(request.headers),
         )
+
+    @app.post("/api/upload")
+    def upload():
+        """A form POST with a file. Behind the proxy the whole body was buffered before Gunicorn got the
+        request, so ``read_ms`` (the app reading the body off its socket) stays small however slow the
+        client's upload was."""
+        started = time.perf_counter()
+        form = request.form.to_dict()
+        files = []
+        for field_name, storage in request.files.items(multi=True):
+            digest = hashlib.sha256()
+            size = 0
+            for block in iter(lambda: storage.stream.read(65536), b""):
+                digest.update(block)
+                size += len(block)
+            files.append({"field": field_name, "filename": storage.filename, "content_type": storage.mimetype,
+                          "size": size, "sha256": digest.hexdigest()})
+        return jsonify(fields=form, files=files, content_length=request.content_length,
+                       read_ms=round((time.perf_counter() - started) * 1000, 3), worker_pid=os.getpid())
+
+    @app.get("/api/slow")
+    def slow():
+        """Sleeps ``seconds`` (at most MAX_SLOW_SECONDS): longer than the proxy's read_timeout -> 504."""
+        seconds = _number("seconds", 1.0, 0.0, MAX_SLOW_SECONDS)
+        time.sleep(seconds)
+        return jsonify(slept=seconds, worker_pid=os.getpid())
+
+    @app.get("/api/stream")
+    def stream():
+        """``chunks`` lines, ``interval`` seconds apart, with no Content-Length: Gunicorn sends them
+        chunked and the proxy relays each chunk as it comes instead of waiting for the end."""
+        chunks = int(_number("chunks", 5, 1, MAX_STREAM_CHUNKS))
+        interval = _number("interval", 0.2, 0.0, MAX_STREAM_INTERVAL)
+
+        def lines():
+            for i in range(chunks):
+                if i:
+                    time.sleep(interval)
+                yield f"chunk {i + 1} of {chunks} from worker {os.getpid()} at {time.time():.3f}\n"
+
+        return Response(stream_with_context(lines()), mimetype="text/plain")
+
+    @app.get("/api/error")
+    def error():
+        """An unhandled exception: Flask logs the traceback and answers 500; the proxy passes it on."""
+        raise DemoError("this 500 comes from the app, on purpose")
+
+    @app.errorhandler(500)
+    def internal_error(exc):
+        # JSON with the app's own marker, so it is easy to tell from a 502/504 that the proxy makes.
+        # Only the demo's own exception is described; any other stays private to the error log.
+        original = getattr(exc, "original_exception", None)
+        detail = str(original) if isinstance(original, DemoError) else ""
+        return jsonify(error="internal server error", raised_by="demo_app", detail=detail), 500
+
+    @app.errorhandler(BadParameter)
+    def bad_parameter(exc):
+        return jsonify(error=exc.description), 400
+
+    @app.get("/")
+    def app_root():
+        # Reached only when Gunicorn is called directly: through the proxy, / is static/index.html.
+        return jsonify(message="This is the app tier. The demo page is served by the proxy "
+                               "(http://127.0.0.1:8080/); the app answers /api/ only."), 404
 
     return app

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from . import __version__, config as config_module
@@ -22,6 +20,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-config", "-t", action="store_true",
                         help="validate the configuration, print a summary, and exit (like nginx -t)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    explain = commands.add_parser(
+        "explain", help="show what the proxy would do with one request, without sending anything",
+        description="A dry run: which route matches and why, the file it would serve (or why not), the "
+                    "upstream server it would pick, and the headers the upstream would receive.")
+    explain.add_argument("--config", "-c", default=argparse.SUPPRESS, help="proxy.toml to use")
+    explain.add_argument("method", help="GET, POST, ...")
+    explain.add_argument("target", help="request target, e.g. /api/whoami?x=1")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
+                         help="a request header (repeatable)")
+    explain.add_argument("--client-ip", default="127.0.0.1", help="the client address to assume")
     return parser
 
 
@@ -47,7 +56,12 @@ def summary(cfg: config_module.Config) -> str:
     lines.append("upstreams:")
     for name, upstream in cfg.upstreams.items():
         servers = ", ".join(str(s) for s in upstream.servers)
-        lines.append(f"  {name}: {servers} (keepalive {upstream.keepalive}, read_timeout {upstream.read_timeout:g}s)")
+        checks = f", health {upstream.health.path}" if upstream.health else ""
+        lines.append(f"  {name}: {servers} ({upstream.balance}, keepalive {upstream.keepalive}, "
+                     f"read_timeout {upstream.read_timeout:g}s{checks})")
+    if cfg.status is not None:
+        lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
+                     f"(allow {', '.join(str(n) for n in cfg.status.allow)})")
     return "\n".join(lines)
 
 
@@ -61,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(summary(cfg))
         return 0
+    if args.command == "explain":
+        return _explain(cfg, args)
     try:
         setup_logging(cfg.log.error)
     except OSError as exc:
@@ -69,28 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     return run(cfg)
 
 
+def _explain(cfg: config_module.Config, args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    headers = []
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"proxy explain: -H {item!r}: expected 'Name: value'", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    print(explain(cfg, args.method.upper(), args.target, headers, args.client_ip))
+    return 0
+
+
 def run(cfg: config_module.Config) -> int:
-    from .server.listener import ListenError, serve
-
-    async def _main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-
-        def _stop(signame: str) -> None:
-            if not stop.done():
-                log.info("received %s", signame)
-                stop.set_result(signame)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop, sig.name)
-        await serve(cfg, shutdown=stop)
+    """Run the master process (which forks the workers) until it is told to stop."""
+    from .server.master import Master
+    from .server.sockets import ListenError
 
     try:
-        asyncio.run(_main())
+        return Master(cfg).run()
     except ListenError as exc:
         print(f"proxy: {exc.strerror}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"proxy: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0

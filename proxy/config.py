@@ -32,11 +32,26 @@ class Invalid(ValueError):
 
 
 @dataclass(frozen=True)
+class Context:
+    """Where a value sits: the file, the key path (for messages) and the folder paths are relative to."""
+
+    source: Path
+    where: str
+
+    @property
+    def base(self) -> Path:
+        return self.source.parent
+
+    def at(self, key: str) -> "Context":
+        return Context(self.source, f"{self.where}{key}" if key.startswith("[") else f"{self.where}.{key}")
+
+
+@dataclass(frozen=True)
 class Kind:
     """A kind of value: what a user is told to write, and how it is converted."""
 
     expected: str
-    convert: Callable[[Any, Path], Any]
+    convert: Callable[[Any, Context], Any]
 
 
 def setting(default: Any, kind: Kind, doc: str, *, shown: str | None = None) -> Any:
@@ -46,25 +61,25 @@ def setting(default: Any, kind: Kind, doc: str, *, shown: str | None = None) -> 
 
 # --- kinds ------------------------------------------------------------------
 
-def _convert_bool(value: Any, base: Path) -> bool:
+def _convert_bool(value: Any, ctx: Context) -> bool:
     if not isinstance(value, bool):
         raise Invalid
     return value
 
 
-def _convert_str(value: Any, base: Path) -> str:
+def _convert_str(value: Any, ctx: Context) -> str:
     if not isinstance(value, str):
         raise Invalid
     return value
 
 
-def _convert_count(value: Any, base: Path) -> int:
+def _convert_count(value: Any, ctx: Context) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise Invalid
     return value
 
 
-def _convert_seconds(value: Any, base: Path) -> float:
+def _convert_seconds(value: Any, ctx: Context) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise Invalid
     return float(value)
@@ -124,18 +139,18 @@ def parse_address(value: Any) -> Address:
 
 
 def _list_of(kind: Kind, *, non_empty: bool = True) -> Kind:
-    def convert(value: Any, base: Path) -> tuple:
+    def convert(value: Any, ctx: Context) -> tuple:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or (non_empty and not value):
             raise Invalid
-        return tuple(kind.convert(item, base) for item in value)
+        return tuple(kind.convert(item, ctx.at(f"[{i}]")) for i, item in enumerate(value))
 
     return Kind(f"a list of {kind.expected}" + (" (at least one)" if non_empty else ""), convert)
 
 
 def _choice(*names: str) -> Kind:
-    def convert(value: Any, base: Path) -> str:
+    def convert(value: Any, ctx: Context) -> str:
         if value not in names:
             raise Invalid
         return value
@@ -143,18 +158,18 @@ def _choice(*names: str) -> Kind:
     return Kind("one of " + ", ".join(f'"{n}"' for n in names), convert)
 
 
-def _convert_folder(value: Any, base: Path) -> Path | None:
+def _convert_folder(value: Any, ctx: Context) -> Path | None:
     if not isinstance(value, str):
         raise Invalid
     if value == "":
         return None
-    folder = (base / value).resolve()
+    folder = (ctx.base / value).resolve()
     if not folder.is_dir():
         raise Invalid(f"folder {folder} does not exist")
     return folder
 
 
-def _convert_prefix(value: Any, base: Path) -> str:
+def _convert_prefix(value: Any, ctx: Context) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise Invalid
     return value
@@ -164,10 +179,50 @@ BOOL = Kind("true or false", _convert_bool)
 STRING = Kind("a string", _convert_str)
 COUNT = Kind("a whole number >= 0", _convert_count)
 SECONDS = Kind("a number of seconds > 0", _convert_seconds)
-SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, b: parse_size(v))
-ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, b: parse_address(v))
+SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
+ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
 PREFIX = Kind('a URL path prefix starting with "/"', _convert_prefix)
+
+
+def _convert_weight(value: Any, ctx: Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise Invalid
+    return value
+
+
+def _convert_statuses(value: Any, ctx: Context) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise Invalid
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value):
+        raise Invalid
+    return tuple(value)
+
+
+def _convert_network(value: Any, ctx: Context):
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise Invalid from None
+
+
+def _table(cls: type, expected: str) -> Kind:
+    """A nested table, built with the same rules (its errors carry the full key path)."""
+    return Kind(expected, lambda value, ctx: _build(cls, value, ctx))
+
+
+def _convert_workers(value: Any, ctx: Context) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise Invalid
+    return value
+
+
+WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU core', _convert_workers)
+WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
+STATUSES = Kind("a list of HTTP status codes", _convert_statuses)
+NETWORK = Kind('an address or network like "127.0.0.1/32" or "::1/128"', _convert_network)
 
 
 # --- sections ---------------------------------------------------------------
@@ -183,6 +238,12 @@ class ServerSettings:
         False, BOOL,
         "Send static file bodies with sendfile(2) instead of read/write in chunks. "
         "Off by default: see docs/configuration.md for the measurement behind it.")
+    workers: int = setting(
+        1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
+        "and replaces them all, gracefully, on SIGHUP.")
+    max_connections: int = setting(
+        4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
+        "and closed. The open-files limit is raised to its hard limit at start.")
     grace_period: float = setting(
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
@@ -220,10 +281,85 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class ServerSpec:
+    """One entry of ``servers``: a string "host:port", or a table with these keys."""
+
+    address: Address = setting(None, ADDRESS, "host:port of the server. A host name stands for every address "
+                               "it resolves to, re-resolved every resolve_interval.", shown="(required)")
+    weight: int = setting(1, WEIGHT, "Share of requests relative to the other servers.")
+    backup: bool = setting(False, BOOL, "Used only when no primary server is available.")
+    max_conns: int = setting(0, COUNT, "Most requests in flight to this server at once; 0 = no limit.")
+
+    def __str__(self) -> str:
+        extras = [f"weight={self.weight}"] if self.weight != 1 else []
+        extras += ["backup"] if self.backup else []
+        extras += [f"max_conns={self.max_conns}"] if self.max_conns else []
+        return " ".join([str(self.address), *extras])
+
+
+def _convert_server(value: Any, ctx: Context) -> ServerSpec:
+    if isinstance(value, str):
+        return ServerSpec(address=parse_address(value))
+    return _build(ServerSpec, value, ctx)
+
+
+SERVERS = Kind('a list of "host:port" strings or {address = "host:port", weight, backup, max_conns} tables',
+               lambda value, ctx: _list_of(Kind("", _convert_server)).convert(value, ctx))
+
+
+@dataclass(frozen=True)
+class Health:
+    """Active health checks: a GET to every server, repeated (Caddy's active checks)."""
+
+    path: str = setting("/healthz", PREFIX, "Path requested from each server.", shown='"/healthz"')
+    interval: float = setting(2.0, SECONDS, "Seconds between two probes of one server.")
+    timeout: float = setting(1.0, SECONDS, "A probe taking longer than this failed.")
+    healthy_threshold: int = setting(2, COUNT, "Good probes in a row that bring a down server back.")
+    unhealthy_threshold: int = setting(2, COUNT, "Failed probes in a row that take a server down.")
+    expect_status: tuple[int, ...] = setting((200,), STATUSES, "Statuses that count as healthy.", shown="[200]")
+
+
+# The retry conditions of nginx's proxy_next_upstream that this proxy knows.
+NEXT_UPSTREAM = ("error", "timeout", "http_502", "http_503", "http_504")
+
+
+def _convert_next_upstream(value: Any, ctx: Context) -> frozenset[str]:
+    if not isinstance(value, list) or not all(v in NEXT_UPSTREAM for v in value):
+        raise Invalid
+    return frozenset(value)
+
+
+def _convert_policy(value: Any, ctx: Context) -> str:
+    from .upstream.balancer import POLICIES
+
+    if value not in POLICIES:
+        raise Invalid
+    return value
+
+
+@dataclass(frozen=True)
 class Upstream:
     name: str = field(metadata={"internal": True})
-    servers: tuple[Address, ...] = setting(
-        (), _list_of(ADDRESS), "The app servers of this group, as host:port.", shown="(required)")
+    servers: tuple[ServerSpec, ...] = setting(
+        (), SERVERS, "The app servers of this group.", shown="(required)")
+    balance: str = setting(
+        "round_robin",
+        Kind('one of "round_robin", "least_conn", "ip_hash", "random"', _convert_policy),
+        "How a server is chosen: smooth weighted round robin (nginx's), fewest requests in flight, "
+        "a hash of the client address, or the better of two random picks.")
+    max_fails: int = setting(1, COUNT, "Passive health: this many failed tries within fail_timeout take a "
+                             "server out for fail_timeout seconds; 0 = never.")
+    fail_timeout: float = setting(10.0, SECONDS, "The window for max_fails, and how long a failed server rests.")
+    tries: int = setting(3, WEIGHT, "Most servers tried for one request.")
+    next_upstream: frozenset[str] = setting(
+        frozenset({"error", "timeout"}),
+        Kind("a list of " + ", ".join(f'"{n}"' for n in NEXT_UPSTREAM), _convert_next_upstream),
+        "When to try the next server: a connection error, a timeout, or these statuses. A request that "
+        "was sent is retried only when its method is idempotent.", shown='["error", "timeout"]')
+    resolve_interval: float = setting(5.0, SECONDS, "Seconds between two lookups of a server given by host name.")
+    health: Health | None = setting(None, _table(Health, "a table"),
+                                    "Active health checks, as an [upstreams.NAME.health] table; none when absent.",
+                                    shown="(none)")
     keepalive: int = setting(
         32, COUNT, "Idle connections kept open per server for reuse; 0 = a new connection per request.")
     idle_timeout: float = setting(
@@ -268,6 +404,24 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Status:
+    """The proxy's own status (JSON) and metrics (Prometheus text) pages; off unless [status] is present."""
+
+    path: str = setting("/_proxy/status", PREFIX, "JSON status of every upstream and server.")
+    metrics_path: str = setting("/_proxy/metrics", PREFIX, "Prometheus text exposition of the proxy's counters.")
+    allow: tuple = setting((ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
+                           _list_of(NETWORK), "Clients allowed to read both pages; anyone else gets 404.",
+                           shown='["127.0.0.1/32", "::1/128"]')
+
+    def allows(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allow)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file, validated. ``path`` is where it was read from (for reloads and messages)."""
 
@@ -277,6 +431,7 @@ class Config:
     log: LogSettings
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
+    status: Status | None = None
 
 
 # The sections a file may hold, and the dataclass each is built into.
@@ -285,8 +440,9 @@ SECTIONS: dict[str, type] = {"server": ServerSettings, "limits": Limits, "log": 
 
 # --- loading ----------------------------------------------------------------
 
-def _build(cls: type, table: Any, where: str, source: Path, internal: dict[str, Any] | None = None) -> Any:
-    """Build one section dataclass from a TOML table; ``where`` names it in messages."""
+def _build(cls: type, table: Any, ctx: Context, internal: dict[str, Any] | None = None) -> Any:
+    """Build one section dataclass from a TOML table; ``ctx.where`` names it in messages."""
+    source, where = ctx.source, ctx.where
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: {where}: expected a table")
     declared = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -302,11 +458,14 @@ def _build(cls: type, table: Any, where: str, source: Path, internal: dict[str, 
             continue
         kind: Kind = f.metadata["kind"]
         try:
-            values[name] = kind.convert(table[name], source.parent)
+            values[name] = kind.convert(table[name], ctx.at(name))
         except Invalid as exc:
             detail = str(exc) or f"expected {kind.expected}, got {table[name]!r}"
             raise ConfigError(f"{source}: {where}.{name}: {detail}") from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except Invalid as exc:  # a check across keys, in __post_init__
+        raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 def load(path: str | os.PathLike) -> Config:
@@ -326,17 +485,17 @@ def load(path: str | os.PathLike) -> Config:
 
 def from_dict(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document (tests use this directly)."""
-    known = [*SECTIONS, "upstreams", "routes"]
+    known = [*SECTIONS, "upstreams", "routes", "status"]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
-    sections = {name: _build(cls, data.get(name, {}), name, source) for name, cls in SECTIONS.items()}
+    sections = {name: _build(cls, data.get(name, {}), Context(source, name)) for name, cls in SECTIONS.items()}
 
     raw_upstreams = data.get("upstreams", {})
     if not isinstance(raw_upstreams, dict):
         raise ConfigError(f"{source}: upstreams: expected tables like [upstreams.app]")
     upstreams = {
-        name: _build(Upstream, table, f"upstreams.{name}", source, {"name": name})
+        name: _build(Upstream, table, Context(source, f"upstreams.{name}"), {"name": name})
         for name, table in raw_upstreams.items()
     }
 
@@ -344,10 +503,11 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
     if not isinstance(raw_routes, list):
         raise ConfigError(f"{source}: routes: expected [[routes]] tables")
     routes = tuple(
-        _build(Route, table, f"routes[{i}]", source, {"position": i}) for i, table in enumerate(raw_routes)
+        _build(Route, table, Context(source, f"routes[{i}]"), {"position": i}) for i, table in enumerate(raw_routes)
     )
 
-    config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, **sections)
+    status = _build(Status, data["status"], Context(source, "status")) if "status" in data else None
+    config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, **sections)
     _cross_check(config)
     return config
 
@@ -388,7 +548,8 @@ def _shown(f: dataclasses.Field) -> str:
 def reference() -> str:
     """The configuration reference as Markdown, generated from the declarations above."""
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
-              ("[upstreams.NAME]", Upstream), ("[[routes]]", Route)]
+              ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
+              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]
@@ -401,5 +562,19 @@ def reference() -> str:
     return "\n".join(out)
 
 
+def _update_doc(path: Path) -> None:
+    """Replace the generated part of docs/configuration.md (between its markers)."""
+    text = path.read_text()
+    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + start + reference() + end + tail)
+
+
 if __name__ == "__main__":
-    print(reference())
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        _update_doc(Path(sys.argv[2]))
+    else:
+        print(reference())

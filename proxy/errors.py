@@ -9,14 +9,22 @@ from __future__ import annotations
 
 
 class ProxyError(Exception):
-    """Base class. ``status`` is the response the client gets for it."""
+    """Base class. ``status`` is the response the client gets for it, ``headers`` any
+    headers that response needs (Allow for 405, Retry-After for 503)."""
 
     status = 500
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        if headers:
+            self.headers = headers
+
+
+ALLOW_GET_HEAD = ((b"allow", b"GET, HEAD"),)
 
 
 class ClientError(ProxyError):
@@ -25,8 +33,9 @@ class ClientError(ProxyError):
 
     status = 400
 
-    def __init__(self, message: str, status: int | None = None, *, keep_alive: bool = False) -> None:
-        super().__init__(message, status)
+    def __init__(self, message: str, status: int | None = None, headers: tuple = (), *,
+                 keep_alive: bool = False) -> None:
+        super().__init__(message, status, headers)
         self.keep_alive = keep_alive
 
 
@@ -49,9 +58,12 @@ class UpstreamTimeout(UpstreamError):
 
 
 class NoUpstreamAvailable(ProxyError):
-    """Every server of the group is down or busy (503)."""
+    """Every server of the group is down or busy (503, with Retry-After)."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers=((b"retry-after", b"%d" % retry_after),))
 
 
 class ConfigError(ProxyError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from signal import SIGQUIT, SIGTERM
 import socket
 import subprocess
 import sys
@@ -94,10 +95,10 @@ class Process:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = 10.0, sig: int = SIGTERM) -> int:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
             try:
@@ -130,10 +131,11 @@ class GunicornProcess(Process):
     """Gunicorn serving ``app`` (module:callable) on a free port of 127.0.0.1."""
 
     def __init__(self, app: str, *args: str, workers: int = 1, worker_class: str = "sync",
-                 env: dict | None = None) -> None:
-        self.port = free_port()
+                 env: dict | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                          "--workers", str(workers), "--worker-class", worker_class, *args, app], env=env)
+                          "--workers", str(workers), "--worker-class", worker_class,
+                          "--graceful-timeout", "3", *args, app], env=env)
         wait_until(lambda: accepting(self.port) or self._died(), what="gunicorn to accept connections")
         if self.proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited:\n{self.output()}")
@@ -141,6 +143,18 @@ class GunicornProcess(Process):
 
     def _died(self) -> bool:
         return self.proc.poll() is not None
+
+    def stop(self, timeout: float = 10.0, sig: int = SIGQUIT) -> int:
+        """Gunicorn's quick shutdown (SIGQUIT): tests that need the graceful one send SIGTERM."""
+        return super().stop(timeout, sig)
+
+
+def stop_all(processes) -> None:
+    """Signal every process first, then wait for each: teardown in parallel."""
+    for process in processes:
+        process.signal(signal.SIGQUIT if isinstance(process, GunicornProcess) else signal.SIGTERM)
+    for process in processes:
+        process.stop()
 
 
 class RecordingUpstream:
@@ -237,3 +251,17 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: 
 def status_of(response: bytes) -> int | None:
     match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     return int(match[1]) if match else None
+
+
+def single_upstream_config(address: str, extra: str = "") -> str:
+    """A proxy.toml that forwards everything to one server: the shape most tests need."""
+    return f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [upstreams.app]
+        servers = ["{address}"]
+        {extra}
+        [[routes]]
+        prefix = "/"
+        upstream = "app"
+    """

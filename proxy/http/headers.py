@@ -84,7 +84,7 @@ def upstream_request_headers(
     client_via = None
     for name, value in headers:
         if name in _REQUEST_REPLACED or name in named or b"_" in name:
-            if name == b"via":
+            if name == b"via" and name not in named:  # a Via that Connection names is hop-by-hop: dropped
                 client_via = value
             continue
         out.append((name, value))
@@ -105,6 +105,24 @@ def upstream_request_headers(
     return out
 
 
+def why_dropped(name: bytes, named: set[bytes]) -> str | None:
+    """Why ``upstream_request_headers`` leaves a client header out (None: it is kept).
+
+    For ``proxy explain``; the test suite checks it agrees with the function above.
+    """
+    if b"_" in name:
+        return "underscore in the name (Gunicorn reads _ and - alike)"
+    if name in HOP_BY_HOP:
+        return "hop-by-hop (RFC 9110 7.6.1)"
+    if name in named:
+        return "named by Connection, so hop-by-hop"
+    if name in CLIENT_SUPPLIED_FORWARDING or name in (b"via", b"x-request-id"):
+        return "replaced by the proxy's own value"
+    if name in (b"content-length", b"expect"):
+        return "the body is buffered and re-framed by the proxy"
+    return None
+
+
 def _quoted(value: bytes) -> bytes:
     # RFC 7239 section 4: a host with ":" (a port, an IPv6 literal) must be a quoted-string.
     return b'"' + value + b'"' if b":" in value or b"[" in value else value
@@ -123,7 +141,7 @@ def client_response_headers(
     """
     named = connection_tokens(headers)
     out = [(n, v) for n, v in headers if n not in _RESPONSE_REPLACED and n not in named]
-    upstream_via = next((v for n, v in headers if n == b"via"), None)
+    upstream_via = next((v for n, v in headers if n == b"via" and n not in named), None)
     if upstream_via is not None:
         out = [(n, v) for n, v in out if n != b"via"]
         via = upstream_via + b", " + via

@@ -30,6 +30,11 @@ from .routing import normalize_path
 # Methods an edge proxy answers itself rather than forwards: TRACE reflects
 # the request (cookies included) back to a script; CONNECT asks for a tunnel.
 REFUSED_METHODS = frozenset({b"TRACE", b"CONNECT"})
+_ALLOW_FORWARDED = ((b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),)
+
+# nginx's method alphabet. RFC 9110 section 9.1 makes methods case-sensitive tokens;
+# a lower-case or digit-bearing one is nobody's method, and Gunicorn refuses it too.
+_METHOD_RE = re.compile(rb"[A-Z_-]+")
 
 # Control bytes h11's field-value regex lets through ([^\x00\s] admits them).
 _CTL_RE = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -69,6 +74,12 @@ class RequestHead:
         return f"{self.method.decode()} {self.target.decode('ascii', 'replace')} HTTP/{self.http_version.decode()}"
 
 
+def _valid_host(value: bytes) -> bool:
+    # An empty label ("a..b") is not a host name (RFC 1034 section 3.5); nginx refuses it
+    # too, so an app that maps hosts to folders or tenants never sees one.
+    return bool(_HOST_RE.match(value)) and b".." not in value
+
+
 def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """Request target -> (origin-form target, path, query, effective host).
 
@@ -87,12 +98,12 @@ def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes
         if not sep or scheme.lower() not in (b"http", b"https"):
             raise ClientError("request target is not origin-form or an http(s) URL")
         authority, slash, tail = rest.partition(b"/")
-        if not authority or b"@" in authority or not _HOST_RE.match(authority):
-            raise ClientError("bad authority in absolute-form target")
         origin = b"/" + tail if slash else b"/"
-        if not slash and b"?" in authority:
+        if not slash and b"?" in authority:  # "http://h?q": an empty path and a query (RFC 3986 3.3)
             authority, _, query = authority.partition(b"?")
             origin = b"/?" + query
+        if not authority or b"@" in authority or not _valid_host(authority):
+            raise ClientError("bad authority in absolute-form target")
         host = authority
     path, _, query = origin.partition(b"?")
     return origin, path, query, host
@@ -100,8 +111,12 @@ def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes
 
 def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHead:
     """Everything h11 accepted but we do not; returns the head the proxy works from."""
-    if event.http_version not in (b"1.1", b"1.0"):
+    # RFC 9110 section 2.5: a higher minor version (HTTP/1.2) is processed as the highest
+    # one implemented, 1.1; only another major version is unsupported.
+    if event.http_version[:2] != b"1.":
         raise ClientError("unsupported HTTP version", 505)
+    if not _METHOD_RE.fullmatch(event.method):
+        raise ClientError("invalid method")
     line_end = raw_head.find(b"\n")
     if line_end > limits.max_request_line:
         raise ClientError("request line too long", 414)
@@ -114,7 +129,7 @@ def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHe
     if b"\n " in raw_head or b"\n\t" in raw_head:
         raise ClientError("obsolete line folding in request head")
     if event.method in REFUSED_METHODS:
-        raise ClientError(f"method {event.method.decode()} not allowed", 405, keep_alive=False)
+        raise ClientError(f"method {event.method.decode()} not allowed", 405, _ALLOW_FORWARDED)
 
     headers: list[tuple[bytes, bytes]] = []
     host = b""
@@ -148,14 +163,16 @@ def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHe
     named = connection_tokens(headers)
     if named & FRAMING:
         raise ClientError("Connection names a framing header")
-    if host and not _HOST_RE.match(host):
+    if event.http_version > b"1.1" and not any(name == b"host" for name, _ in event.headers):
+        raise ClientError("missing Host")  # RFC 9112 section 3.2; h11 checks this for 1.1 only
+    if host and not _valid_host(host):
         raise ClientError("invalid Host header")
 
     target, raw_path, query, host = split_target(event.target, host)
     if target == b"*" and event.method != b"OPTIONS":
         raise ClientError("asterisk-form target is for OPTIONS only")
     path = "*" if target == b"*" else normalize_path(raw_path)
-    keep_alive = b"close" not in named and (event.http_version == b"1.1" or b"keep-alive" in named)
+    keep_alive = b"close" not in named and (event.http_version >= b"1.1" or b"keep-alive" in named)
     return RequestHead(
         method=event.method,
         target=target,
@@ -169,6 +186,25 @@ def check_head(event: h11.Request, raw_head: bytes, limits: Limits) -> RequestHe
         expect_continue=expect_continue,
         keep_alive=keep_alive,
     )
+
+
+def transfer_coding_status(raw_head: bytes) -> int:
+    """The status for a Transfer-Encoding that h11 refused (it implements exactly "chunked").
+
+    RFC 9112 section 6.3 rule 4: when chunked is not the final coding of a request its
+    length cannot be determined -> MUST 400 and close; section 6.1: chunked applied twice
+    is invalid too -> 400. What remains ("gzip, chunked", an empty list element) is a
+    coding the proxy does not implement -> 501, as section 6.1 advises (nginx too).
+    """
+    head = raw_head.lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0]
+    codings: list[bytes] = []
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"transfer-encoding":
+            codings += [c.strip(b" \t").lower() for c in value.split(b",") if c.strip(b" \t")]
+    if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        return 400
+    return 501
 
 
 class ClientConnection:
@@ -203,6 +239,14 @@ class ClientConnection:
 
     def receive_data(self, data: bytes) -> None:
         if self.h11.their_state is h11.IDLE and data:
+            if not self._head and not self.h11.trailing_data[0]:
+                # RFC 9112 section 2.2: a server SHOULD ignore at least one empty line
+                # before the request-line; h11 refuses one, so it never sees them (nginx
+                # skips CR and LF there too). Lines left in h11's buffer after a previous
+                # request cannot be taken back out of it, so this covers new heads only.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return  # b"" would tell h11 the client closed
             self._head += data
         self.h11.receive_data(data)
 
@@ -214,8 +258,7 @@ class ClientConnection:
         kind = type(event)
         if kind is h11.Data:
             self.body_received += len(event.data)
-            if self.body_received > self.limits.max_body_bytes:
-                raise ClientError("request body too large", 413)
+            self._check_body_size()
             return event
         if kind is h11.Request:
             unparsed = len(self.h11.trailing_data[0])
@@ -229,9 +272,25 @@ class ClientConnection:
                 if name in FRAMING or name in (b"connection", b"trailer"):
                     raise ClientError("trailer carries a framing header")
             return event
-        if event is h11.NEED_DATA and self.h11.their_state is h11.IDLE:
-            self._check_incomplete_head()
+        if event is h11.NEED_DATA:
+            if self.h11.their_state is h11.IDLE:
+                self._check_incomplete_head()
+            elif self.h11.their_state is h11.SEND_BODY:
+                self._check_body_size()
         return event
+
+    def _check_body_size(self) -> None:
+        """413 once the body read so far, plus what the current chunk still announces, is over the limit.
+
+        h11 reads a chunk's size line long before the chunk's data arrives; nginx answers
+        413 as soon as a declared chunk would cross client_max_body_size, so a client cannot
+        hold the connection until body_timeout with a chunk it never sends. h11 keeps that
+        size in a private counter of its chunked reader (h11 0.14 to 0.16); were it
+        renamed, getattr gives 0 and the limit still holds as the data arrives.
+        """
+        announced = getattr(getattr(self.h11, "_reader", None), "_bytes_in_chunk", 0)
+        if self.body_received + announced > self.limits.max_body_bytes:
+            raise ClientError("request body too large", 413)
 
     def _check_incomplete_head(self) -> None:
         head = self._head
@@ -245,6 +304,8 @@ class ClientConnection:
         status = exc.error_status_hint
         if status == 431 and b"\n" not in self._head[: self.limits.max_request_line + 1]:
             status = 414
+        elif status == 501:  # h11's hint for any Transfer-Encoding other than exactly "chunked"
+            status = transfer_coding_status(bytes(self._head))
         return ClientError(f"malformed request: {exc}", status)
 
     def send(self, event) -> bytes:
@@ -256,7 +317,18 @@ class ClientConnection:
     def start_next_cycle(self) -> None:
         """After a response: keep the bytes already read as the start of the next head."""
         self.h11.start_next_cycle()
-        self._head = bytearray(self.h11.trailing_data[0])
+        pending, closed = self.h11.trailing_data
+        if pending[:1] in (b"\r", b"\n"):
+            # An empty line after a body (old clients send a CRLF after a POST body): RFC 9112
+            # section 2.2 says to ignore it, h11 refuses it and cannot drop bytes it holds. At
+            # IDLE/IDLE a new h11 connection is in the same state, so hand it the rest instead.
+            self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+            pending = pending.lstrip(b"\r\n")
+            if pending:
+                self.h11.receive_data(bytes(pending))
+            if closed:
+                self.h11.receive_data(b"")
+        self._head = bytearray(pending)
 
     @property
     def can_keep_alive(self) -> bool:

@@ -75,13 +75,13 @@ class Listing:
     url_path: str
 
 
-def accepted_encodings(header: bytes | None) -> set[bytes]:
-    """Codings an Accept-Encoding header allows (q > 0), RFC 9110 section 12.5.3."""
-    if not header:
-        return set()
-    allowed: set[bytes] = set()
-    refused: set[bytes] = set()
-    for item in header.lower().split(b","):
+def encoding_weights(header: bytes | None) -> dict[bytes, float]:
+    """Coding -> q-value of an Accept-Encoding header, RFC 9110 section 12.5.3.
+
+    ``*`` gives its weight to the precompressed codings the header does not name.
+    """
+    weights: dict[bytes, float] = {}
+    for item in (header or b"").lower().split(b","):
         coding, _, params = item.strip().partition(b";")
         q = 1.0
         params = params.strip()
@@ -90,10 +90,18 @@ def accepted_encodings(header: bytes | None) -> set[bytes]:
                 q = float(params[2:])
             except ValueError:
                 q = 0.0
-        (allowed if q > 0 else refused).add(coding.strip())
-    if b"*" in allowed:
-        allowed |= {b"br", b"gzip"} - refused
-    return allowed - refused
+        if coding.strip():
+            weights[coding.strip()] = q
+    star = weights.pop(b"*", None)
+    if star is not None:
+        for _, coding in ENCODINGS:
+            weights.setdefault(coding, star)
+    return weights
+
+
+def accepted_encodings(header: bytes | None) -> set[bytes]:
+    """Codings an Accept-Encoding header allows (q > 0), RFC 9110 section 12.5.3."""
+    return {coding for coding, q in encoding_weights(header).items() if q > 0}
 
 
 def locate(route: Route, path: str, accept_encoding: bytes | None = None, query: bytes = b""):
@@ -117,6 +125,9 @@ def locate(route: Route, path: str, accept_encoding: bytes | None = None, query:
     root_str = str(root)
     if real != root_str and not real.startswith(root_str + os.sep):
         raise ClientError("path leaves the static folder", 404, keep_alive=True)
+    if not route.dotfiles and real != root_str and "/." in real[len(root_str):]:
+        # A symlink without a dot in its name may still lead to one (config -> .env).
+        raise ClientError("dotfile", 404, keep_alive=True)
 
     if stat_module.S_ISDIR(info.st_mode):
         if not path.endswith("/"):
@@ -124,28 +135,50 @@ def locate(route: Route, path: str, accept_encoding: bytes | None = None, query:
             location = quote(path + "/").encode()
             return Redirect(location + (b"?" + query if query else b""))
         if route.index:
-            index = os.path.join(real, route.index)
-            if os.path.isfile(index):
-                return _variant(index, accept_encoding, route.precompressed)
+            # The index may itself be a symlink: resolve it and keep it inside the folder too.
+            index = _inside(root_str, os.path.join(real, route.index))
+            if index is not None and os.path.isfile(index):
+                return _variant(index, accept_encoding, route.precompressed, root_str)
         if route.autoindex:
             return Listing(real, path)
-        raise ClientError("folder has no index", 403, keep_alive=True)
+        # With an upstream behind the route (nginx "try_files $uri @app") a folder with
+        # nothing to serve is the app's to answer: 404 makes the caller forward it, where
+        # 403 kept the app's own "/" out of reach whenever the folder had no index.html.
+        raise ClientError("folder has no index", 404 if route.upstream else 403, keep_alive=True)
     if not stat_module.S_ISREG(info.st_mode):
         raise ClientError("not a regular file", 404, keep_alive=True)
-    return _variant(real, accept_encoding, route.precompressed)
+    return _variant(real, accept_encoding, route.precompressed, root_str)
 
 
-def _variant(path: str, accept_encoding: bytes | None, precompressed: bool) -> Located:
+def _inside(root: str, path: str) -> str | None:
+    """``path`` with symlinks resolved, or None when it does not exist or resolves outside ``root``."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError:
+        return None
+    return real if real == root or real.startswith(root + os.sep) else None
+
+
+def _variant(path: str, accept_encoding: bytes | None, precompressed: bool, root: str) -> Located:
     kind = content_type(path)
     if not precompressed:
         return Located(path, kind, None, False)
-    siblings = [(path + suffix, coding) for suffix, coding in ENCODINGS if os.path.isfile(path + suffix)]
+    # A sibling is a file of its own: a symlink "app.js.gz -> /etc/passwd" must not be
+    # served for app.js, so each sibling is resolved and kept inside the folder like the file.
+    siblings = []
+    for suffix, coding in ENCODINGS:
+        sibling = _inside(root, path + suffix)
+        if sibling is not None and os.path.isfile(sibling):
+            siblings.append((sibling, coding))
     if not siblings:
         return Located(path, kind, None, False)
-    accepted = accepted_encodings(accept_encoding)
-    for sibling, coding in siblings:
-        if coding in accepted:
-            return Located(sibling, kind, coding, True)
+    # The client's q-values decide (RFC 9110 12.5.3); on a tie, the order of ENCODINGS.
+    # The plain file loses only to a coding weighted at least as high as identity.
+    weights = encoding_weights(accept_encoding)
+    sibling, coding = max(siblings, key=lambda pair: weights.get(pair[1], 0.0))
+    best = weights.get(coding, 0.0)
+    if best > 0 and best >= weights.get(b"identity", best):
+        return Located(sibling, kind, coding, True)
     return Located(path, kind, None, True)
 
 

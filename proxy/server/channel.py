@@ -30,7 +30,7 @@ def expire(waiter: asyncio.Future) -> None:
 
 class Channel(asyncio.Protocol):
     __slots__ = ("loop", "transport", "_chunks", "_buffered", "_eof", "_lost", "_read_paused",
-                 "_write_paused", "_waiter", "_drain_waiter", "on_resume", "on_lost", "peer")
+                 "_write_paused", "_waiter", "_drain_waiter", "_closed_waiter", "on_resume", "on_lost", "peer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -43,6 +43,7 @@ class Channel(asyncio.Protocol):
         self._write_paused = False
         self._waiter: asyncio.Future | None = None
         self._drain_waiter: asyncio.Future | None = None
+        self._closed_waiter: asyncio.Future | None = None
         self.on_resume: Callable[[], None] | None = None  # called when the peer takes bytes again
         self.on_lost: Callable[[], None] | None = None
         self.peer: tuple = ("", 0)
@@ -83,6 +84,8 @@ class Channel(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("connection lost"))
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
         if self.on_lost is not None:
             self.on_lost()
 
@@ -153,8 +156,14 @@ class Channel(asyncio.Protocol):
             self.transport.writelines(parts)
 
     async def drain(self, timeout: float) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        if self._lost:
+        """Wait until the transport's buffer is below its high-water mark.
+
+        Raises ConnectionResetError once the transport is closing: a failed send
+        closes it at once but reports connection_lost only on the next turn of
+        the loop, and a writer that never has to wait would otherwise go on
+        writing into a dead connection without ever yielding.
+        """
+        if self._lost or self.transport.is_closing():
             raise ConnectionResetError("connection lost")
         if not self._write_paused:
             return
@@ -169,6 +178,24 @@ class Channel(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    async def close_and_wait(self, timeout: float) -> None:
+        """Close after the buffered bytes are sent; abort if the peer takes longer than ``timeout``.
+
+        A process about to exit must wait for this: transport.close() only
+        schedules the flush, and exiting first would cut the last answer.
+        """
+        self.close()
+        if self._lost or self.transport is None:
+            return
+        waiter = self._closed_waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, expire, waiter)
+        try:
+            await waiter
+        except TimeoutError:
+            self.abort()
+        finally:
+            timer.cancel()
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -14,8 +14,9 @@ import time
 
 import h11
 
+from .. import metrics
 from ..accesslog import AccessRecord
-from ..errors import ClientError, ClientTimeout, ProxyError
+from ..errors import ALLOW_GET_HEAD, ClientError, ClientTimeout, ProxyError
 from ..http import static
 from ..http.inbound import ClientConnection, RequestHead
 from ..http.responses import error_bytes, error_page, reason as reason_phrase
@@ -25,6 +26,7 @@ from .sendfile import send_file
 
 log = logging.getLogger("proxy")
 
+DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
 LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
 
@@ -106,6 +108,11 @@ class ClientHandler:
     def __repr__(self) -> str:
         return f"<ClientHandler {self.client_ip} busy={self.busy} {self.conn!r}>"
 
+    def close_if_idle(self) -> None:
+        """Close unless a request has begun (used while stopping)."""
+        if not self.busy and not self.channel.has_data and not self.conn.head_started:
+            self.channel.close()
+
     def _lost(self) -> None:
         # The client hung up. While we wait on an upstream nothing else would notice,
         # so stop the exchange (nginx logs these as 499).
@@ -125,7 +132,7 @@ class ClientHandler:
             log.exception("internal error while serving %s", self.client_ip)
             self.channel.abort()
         finally:
-            self.channel.close()
+            await self.channel.close_and_wait(self.runtime.config.limits.send_timeout)
 
     async def _serve(self) -> None:
         runtime = self.runtime
@@ -165,11 +172,14 @@ class ClientHandler:
                 raise
             else:
                 self._log(exchange)
-            if not self.conn.can_keep_alive or runtime.closing:
+            if not self.conn.can_keep_alive:
                 self.channel.write_eof()
                 return
             self.conn.start_next_cycle()
-            deadline = loop.time() + limits.keepalive_timeout
+            # Stopping began after this answer promised keep-alive: the client may reuse the
+            # connection right away, so it gets a short while to do so (and Connection: close).
+            idle = DRAIN_IDLE if runtime.closing else limits.keepalive_timeout
+            deadline = loop.time() + idle
 
     def _log(self, exchange: Exchange) -> None:
         self.runtime.log_access(exchange.record(self.client_ip, self.runtime.loop.time()))
@@ -243,6 +253,10 @@ class ClientHandler:
             if head.path == "*":  # OPTIONS * asks about the server itself (RFC 9110 9.3.7)
                 self.respond(exchange, 200, b"", [(b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
                 return
+            status = runtime.config.status
+            if status is not None and head.path in (status.path, status.metrics_path):
+                self._serve_status(head, exchange, status)
+                return
             route = runtime.router.match(head.path)
             if route is None:
                 raise ClientError("no route", 404, keep_alive=True)
@@ -256,7 +270,7 @@ class ClientHandler:
                         if exc.status != 404 or not route.upstream:
                             raise
                 elif not route.upstream:
-                    raise ClientError("method not allowed", 405, keep_alive=True)
+                    raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
             from .forward import forward  # forward imports this module for Exchange
 
             self.forwarding = True
@@ -267,6 +281,21 @@ class ClientHandler:
         finally:
             if body is not None:
                 body.close()
+
+    def _serve_status(self, head: RequestHead, exchange: Exchange, status) -> None:
+        """The proxy's own pages; 404 for clients outside ``[status] allow`` so they learn nothing."""
+        if not status.allows(self.client_ip):
+            raise ClientError("status page not allowed for this client", 404, keep_alive=True)
+        if head.method not in (b"GET", b"HEAD"):
+            raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
+        if head.path == status.path:
+            document = metrics.status_document(self.runtime.merged_metrics(), self.runtime.config.server.name)
+            body = metrics.render_json(document)
+            kind = b"application/json"
+        else:
+            body = metrics.render_prometheus(self.runtime.merged_metrics())
+            kind = b"text/plain; version=0.0.4; charset=utf-8"
+        self.respond(exchange, 200, body, [(b"content-type", kind), (b"cache-control", b"no-store")])
 
     async def _serve_static(self, route, head: RequestHead, exchange: Exchange) -> None:
         exchange.handler = "static"
@@ -344,9 +373,7 @@ class ClientHandler:
         status = exc.status
         if status >= 500:
             log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
-        extra = [(b"allow", b"GET, HEAD")] if status == 405 else []
-        if status == 503:
-            extra.append((b"retry-after", b"1"))
+        extra = list(exc.headers)
         h11_conn = self.conn.h11
         if (not isinstance(exc, ClientError) or exc.keep_alive) and h11_conn.their_state is h11.DONE \
                 and h11_conn.our_state is h11.SEND_RESPONSE:

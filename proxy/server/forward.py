@@ -19,20 +19,35 @@ from __future__ import annotations
 
 import h11
 
-from ..errors import UpstreamError, UpstreamTimeout
+from ..errors import NoUpstreamAvailable, UpstreamError, UpstreamTimeout
 from ..http.headers import client_response_headers, upstream_request_headers
 from .buffers import RequestBody, Spool
 
+# RFC 9110 section 9.2.2. A request with one of these methods may be sent twice;
+# a POST or PATCH never is.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Upstream statuses that nginx's proxy_next_upstream can name.
+RETRY_STATUSES = {502: "http_502", 503: "http_503", 504: "http_504"}
 
 
 class _Stale(Exception):
     """A reused connection failed before the upstream sent a single byte."""
 
 
+class _Retry(Exception):
+    """This try failed in a way another server may fix; ``error`` is what the client gets otherwise."""
+
+    def __init__(self, error: UpstreamError, condition: str, sent: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.condition = condition  # "error", "timeout" or "http_50x", as in next_upstream
+        self.sent = sent  # the request reached the server, so only idempotent methods may go again
+
+
 async def forward(handler, head, body: RequestBody | None, group, exchange) -> None:
+    """Send the request to a server of ``group``, trying others as next_upstream allows."""
     runtime = handler.runtime
-    loop = runtime.loop
     upstream = group.config
     exchange.handler = "proxy"
     host = head.host or runtime.local_host(handler.channel)
@@ -40,45 +55,84 @@ async def forward(handler, head, body: RequestBody | None, group, exchange) -> N
         head.headers, host=host, client_ip=handler.client_ip, scheme=handler.scheme,
         request_id=exchange.request_id, via=runtime.via,
         body_length=body.size if body is not None else (0 if head.has_body else None))
+    key = handler.client_ip.encode()
     tried: set = set()
-    retried_stale = False
-    server = group.pick(frozenset(tried))
-    if server is None:
-        raise UpstreamError(f"upstream {group.name} has no servers")
+    last_error: UpstreamError | None = None
     while True:
-        began = loop.time()
-        server.requests += 1
-        exchange.upstream_addr.append(str(server.address))
+        peer = group.pick(key, tried)
+        if peer is None:
+            if last_error is None:
+                raise NoUpstreamAvailable(f"no server of upstream {group.name} is available",
+                                          retry_after=group.retry_after())
+            raise last_error
+        tried.add(peer)
         try:
-            conn, reused = await server.acquire()
-        except UpstreamError as exc:
-            server.failures += 1
-            exchange.upstream_status.append("502" if type(exc) is UpstreamError else "504")
-            exchange.response_time = loop.time() - began
-            raise
-        exchange.reused = reused
-        exchange.connect_time = 0.0 if reused else loop.time() - began
-        server.in_flight += 1
-        try:
+            more = len(tried) < upstream.tries and group.has_other(tried)
+            await _try(handler, peer, head, headers, body, exchange, upstream, more)
+            group.succeeded(peer)
+            return
+        except _Retry as failure:
+            last_error = failure.error
+            group.failed(peer, str(failure.error))
+            may_repeat = not failure.sent or head.method in IDEMPOTENT
+            if (len(tried) >= upstream.tries or failure.condition not in upstream.next_upstream
+                    or not may_repeat):
+                raise failure.error from None
+
+
+async def _try(handler, peer, head, headers, body, exchange, upstream, more: bool) -> None:
+    """One server: connect (or reuse), send, await the head, relay. Raises _Retry for a retryable failure.
+
+    ``more`` says whether another server could still be tried: on the last try
+    a 502/503/504 from the upstream is passed on rather than replaced.
+    """
+    loop = handler.runtime.loop
+    began = loop.time()
+    peer.requests += 1
+    peer.in_flight += 1
+    exchange.upstream_addr.append(str(peer.address))
+    try:
+        retried_stale = False
+        while True:
+            try:
+                conn, reused = await peer.pool.acquire()
+            except UpstreamError as exc:
+                exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
+                raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=False) from None
+            exchange.reused = reused
+            exchange.connect_time = 0.0 if reused else loop.time() - began
             try:
                 response = await _exchange(conn, head, headers, body, upstream, reused)
             except _Stale:
                 conn.channel.close()
                 if retried_stale or head.method not in IDEMPOTENT:
-                    raise UpstreamError(f"{server.address} closed a kept-alive connection") from None
-                retried_stale = True
-                exchange.upstream_status.append("-")
+                    exchange.upstream_status.append("502")
+                    raise _Retry(UpstreamError(f"{peer.address} closed a kept-alive connection"), "error",
+                                 sent=True) from None
+                retried_stale = True  # the server closed an idle connection: a new one, same server
                 continue
+            except UpstreamError as exc:
+                conn.channel.close()
+                exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
+                raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=True) from None
             except BaseException:
                 conn.channel.close()
                 raise
-            exchange.header_time = loop.time() - began
-            exchange.upstream_status.append(str(response.status_code))
-            await _relay(handler, conn, response, exchange, upstream)
-            exchange.response_time = loop.time() - began
-            return
-        finally:
-            server.in_flight -= 1
+            break
+        exchange.header_time = loop.time() - began
+        exchange.upstream_status.append(str(response.status_code))
+        condition = RETRY_STATUSES.get(response.status_code)
+        if more and condition in upstream.next_upstream and head.method in IDEMPOTENT:
+            conn.channel.close()
+            raise _Retry(UpstreamError(f"{peer.address} answered {response.status_code}"), condition, sent=True)
+        spool = await _relay(handler, conn, response, exchange, upstream)
+        exchange.response_time = loop.time() - began
+    finally:
+        peer.group.finished(peer)
+    try:
+        await spool.flushed(handler.runtime.config.limits.send_timeout)
+    finally:
+        spool.close()
 
 
 async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Response:
@@ -113,8 +167,12 @@ async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Re
         raise UpstreamError(f"{conn.pool.address}: {exc}") from None
 
 
-async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> None:
-    """Stream the response body to the client through a Spool, then release the upstream."""
+async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> Spool:
+    """Stream the response body towards the client and release the upstream as soon as it ends.
+
+    Returns the Spool with whatever the client has not taken yet; the caller
+    waits for it to drain after the upstream's books are closed.
+    """
     runtime = handler.runtime
     channel = conn.channel
     protocol = conn.protocol
@@ -143,13 +201,12 @@ async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> N
                 except TimeoutError:
                     raise UpstreamTimeout(f"{conn.pool.address} stalled mid-response") from None
                 protocol.receive_data(data)
-        if protocol.reusable:
-            conn.pool.release(conn)
-        else:
-            channel.close()
-        await spool.flushed(client_timeout)
     except BaseException:
         channel.close()
-        raise
-    finally:
         spool.close()
+        raise
+    if protocol.reusable:
+        conn.pool.release(conn)
+    else:
+        channel.close()
+    return spool

@@ -11,18 +11,22 @@ what is left.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
+import time
 from typing import Awaitable, Callable
 
 from ..accesslog import AccessLog, AccessRecord
+from ..metrics import Metrics, merge, worker_view
+from .board import PUBLISH_INTERVAL, Board
 from ..config import Address, Config
 from ..http.headers import request_id
-from ..http.responses import Clock
+from ..http.responses import Clock, error_bytes
 from ..http.routing import Router
 from ..upstream.group import UpstreamGroup
 from .channel import Channel
-from .client import ClientHandler
+from .client import DRAIN_IDLE, ClientHandler
+from .sockets import bind_all, bound_address
 
 log = logging.getLogger("proxy")
 
@@ -30,24 +34,51 @@ log = logging.getLogger("proxy")
 class Runtime:
     """What every connection of this process shares: config, routes, pools, logs."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
+                 slot: int | None = None) -> None:
         self.config = config
+        self.board = board  # shared with the other workers, for whole-proxy status pages
+        self.slot = slot
         self.loop = loop
         self.router = Router(config.routes)
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
         self.access = AccessLog(config.log.access, config.log.format)
+        self.metrics = Metrics()
         self.clock = Clock()
         self.server_name = config.server.name.encode()
         self.via = b"1.1 " + self.server_name
         self.closing = False
         self.handlers: set[ClientHandler] = set()
+        self.refused = 0  # connections answered 503 at max_connections
 
     def __repr__(self) -> str:
         return f"<Runtime {self.config.path} connections={len(self.handlers)} closing={self.closing}>"
 
     new_request_id = staticmethod(request_id)
 
+    def publish(self) -> None:
+        """Pin this worker's counters on the board, and again every PUBLISH_INTERVAL."""
+        if self.board is None:
+            return
+        payload = json.dumps(worker_view(self), separators=(",", ":")).encode()
+        if not self.board.publish(self.slot, payload):
+            log.warning("status board: this worker's view (%d bytes) does not fit its slot", len(payload))
+        if not self.closing:
+            self.loop.call_later(PUBLISH_INTERVAL, self.publish)
+
+    def merged_metrics(self) -> dict:
+        """Every worker's counters added up, this worker's live and first."""
+        views = [worker_view(self)]
+        if self.board is not None:
+            fresh = time.time() - 3 * PUBLISH_INTERVAL
+            for payload in self.board.read_all(exclude=self.slot):
+                view = json.loads(payload)
+                if view["published"] >= fresh:
+                    views.append(view)
+        return merge(views)
+
     def log_access(self, record: AccessRecord) -> None:
+        self.metrics.observe(record)
         self.access.write(record)
 
     @staticmethod
@@ -59,29 +90,53 @@ class Runtime:
         return str(Address(name[0], name[1])).encode()
 
     def accept(self, channel: Channel) -> None:
+        if len(self.handlers) >= self.config.server.max_connections:
+            # Answering costs one write; holding it would cost what the limit protects.
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("max_connections (%d) reached: new connections get 503 (%d so far)",
+                            self.config.server.max_connections, self.refused)
+            channel.write(error_bytes(503, self.server_name, self.clock.date(), extra=[(b"retry-after", b"1")]))
+            channel.close()
+            return
         handler = ClientHandler(self, channel)
         task = self.loop.create_task(handler.run())
         handler.task = task
         self.handlers.add(handler)
         task.add_done_callback(lambda _: self.handlers.discard(handler))
+        if self.closing:
+            self._close_when_idle(handler, self.config.server.grace_period)
 
     async def drain(self, grace: float) -> None:
-        """Close idle connections now and wait up to ``grace`` seconds for busy ones."""
+        """Close idle connections soon and wait up to ``grace`` seconds for busy ones.
+
+        An idle keep-alive connection is not closed at once: a client may be
+        sending its next request on it at this very moment, and a close would
+        make that request fail. It gets ``DRAIN_IDLE`` seconds; a request that
+        arrives meanwhile is answered with Connection: close.
+        """
         self.closing = True
         for handler in list(self.handlers):
             if not handler.busy:
-                handler.channel.close()
-        tasks = [h.task for h in self.handlers if h.task is not None]
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=grace)
-            if pending:
-                log.warning("grace period over: closing %d connection(s) still in use", len(pending))
-                for task in pending:
+                self._close_when_idle(handler, grace)
+        deadline = self.loop.time() + grace
+        while self.handlers:
+            remaining = deadline - self.loop.time()
+            tasks = [h.task for h in self.handlers if h.task is not None]
+            if remaining <= 0:
+                log.warning("grace period over: closing %d connection(s) still in use", len(tasks))
+                for task in tasks:
                     task.cancel()
-                await asyncio.wait(pending, timeout=1.0)
+                await asyncio.wait(tasks, timeout=1.0)
+                break
+            await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         for group in self.groups.values():
             group.close()
         self.access.close()
+
+    def _close_when_idle(self, handler: ClientHandler, grace: float) -> None:
+        linger = 0.0 if grace == 0 else min(DRAIN_IDLE, self.config.limits.keepalive_timeout)
+        self.loop.call_later(linger, handler.close_if_idle)
 
 
 class _AcceptingChannel(Channel):
@@ -96,59 +151,101 @@ class _AcceptingChannel(Channel):
         self._runtime.accept(self)
 
 
-class ListenError(OSError):
-    """A listening socket could not be opened; the message says which and why."""
+class Acceptor:
+    """Accepts connections on one listening socket.
+
+    Not ``loop.create_server``: stopping must close the listening socket at
+    once (so new connections are refused, or go to the workers of a new
+    generation), and on Python 3.11 a connection that asyncio's Server
+    accepted in the same loop turn as ``Server.close()`` fails an assertion
+    in ``Server._attach`` and is leaked unanswered until the process exits.
+    Here every accepted socket becomes a connection, whatever happens next.
+    """
+
+    BATCH = 64  # accepts per wake-up, so one busy listener cannot starve the loop
+
+    def __init__(self, runtime: Runtime, sock) -> None:
+        self.runtime = runtime
+        self.sock = sock
+        self.pending: set[asyncio.Task] = set()
+        runtime.loop.add_reader(sock.fileno(), self._accept)
+
+    def __repr__(self) -> str:
+        return f"<Acceptor {self.sock.getsockname() if self.sock.fileno() >= 0 else 'closed'}>"
+
+    def _accept(self) -> None:
+        loop = self.runtime.loop
+        for _ in range(self.BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                # Out of file descriptors or memory: pause this listener briefly instead of spinning.
+                log.error("accept failed: %s; pausing this listener for 0.5 s", exc.strerror or exc)
+                loop.remove_reader(self.sock.fileno())
+                loop.call_later(0.5, self._resume)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(lambda: _AcceptingChannel(self.runtime), conn))
+            self.pending.add(task)
+            task.add_done_callback(self._accepted)
+
+    def _accepted(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # a peer that left before its transport existed: nothing to serve
+
+    def _resume(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.runtime.loop.add_reader(self.sock.fileno(), self._accept)
+
+    async def close(self) -> None:
+        """Stop accepting now; the connections already accepted still get served."""
+        if self.sock.fileno() >= 0:
+            self.runtime.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        if self.pending:
+            await asyncio.wait(list(self.pending))
 
 
-async def start_listeners(runtime: Runtime) -> list[asyncio.AbstractServer]:
-    servers = []
-    for address in runtime.config.server.listen:
-        try:
-            server = await runtime.loop.create_server(
-                lambda: _AcceptingChannel(runtime), address.host, address.port,
-                reuse_address=True, backlog=1024)
-        except OSError as exc:
-            for s in servers:
-                s.close()
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            hint = ""
-            if exc.errno == 98:
-                hint = " (another process uses it: stop it, or change [server].listen)"
-            elif exc.errno == 13:
-                hint = " (ports below 1024 need privileges: use a higher port)"
-            raise ListenError(exc.errno, f"cannot listen on {address}: {reason}{hint}") from None
-        servers.append(server)
-    return servers
+async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
+                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
+                board: Board | None = None, slot: int | None = None) -> None:
+    """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
-
-def bound_addresses(servers: list[asyncio.AbstractServer]) -> list[Address]:
-    out = []
-    for server in servers:
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            out.append(Address(host, port))
-    return out
-
-
-async def serve(config: Config, *, shutdown: Awaitable, on_ready: Callable[[list[Address]], None] | None = None,
-                grace: float | None = None) -> None:
-    """Run the proxy until ``shutdown`` completes, then stop gracefully."""
+    ``shutdown`` may complete with a number of seconds that replaces the
+    grace period (0 stops at once, for SIGQUIT). ``sockets`` are listening
+    sockets to serve on (a worker gets the master's); without them ``serve``
+    binds ``[server] listen`` itself.
+    """
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop)
-    servers = await start_listeners(runtime)
-    addresses = bound_addresses(servers)
-    for address in addresses:
-        log.info("listening on http://%s/", address)
+    runtime = Runtime(config, loop, board, slot)
+    own = sockets is None
+    if own:
+        sockets = list(bind_all(config.server.listen).values())
+        for sock in sockets:
+            log.info("listening on http://%s/", bound_address(sock))
+    for group in runtime.groups.values():
+        await group.start()
+    acceptors = [Acceptor(runtime, sock) for sock in sockets]
+    runtime.publish()
     if on_ready is not None:
-        on_ready(addresses)
+        on_ready([bound_address(sock) for sock in sockets])
     try:
-        await shutdown
+        override = await shutdown
+        if override is not None:
+            grace = override
     finally:
-        for server in servers:
-            server.close()
+        for acceptor in acceptors:
+            await acceptor.close()
         in_flight = sum(1 for h in runtime.handlers if h.busy)
         log.info("shutting down: %d request(s) in flight", in_flight)
         await runtime.drain(config.server.grace_period if grace is None else grace)
+        if board is not None:
+            board.clear(slot)
         log.info("stopped")
 
 

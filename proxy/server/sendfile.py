@@ -13,7 +13,11 @@ import os
 
 import h11
 
-CHUNK = 256 * 1024
+# Chunked reads: growing to CHUNK_FAST while the client keeps up (fewer turns
+# of the loop per megabyte), back to CHUNK_SLOW as soon as it does not, so a
+# slow reader holds at most about that much of the file in user space.
+CHUNK_FAST = 128 * 1024
+CHUNK_SLOW = 32 * 1024
 SENDFILE_STEP = 4 * 1024 * 1024
 
 
@@ -56,12 +60,17 @@ async def send_file(handler, fd: int, parts: tuple, exchange) -> None:
 
 async def _copy(channel, fd: int, offset: int, length: int, timeout: float) -> None:
     end = offset + length
+    transport = channel.transport
+    chunk = CHUNK_SLOW
     while offset < end:
-        data = os.pread(fd, min(CHUNK, end - offset), offset)
+        # Grow while everything written so far left at once; start again small when it did not.
+        chunk = min(chunk * 2, CHUNK_FAST) if transport.get_write_buffer_size() == 0 else CHUNK_SLOW
+        data = os.pread(fd, min(chunk, end - offset), offset)
         if not data:
             raise ConnectionAbortedError("file shrank while it was being sent")
         channel.write(data)
         offset += len(data)
+        del data  # the transport keeps its own copy of what it could not send yet
         await channel.drain(timeout)
 
 

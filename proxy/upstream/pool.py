@@ -48,15 +48,11 @@ class ServerPool:
         self.connect_timeout = connect_timeout
         self.loop = loop or asyncio.get_running_loop()
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
-        self.in_flight = 0
-        self.requests = 0
-        self.failures = 0
         self.connects = 0
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return (f"<ServerPool {self.address} idle={len(self.idle)} in_flight={self.in_flight} "
-                f"requests={self.requests}>")
+        return f"<ServerPool {self.address} idle={len(self.idle)} connects={self.connects}>"
 
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A connection ready for a request, and whether it was reused from the pool."""

@@ -23,9 +23,24 @@ def app(environ, start_response):
             "method": method, "path": path, "query": query, "headers": headers,
             "body_length": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
             "remote_addr": environ.get("REMOTE_ADDR"), "pid": os.getpid(),
+            "name": os.environ.get("TEST_SERVER_NAME", ""),
         }).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
         return [payload]
+    if path == "/count":
+        # Records each request's id in a per-process file, so a test can prove that a
+        # request reached the app servers once and only once.
+        folder = os.environ["TEST_COUNT_DIR"]
+        with open(os.path.join(folder, f"{os.getpid()}.ids"), "ab") as fh:
+            fh.write(body + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        name = os.environ.get("TEST_SERVER_NAME", "").encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(name)))])
+        return [name]
+    if path == "/healthz":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
     if path == "/stream":
         count = int(query.split("=")[1]) if query.startswith("n=") else 5
         start_response("200 OK", [("Content-Type", "text/plain")])

@@ -9,7 +9,7 @@ import socket
 import pytest
 import requests
 
-from tests.helpers import free_port, raw_request, status_of
+from tests.helpers import free_port, raw_request, single_upstream_config, status_of
 
 
 @pytest.fixture(scope="module")
@@ -165,15 +165,7 @@ def test_pooled_connection_is_reused(stack):
 
 def test_refused_upstream_is_502(start_proxy):
     port = free_port()
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [upstreams.app]
-        servers = ["127.0.0.1:{port}"]
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(single_upstream_config(f"127.0.0.1:{port}"))
     response = requests.get(proxy.url + "/")
     assert response.status_code == 502
     assert "502 Bad Gateway" in response.text

@@ -92,4 +92,5 @@ def test_both_configs_pool_upstream_connections_and_log_nothing():
 def test_root_gets_a_worker_user_and_workers_reach_both_configs():
     assert "user root root;" in configs.nginx_conf(layout(run_as_root=True))
     assert "worker_processes 2;" in configs.nginx_conf(layout(workers=2))
-    assert "workers = 2" in configs.proxy_toml(layout(workers=2))
+    assert "workers = 2" in configs.proxy_toml(layout(workers=2, proxy_master=True))
+    assert "workers = 1" in configs.proxy_toml(layout(proxy_master=True))  # said explicitly when the key exists

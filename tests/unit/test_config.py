@@ -46,7 +46,7 @@ def test_full_example_loads(tmp_path):
     """.replace("\n        ", "\n"))
     assert cfg.server.listen[1] == Address("::1", 8080)
     assert cfg.limits.max_body_bytes == 16384
-    assert cfg.upstreams["app"].servers[1] == Address("app", 8001)
+    assert cfg.upstreams["app"].servers[1].address == Address("app", 8001)
     assert cfg.routes[0].static == (tmp_path / "static").resolve()
 
 
@@ -68,6 +68,14 @@ def test_full_example_loads(tmp_path):
     ("[upstreams.app]\nservers = [\"nohost\"]\n", "upstreams.app.servers: expected"),
     ("[upstreams.app]\nservers = []\n", "upstreams.app.servers: expected"),
     ("this is not toml", "not valid TOML"),
+    ("[upstreams.app]\nservers = [{address = \"a:1\", weight = 0}]\n", "upstreams.app.servers[0].weight: expected a whole number from 1 to 1000"),
+    ("[upstreams.app]\nservers = [{address = \"a:1\", colour = 1}]\n", "upstreams.app.servers[0].colour: unknown key"),
+    ("[upstreams.app]\nservers = [{weight = 2}]\n", "upstreams.app.servers[0].address: missing"),
+    ("[upstreams.app]\nservers = [\"a:1\"]\nbalance = \"fastest\"\n", 'upstreams.app.balance: expected one of "round_robin"'),
+    ("[upstreams.app]\nservers = [\"a:1\"]\nnext_upstream = [\"http_500\"]\n", "upstreams.app.next_upstream: expected a list of"),
+    ("[upstreams.app]\nservers = [\"a:1\"]\n[upstreams.app.health]\ninterval = 0\n", "upstreams.app.health.interval: expected a number of seconds > 0"),
+    ("[upstreams.app]\nservers = [\"a:1\"]\n[upstreams.app.health]\nexpect_status = [700]\n", "upstreams.app.health.expect_status: expected a list of HTTP status codes"),
+    ("[status]\nallow = [\"nonsense\"]\n", "status.allow: expected a list of an address or network"),
 ])
 def test_errors_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
@@ -113,8 +121,42 @@ def test_bad_addresses(value):
 
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert config.reference() in doc, "regenerate docs/configuration.md with python -m proxy.config"
+    assert config.reference() in doc, "regenerate: python -m proxy.config --update docs/configuration.md"
 
 
 def test_shipped_configs_are_valid():
-    assert config.load(ROOT / "proxy.toml").upstreams["app"].servers == (Address("127.0.0.1", 8000),)
+    assert [s.address for s in config.load(ROOT / "proxy.toml").upstreams["app"].servers] == [Address("127.0.0.1", 8000)]
+
+
+def test_upstream_group_settings(tmp_path):
+    cfg = load_text(tmp_path, """
+[upstreams.app]
+servers = [
+  "127.0.0.1:8001",
+  { address = "127.0.0.1:8002", weight = 2 },
+  { address = "127.0.0.1:8003", backup = true },
+  { address = "app:8000", max_conns = 100 },
+]
+balance = "least_conn"
+max_fails = 3
+tries = 2
+next_upstream = ["error", "http_503"]
+[upstreams.app.health]
+path = "/ping"
+expect_status = [200, 204]
+[status]
+allow = ["10.0.0.0/8"]
+""")
+    app = cfg.upstreams["app"]
+    assert [s.weight for s in app.servers] == [1, 2, 1, 1]
+    assert app.servers[2].backup and app.servers[3].max_conns == 100
+    assert app.balance == "least_conn" and app.tries == 2
+    assert app.next_upstream == {"error", "http_503"}
+    assert app.health.path == "/ping" and app.health.expect_status == (200, 204)
+    assert app.health.interval == 2.0
+    assert cfg.status.allows("10.1.2.3") and not cfg.status.allows("127.0.0.1")
+
+
+def test_status_is_off_unless_configured(tmp_path):
+    assert load_text(tmp_path, "").status is None
+    assert load_text(tmp_path, "[status]\n").status.allows("::1")

@@ -1,0 +1,197 @@
+// twotier demo page: send real requests and draw what each tier reported about them.
+// No framework, no build step: the proxy serves this file as it is.
+"use strict";
+
+// Server-Timing (W3C): "name;dur=1.2;desc=\"text\", name2;dur=3". Each tier adds its own header
+// field; fetch() joins them with ", ". Returns {name: {dur, desc}}.
+function parseServerTiming(value) {
+  const entries = {};
+  if (!value) return entries;
+  const parts = value.match(/(?:[^,"]|"(?:[^"\\]|\\.)*")+/g) || [];
+  for (const part of parts) {
+    const params = part.match(/(?:[^;"]|"(?:[^"\\]|\\.)*")+/g) || [];
+    const name = (params.shift() || "").trim();
+    if (!name) continue;
+    const entry = { dur: null, desc: "" };
+    for (const param of params) {
+      const eq = param.indexOf("=");
+      if (eq < 0) continue;
+      const key = param.slice(0, eq).trim().toLowerCase();
+      let val = param.slice(eq + 1).trim();
+      if (val.startsWith('"')) val = val.slice(1, -1).replace(/\\(.)/g, "$1");
+      if (key === "dur") entry.dur = parseFloat(val);
+      else if (key === "desc") entry.desc = val;
+    }
+    if (!(name in entries)) entries[name] = entry;
+  }
+  return entries;
+}
+
+// Headers the proxy writes itself (replacing any a client sent), marked in the table.
+const SET_BY_PROXY = new Set(["forwarded", "via", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+  "x-real-ip", "x-request-id"]);
+
+function ms(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  return value < 10 ? `${value.toFixed(2)} ms` : `${value.toFixed(1)} ms`;
+}
+
+function setField(name, value, className) {
+  for (const el of document.querySelectorAll(`[data-field="${name}"]`)) {
+    el.textContent = value;
+    el.classList.remove("reused", "new");
+    if (className) el.classList.add(className);
+  }
+}
+
+// One stacked bar whose segments add up to the browser's round trip.
+function drawBar(barId, legendId, segments) {
+  const bar = document.getElementById(barId);
+  const legend = document.getElementById(legendId);
+  const total = segments.reduce((sum, s) => sum + Math.max(s.ms, 0), 0) || 1;
+  bar.replaceChildren();
+  legend.replaceChildren();
+  for (const s of segments) {
+    const part = document.createElement("div");
+    part.className = s.cls;
+    part.style.width = `${(Math.max(s.ms, 0) / total) * 100}%`;
+    part.title = `${s.label}: ${ms(s.ms)}`;
+    bar.append(part);
+    const item = document.createElement("li");
+    const swatch = document.createElement("i");
+    swatch.className = s.cls;
+    const strong = document.createElement("b");
+    strong.textContent = ms(Math.max(s.ms, 0));
+    item.append(swatch, `${s.label} `, strong);
+    legend.append(item);
+  }
+}
+
+async function timedFetch(url, options) {
+  const started = performance.now();
+  const response = await fetch(url, { cache: "no-store", ...options });
+  const headersAt = performance.now() - started; // Server-Timing describes the time to the response head
+  return { response, headersAt };
+}
+
+function describeProxy(timing) {
+  const [handler, route] = (timing.proxy?.desc || "").split(" ");
+  return { handler: handler || "?", route: route || "?" };
+}
+
+async function loadWhoami() {
+  const button = document.getElementById("api-again");
+  const error = document.getElementById("api-error");
+  button.disabled = true;
+  try {
+    const { response, headersAt } = await timedFetch("/api/whoami");
+    if (!response.ok) throw new Error(`GET /api/whoami answered ${response.status} ${response.statusText}`);
+    const seen = await response.json();
+    const rawTiming = response.headers.get("server-timing") || "";
+    const timing = parseServerTiming(rawTiming);
+    const { handler, route } = describeProxy(timing);
+    const proxy = timing.proxy?.dur ?? null;
+    const connect = timing["upstream-connect"] ?? null;
+    const ttfb = timing["upstream-ttfb"]?.dur ?? null;
+    const app = timing.app?.dur ?? null;
+
+    setField("api.browser", ms(headersAt));
+    setField("api.rid", response.headers.get("x-request-id") || "–");
+    setField("api.route", route);
+    setField("api.handler", handler === "proxy" ? "forwarded" : handler);
+    if (connect) {
+      const reused = connect.desc === "reused";
+      setField("api.conn", reused ? "pooled, reused" : `new (${ms(connect.dur)} to connect)`, reused ? "reused" : "new");
+      setField("api.hop2", reused ? "kept-alive connection" : "new connection");
+    } else {
+      setField("api.conn", "–");
+    }
+    setField("api.proxy", ms(proxy));
+    setField("api.via", response.headers.get("via") || "–");
+    setField("api.pid", String(seen.worker_pid));
+    setField("api.thread", seen.thread);
+    setField("api.model", seen.multithread ? "threads (gthread)" : "1 request per process (sync)");
+    setField("api.hostname", seen.hostname);
+    setField("api.server", seen.server_software || "–");
+    setField("api.view", seen.view);
+    setField("api.remote", seen.peer_addr && seen.peer_addr !== seen.remote_addr
+      ? `${seen.remote_addr} (TCP peer ${seen.peer_addr})` : seen.remote_addr);
+    setField("api.scheme", seen.scheme);
+    setField("api.host", seen.host);
+    setField("api.app", ms(app));
+    setField("api.total", `· ${ms(headersAt)} from the browser's point of view`);
+    setField("api.hop1", `${response.status} ${response.statusText || "OK"}`);
+
+    const connectMs = connect?.dur ?? 0;
+    drawBar("api-bar", "api-legend", [
+      { label: "network + browser", ms: headersAt - (proxy ?? 0), cls: "seg-net" },
+      { label: "proxy itself", ms: (proxy ?? 0) - (ttfb ?? 0), cls: "seg-proxy" },
+      { label: "upstream connect", ms: connectMs, cls: "seg-connect" },
+      { label: "Gunicorn + sockets", ms: (ttfb ?? 0) - connectMs - (app ?? 0), cls: "seg-gunicorn" },
+      { label: "Flask view", ms: app ?? 0, cls: "seg-app" },
+    ]);
+
+    document.getElementById("api-server-timing").textContent = `Server-Timing: ${rawTiming}`;
+    const body = document.querySelector("#api-headers tbody");
+    body.replaceChildren();
+    for (const [name, value] of Object.entries(seen.headers || {})) {
+      const row = body.insertRow();
+      row.insertCell().textContent = name;
+      const cell = row.insertCell();
+      cell.textContent = value;
+      if (SET_BY_PROXY.has(name.toLowerCase())) {
+        row.className = "by-proxy";
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "set by the proxy";
+        cell.append(" ", tag);
+      }
+    }
+    error.hidden = true;
+  } catch (exc) {
+    error.textContent = `Could not reach the app tier: ${exc.message}. Is the app server running behind the proxy?`;
+    error.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadStatic() {
+  const button = document.getElementById("static-again");
+  button.disabled = true;
+  try {
+    const { response, headersAt } = await timedFetch("/static/tiers.svg");
+    const body = await response.blob();
+    const rawTiming = response.headers.get("server-timing") || "";
+    const timing = parseServerTiming(rawTiming);
+    const { handler, route } = describeProxy(timing);
+    setField("static.browser", ms(headersAt));
+    setField("static.status", `${response.status} ${response.statusText || ""}`.trim());
+    setField("static.route", route);
+    setField("static.handler", handler === "static" ? "file from disk" : handler);
+    setField("static.proxy", ms(timing.proxy?.dur ?? null));
+    setField("static.size", `${body.size} bytes, ${response.headers.get("content-type") || "?"}`);
+    document.getElementById("static-server-timing").textContent = `Server-Timing: ${rawTiming}`;
+  } catch (exc) {
+    setField("static.status", `failed: ${exc.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const form = event.target;
+  const out = document.getElementById("upload-result");
+  const { response, headersAt } = await timedFetch("/api/upload", { method: "POST", body: new FormData(form) });
+  const text = await response.text();
+  let shown = text;
+  try { shown = JSON.stringify(JSON.parse(text), null, 1); } catch { /* not JSON: show as is */ }
+  out.textContent = `${response.status} in ${ms(headersAt)} (browser round trip)\n${shown}`;
+}
+
+document.getElementById("api-again").addEventListener("click", loadWhoami);
+document.getElementById("static-again").addEventListener("click", loadStatic);
+document.getElementById("upload-form").addEventListener("submit", upload);
+loadWhoami();
+loadStatic();

@@ -1,0 +1,233 @@
+"""Counters behind /_proxy/status and /_proxy/metrics, and their two renderings.
+
+Every finished request already becomes an AccessRecord; ``Metrics.observe``
+counts it (requests by route and status, a duration histogram), so the
+numbers and the access log can never disagree. Upstream state is read from
+the groups when a page is asked for.
+
+The pipeline is plain data all the way: ``worker_view`` describes one
+worker, ``merge`` adds the views of every worker (read from the shared
+board, see server/board.py), and ``status_document`` / ``render_prometheus``
+render the merged view: JSON for people and scripts, the Prometheus text
+exposition format (version 0.0.4, simple enough that a dependency would not
+pay for itself) for scrapers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+
+from .accesslog import AccessRecord
+
+# Request duration buckets in seconds (Prometheus client defaults, which suit web requests).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# A server's state as most workers see it; on a tie, the one that needs attention.
+STATES = ("up", "down", "failed", "draining")
+_SEVERITY = {"draining": 3, "down": 2, "failed": 1, "up": 0}
+
+# Per-server numbers that add up across workers.
+_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "connects")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: Counter[tuple[str, int]] = Counter()  # (route, status) -> count
+        self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count in that bucket alone
+        self.duration_sum: Counter[str] = Counter()
+        self.duration_count: Counter[str] = Counter()
+
+    def observe(self, record: AccessRecord) -> None:
+        route = record.route or "-"
+        self.requests[route, record.status] += 1
+        seconds = record.request_time
+        self.duration_sum[route] += seconds
+        self.duration_count[route] += 1
+        for le in BUCKETS:
+            if seconds <= le:
+                self.buckets[route, le] += 1
+                break
+
+    def as_data(self) -> dict:
+        return {
+            "requests": [[route, status, count] for (route, status), count in self.requests.items()],
+            "durations": {route: {"sum": self.duration_sum[route], "count": count,
+                                  "buckets": [self.buckets[route, le] for le in BUCKETS]}
+                          for route, count in self.duration_count.items()},
+        }
+
+
+def process_stats() -> dict:
+    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow."""
+    import asyncio
+
+    stats = {"open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None}
+    try:
+        stats["tasks"] = len(asyncio.all_tasks())
+    except RuntimeError:
+        stats["tasks"] = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"
+                    stats[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return stats
+
+
+def worker_view(runtime) -> dict:
+    """One worker's counters and upstream view, as plain data (what it pins on the board)."""
+    now = runtime.loop.time()
+    upstreams = {}
+    for name, group in runtime.groups.items():
+        servers = []
+        for peer in group.peers:
+            servers.append({
+                "address": str(peer.address),
+                "configured_as": str(peer.spec.address),
+                "state": peer.state(now),
+                "weight": peer.weight,
+                "backup": peer.spec.backup,
+                "max_conns": peer.spec.max_conns,
+                "in_flight": peer.in_flight,
+                "requests": peer.requests,
+                "failures": peer.failures,
+                "idle_connections": len(peer.pool.idle),
+                "connects": peer.pool.connects,
+                "last_error": peer.last_error or peer.health.last_error or None,
+                "last_check_seconds_ago": (round(now - peer.health.last_check, 3)
+                                           if peer.health.last_check is not None else None),
+            })
+        upstreams[name] = {"balance": group.config.balance, "servers": servers}
+    return {
+        "pid": os.getpid(),
+        "published": time.time(),
+        "started": runtime.metrics.started,
+        "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy),
+                        "refused_at_max": runtime.refused},
+        "process": process_stats(),
+        "metrics": runtime.metrics.as_data(),
+        "upstreams": upstreams,
+    }
+
+
+def merge(views: list[dict]) -> dict:
+    """Add up the views of several workers (the first is the one answering)."""
+    requests: Counter = Counter()
+    durations: dict[str, dict] = {}
+    connections: Counter = Counter()
+    upstreams: dict[str, dict] = {}
+    for view in views:
+        connections.update(view["connections"])
+        for route, status, count in view["metrics"]["requests"]:
+            requests[route, status] += count
+        for route, d in view["metrics"]["durations"].items():
+            total = durations.setdefault(route, {"sum": 0.0, "count": 0, "buckets": [0] * len(BUCKETS)})
+            total["sum"] += d["sum"]
+            total["count"] += d["count"]
+            total["buckets"] = [a + b for a, b in zip(total["buckets"], d["buckets"])]
+        for name, group in view["upstreams"].items():
+            merged = upstreams.setdefault(name, {"balance": group["balance"], "servers": {}})
+            for server in group["servers"]:
+                into = merged["servers"].get(server["address"])
+                if into is None:
+                    merged["servers"][server["address"]] = {**server, "states": [server["state"]]}
+                    continue
+                for key in _SUMMED:
+                    into[key] += server[key]
+                into["states"].append(server["state"])
+                into["last_error"] = into["last_error"] or server["last_error"]
+    for group in upstreams.values():
+        for server in group["servers"].values():
+            votes = Counter(server.pop("states"))
+            server["state"] = max(votes, key=lambda s: (votes[s], _SEVERITY[s]))
+            if len(votes) > 1:
+                server["states_by_worker"] = dict(votes)
+        group["servers"] = list(group["servers"].values())
+    return {
+        "workers": [{"pid": v["pid"], "requests": sum(c for _, _, c in v["metrics"]["requests"]),
+                     "connections": v["connections"], "process": v["process"]} for v in views],
+        "connections": dict(connections),
+        "requests": [[route, status, count] for (route, status), count in sorted(requests.items())],
+        "durations": durations,
+        "upstreams": upstreams,
+        "started": min(v["started"] for v in views),
+    }
+
+
+def status_document(merged: dict, server_name: str) -> dict:
+    """The JSON status page: totals for the whole proxy; ``pid`` and ``process`` are the answering worker's."""
+    answering = merged["workers"][0]
+    return {
+        "server": server_name,
+        "pid": answering["pid"],
+        "process": answering["process"],
+        "uptime_seconds": round(time.time() - merged["started"], 3),
+        "workers": merged["workers"],
+        "connections": merged["connections"],
+        "requests": sum(count for _, _, count in merged["requests"]),
+        "upstreams": merged["upstreams"],
+    }
+
+
+def render_json(data: dict) -> bytes:
+    return json.dumps(data, indent=2).encode() + b"\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_prometheus(merged: dict) -> bytes:
+    """The text exposition format: HELP, TYPE, then samples."""
+    out = [
+        "# HELP proxy_requests_total Requests answered, by route prefix and status.",
+        "# TYPE proxy_requests_total counter",
+    ]
+    for route, status, count in merged["requests"]:
+        out.append(f'proxy_requests_total{{route="{_label(route)}",status="{status}"}} {count}')
+    out += ["# HELP proxy_request_duration_seconds Time from request head to the end of the answer.",
+            "# TYPE proxy_request_duration_seconds histogram"]
+    for route, d in sorted(merged["durations"].items()):
+        label = _label(route)
+        cumulative = 0
+        for le, count in zip(BUCKETS, d["buckets"]):
+            cumulative += count
+            out.append(f'proxy_request_duration_seconds_bucket{{route="{label}",le="{le}"}} {cumulative}')
+        out.append(f'proxy_request_duration_seconds_bucket{{route="{label}",le="+Inf"}} {d["count"]}')
+        out.append(f'proxy_request_duration_seconds_sum{{route="{label}"}} {d["sum"]:.6f}')
+        out.append(f'proxy_request_duration_seconds_count{{route="{label}"}} {d["count"]}')
+    out += ["# HELP proxy_connections Client connections open now.", "# TYPE proxy_connections gauge",
+            f"proxy_connections {merged['connections'].get('open', 0)}",
+            "# HELP proxy_workers Worker processes reporting.", "# TYPE proxy_workers gauge",
+            f"proxy_workers {len(merged['workers'])}"]
+    series = {
+        "proxy_upstream_state": ("gauge", "1 for the state each upstream server is in."),
+        "proxy_upstream_in_flight": ("gauge", "Requests in flight to each upstream server."),
+        "proxy_upstream_requests_total": ("counter", "Tries sent to each upstream server."),
+        "proxy_upstream_failures_total": ("counter", "Failed tries per upstream server."),
+        "proxy_upstream_idle_connections": ("gauge", "Idle pooled connections per upstream server."),
+    }
+    samples: dict[str, list[str]] = {name: [] for name in series}
+    for name, group in merged["upstreams"].items():
+        for server in group["servers"]:
+            labels = f'upstream="{_label(name)}",server="{_label(server["address"])}"'
+            for state in STATES:
+                samples["proxy_upstream_state"].append(
+                    f'proxy_upstream_state{{{labels},state="{state}"}} {int(server["state"] == state)}')
+            samples["proxy_upstream_in_flight"].append(f"proxy_upstream_in_flight{{{labels}}} {server['in_flight']}")
+            samples["proxy_upstream_requests_total"].append(
+                f"proxy_upstream_requests_total{{{labels}}} {server['requests']}")
+            samples["proxy_upstream_failures_total"].append(
+                f"proxy_upstream_failures_total{{{labels}}} {server['failures']}")
+            samples["proxy_upstream_idle_connections"].append(
+                f"proxy_upstream_idle_connections{{{labels}}} {server['idle_connections']}")
+    for name, (kind, text) in series.items():
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
+    return ("\n".join(out) + "\n").encode()

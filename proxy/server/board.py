@@ -1,0 +1,79 @@
+"""A notice board in shared memory: each worker pins its counters, any worker reads them all.
+
+With several workers, a status or metrics request reaches one of them, yet
+the page must describe the whole proxy (a Prometheus counter that jumped
+between two workers' values would look like constant resets). The master
+maps an anonymous shared region before forking; every worker owns one slot
+and writes a JSON view of its counters there every ``PUBLISH_INTERVAL``
+seconds, and the worker that serves the page merges the others' slots with
+its own live view. No locks: each slot is a seqlock (an odd sequence number
+while its owner writes; a reader retries until it sees the same even number
+before and after).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+SLOT_BYTES = 64 * 1024
+SLOTS = 256
+PUBLISH_INTERVAL = 1.0
+_HEADER = struct.Struct("<QI")  # sequence, payload length
+
+
+class Board:
+    def __init__(self, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES) -> None:
+        self.slots = slots
+        self.slot_bytes = slot_bytes
+        self._map = mmap.mmap(-1, slots * slot_bytes)  # anonymous and shared: inherited by forks
+        self._free = list(range(slots))
+
+    def __repr__(self) -> str:
+        return f"<Board {self.slots - len(self._free)}/{self.slots} slots in use>"
+
+    # --- the master's side ---
+
+    def take(self) -> int:
+        """A free slot for a new worker (the lowest one)."""
+        self._free.sort()
+        return self._free.pop(0)
+
+    def release(self, slot: int) -> None:
+        self.clear(slot)
+        self._free.append(slot)
+
+    # --- a worker's side ---
+
+    def publish(self, slot: int, payload: bytes) -> bool:
+        """Write this worker's payload; False when it does not fit (nothing is written)."""
+        if len(payload) > self.slot_bytes - _HEADER.size:
+            return False
+        base = slot * self.slot_bytes
+        sequence, _ = _HEADER.unpack_from(self._map, base)
+        _HEADER.pack_into(self._map, base, sequence + 1, 0)  # odd: being written
+        self._map[base + _HEADER.size: base + _HEADER.size + len(payload)] = payload
+        _HEADER.pack_into(self._map, base, sequence + 2, len(payload))
+        return True
+
+    def clear(self, slot: int) -> None:
+        base = slot * self.slot_bytes
+        sequence, _ = _HEADER.unpack_from(self._map, base)
+        _HEADER.pack_into(self._map, base, sequence + (2 if sequence % 2 == 0 else 1), 0)
+
+    def read(self, slot: int) -> bytes | None:
+        """A consistent copy of one slot's payload, or None when empty or being rewritten."""
+        base = slot * self.slot_bytes
+        for _ in range(5):
+            before, length = _HEADER.unpack_from(self._map, base)
+            if before % 2:
+                continue
+            payload = bytes(self._map[base + _HEADER.size: base + _HEADER.size + length])
+            after, _ = _HEADER.unpack_from(self._map, base)
+            if after == before:
+                return payload or None
+        return None
+
+    def read_all(self, exclude: int | None = None) -> list[bytes]:
+        return [payload for slot in range(self.slots) if slot != exclude
+                and (payload := self.read(slot)) is not None]

@@ -1,0 +1,311 @@
+"""The master process: binds, forks workers, restarts the ones that die, reloads, stops.
+
+nginx's process model, for the same reasons: the master holds the listening
+sockets and never touches a request, so it can replace every worker without
+closing a socket. Signals, as nginx and Gunicorn use them:
+
+* SIGTERM, SIGINT: graceful stop. Workers stop accepting, finish in-flight
+  requests within ``grace_period``, and exit; then the master exits 0.
+* SIGQUIT: immediate stop.
+* SIGHUP: reload. The file is read and validated first; if it is invalid
+  the old workers keep serving and the error is logged. Otherwise new
+  listening sockets are bound as needed, new workers start with the new
+  configuration, and once they are ready the old ones are told to finish
+  their in-flight requests and exit. Nothing that reached a socket is lost.
+* SIGCHLD: a worker ended. If nobody asked it to, it is logged with its
+  exit status and replaced (with a growing delay if it keeps dying).
+
+The master's loop is synchronous (no asyncio in the master, so a fork never
+copies a running event loop): signals arrive through ``set_wakeup_fd`` and
+are handled one at a time from a table of ``handle_<signal>`` methods, as
+Gunicorn's arbiter does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+
+from .. import config as config_module
+from ..config import Address, Config
+from ..errors import ConfigError
+from .board import Board
+from .sockets import ListenError, bind, bound_address, raise_fd_limit
+
+log = logging.getLogger("proxy")
+
+READY_TIMEOUT = 30.0  # a new worker that is not accepting by then is abandoned
+RESTART_DELAY_MAX = 5.0
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+
+
+@dataclass
+class Worker:
+    pid: int
+    generation: int
+    ready_fd: int  # the worker writes one byte here once it accepts connections
+    started: float
+    slot: int  # its place on the status board
+    ready: bool = False
+    stopping: bool = False
+
+
+@dataclass
+class Master:
+    config: Config
+    sockets: dict[Address, object] = field(default_factory=dict)
+    workers: dict[int, Worker] = field(default_factory=dict)
+    generation: int = 0
+    stopping: str = ""
+    board: Board = field(default_factory=Board)
+    _signals: list[int] = field(default_factory=list)
+    _restart_delay: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Master generation={self.generation} workers={sorted(self.workers)} stopping={self.stopping!r}>"
+
+    # --- start ---
+
+    def run(self) -> int:
+        raise_fd_limit()
+        for address in self.config.server.listen:
+            self.sockets[address] = bind(address)  # ListenError goes to the CLI as one line
+        for sock in self.sockets.values():
+            log.info("listening on http://%s/", bound_address(sock))
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        for sig in HANDLED:
+            signal.signal(sig, self._record)
+        try:
+            self.spawn_generation()
+            return self._loop(wake_read)
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_read)
+            os.close(wake_write)
+
+    def _record(self, signum, frame) -> None:
+        self._signals.append(signum)
+
+    def _loop(self, wake_read: int) -> int:
+        while True:
+            readable = [wake_read] + [w.ready_fd for w in self.workers.values() if not w.ready]
+            try:
+                ready, _, _ = select.select(readable, [], [], 1.0)
+            except InterruptedError:
+                ready = []
+            if wake_read in ready:
+                os.read(wake_read, 512)
+            for worker in list(self.workers.values()):
+                # ready_fd is closed once read, and its number may already belong to a newer pipe
+                if not worker.ready and worker.ready_fd in ready:
+                    self._worker_ready(worker)
+            while self._signals:
+                signum = self._signals.pop(0)
+                getattr(self, "handle_" + signal.Signals(signum).name.lower())()
+            self._reap()
+            self._check_ready_timeouts()
+            if self.stopping and not self.workers:
+                log.info("master stopped")
+                return 0
+            if not self.stopping:
+                self._replace_missing()
+
+    # --- workers ---
+
+    def spawn_generation(self) -> None:
+        self.generation += 1
+        for _ in range(self.config.server.workers):
+            self.spawn()
+
+    def spawn(self) -> None:
+        ready_read, ready_write = os.pipe()
+        slot = self.board.take()
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            os.close(ready_read)
+            code = 1
+            try:
+                code = _worker_main(self.config, list(self.sockets_for(self.config).values()), ready_write,
+                                    self.board, slot)
+            except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(ready_write)
+        self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic(), slot)
+
+    def sockets_for(self, cfg: Config) -> dict[Address, object]:
+        return {address: self.sockets[address] for address in cfg.server.listen}
+
+    def _worker_ready(self, worker: Worker) -> None:
+        try:
+            os.read(worker.ready_fd, 1)
+        except OSError:
+            pass
+        os.close(worker.ready_fd)
+        worker.ready = True
+        log.info("worker %d (generation %d) is accepting connections", worker.pid, worker.generation)
+        if worker.generation == self.generation and all(
+                w.ready for w in self.workers.values() if w.generation == self.generation):
+            self._retire_old_generations()
+
+    def _retire_old_generations(self) -> None:
+        old = [w for w in self.workers.values() if w.generation < self.generation and not w.stopping]
+        for worker in old:
+            self._stop_worker(worker, signal.SIGTERM)
+        if old:
+            log.info("reload complete: %d old worker(s) finishing their requests", len(old))
+        in_use = {id(s) for s in self.sockets_for(self.config).values()}
+        for address in [a for a, s in self.sockets.items() if id(s) not in in_use]:
+            self.sockets.pop(address).close()
+            log.info("no longer listening on %s", address)
+
+    def _stop_worker(self, worker: Worker, sig: int) -> None:
+        worker.stopping = True
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            self.board.release(worker.slot)
+            if not worker.ready:
+                os.close(worker.ready_fd)
+            if worker.stopping or self.stopping:
+                log.info("worker %d exited", pid)
+                continue
+            lived = time.monotonic() - worker.started
+            self._restart_delay = 0.0 if lived > 10 else min(max(self._restart_delay * 2, 0.1), RESTART_DELAY_MAX)
+            log.error("worker %d died (%s) after %.1fs; starting a new one", pid, _describe(status), lived)
+
+    def _replace_missing(self) -> None:
+        current = [w for w in self.workers.values() if w.generation == self.generation]
+        missing = self.config.server.workers - len(current)
+        if missing > 0:
+            if self._restart_delay:
+                time.sleep(self._restart_delay)
+            for _ in range(missing):
+                self.spawn()
+
+    def _check_ready_timeouts(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if not worker.ready and not worker.stopping and now - worker.started > READY_TIMEOUT:
+                log.error("worker %d did not start accepting within %gs; stopping it", worker.pid, READY_TIMEOUT)
+                self._stop_worker(worker, signal.SIGKILL)
+
+    # --- signals (looked up by name, like Gunicorn's arbiter) ---
+
+    def handle_sigterm(self) -> None:
+        self._stop("SIGTERM", signal.SIGTERM)
+
+    def handle_sigint(self) -> None:
+        self._stop("SIGINT", signal.SIGTERM)
+
+    def handle_sigquit(self) -> None:
+        self._stop("SIGQUIT", signal.SIGQUIT)
+
+    def handle_sigchld(self) -> None:
+        pass  # _reap runs after every signal
+
+    def _stop(self, name: str, sig: int) -> None:
+        if self.stopping and sig != signal.SIGQUIT:
+            return
+        self.stopping = name
+        log.info("received %s: stopping %d worker(s)%s", name, len(self.workers),
+                 "" if sig == signal.SIGQUIT else " gracefully")
+        for worker in self.workers.values():
+            self._stop_worker(worker, sig)
+        for sock in self.sockets.values():
+            sock.close()
+
+    def handle_sighup(self) -> None:
+        if self.stopping:
+            return
+        path = self.config.path
+        try:
+            new = config_module.load(path)
+        except ConfigError as exc:
+            log.error("reload failed, still serving the previous configuration: %s", exc)
+            return
+        added = {}
+        try:
+            for address in new.server.listen:
+                if address not in self.sockets:
+                    added[address] = bind(address)
+        except ListenError as exc:
+            for sock in added.values():
+                sock.close()
+            log.error("reload failed, still serving the previous configuration: %s", exc.strerror)
+            return
+        for sock in added.values():
+            log.info("listening on http://%s/", bound_address(sock))
+        self.sockets.update(added)
+        self.config = new
+        log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
+        self.spawn_generation()
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int) -> int:
+    """A worker: one asyncio loop serving the inherited sockets until told to stop."""
+    from .listener import serve
+
+    for sig in HANDLED:
+        signal.signal(sig, signal.SIG_DFL)
+    # Ctrl-C and a SIGHUP sent to the process group reach the workers too; the master decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)
+    master = os.getppid()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()  # its result: None to drain, 0.0 to stop at once
+
+        def request_stop(grace: float | None) -> None:
+            if not stop.done():
+                stop.set_result(grace)
+
+        loop.add_signal_handler(signal.SIGTERM, request_stop, None)
+        loop.add_signal_handler(signal.SIGQUIT, request_stop, 0.0)
+
+        def orphaned() -> None:
+            if os.getppid() != master:
+                log.warning("worker %d: the master process is gone; stopping", os.getpid())
+                request_stop(None)
+            else:
+                loop.call_later(1.0, orphaned)
+        loop.call_later(1.0, orphaned)
+
+        def ready(addresses) -> None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+        await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,91 @@
+"""The demo page in headless Chromium: the path diagram fills in with the worker that answered.
+
+Runs the whole local stack the way ``make up`` does (``python -m appserver.stack``,
+on ports chosen at run time) and drives Debian's ``chromium`` through its
+``chromium-driver`` with Selenium. Skipped, with the reason, where either is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+
+from tests.integration.test_apptier import StackProcess, children
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+WAIT_SECONDS = 30
+
+
+def _missing() -> str:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    if not CHROMIUM or not CHROMEDRIVER:
+        return "no chromium/chromedriver on PATH (Debian: apt-get install -y chromium chromium-driver)"
+    return ""
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    launcher = StackProcess()
+    try:
+        yield launcher
+    finally:
+        launcher.signal(signal.SIGINT)
+        launcher.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1366,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_draws_the_path_with_the_worker_pid(stack, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(stack.url + "/")
+    pid_text = WebDriverWait(browser, WAIT_SECONDS).until(
+        lambda d: (t := d.find_element(By.ID, "worker-pid").text).isdigit() and t)
+    assert int(pid_text) in children(stack.pid), "the pid shown is not one of the app tier's workers"
+
+    def field(name: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'[data-field="{name}"]').text
+
+    assert field("api.route") == "/api/"
+    assert field("api.handler") == "forwarded"
+    assert field("api.app").endswith(" ms") and field("api.proxy").endswith(" ms")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#api-bar > div")) == 5
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("static.handler") == "file from disk")
+    assert field("static.route") == "/static/"
+
+    # A second request: the proxy now has a pooled connection to offer, or Gunicorn closed it (sync):
+    # either way the diagram says which, from the Server-Timing header.
+    browser.find_element(By.ID, "api-again").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("api.conn") not in ("", "…"))
+    assert field("api.conn").startswith(("pooled, reused", "new ("))
+
+    shot = tmp_path / "demo-page.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")

@@ -1,0 +1,151 @@
+"""Running the proxy: command line, errors a user can hit, graceful stop, access log formats."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import requests
+
+from tests.helpers import ROOT, wait_until
+
+
+def run_proxy(*args, cwd=ROOT, timeout=20):
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_check_config_prints_a_summary():
+    result = run_proxy("--config", "proxy.toml", "--check-config")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("configuration ok: ")
+    assert "listen: 127.0.0.1:8080" in out
+    assert "/api/" in out and "upstream app" in out
+    assert "app: 127.0.0.1:8000" in out
+
+
+def test_bad_config_is_one_line_and_exit_1(tmp_path):
+    bad = tmp_path / "proxy.toml"
+    bad.write_text('[limits]\nmax_body_bytes = "huge"\n')
+    for args in (("--config", str(bad)), ("--config", str(bad), "--check-config")):
+        result = run_proxy(*args)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"{bad}: limits.max_body_bytes: expected a size" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    result = run_proxy("--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"proxy: {tmp_path / 'nope.toml'}: no such file"
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "proxy.toml"
+        config.write_text(f'[server]\nlisten = ["127.0.0.1:{port}"]\n')
+        result = run_proxy("--config", str(config))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_python_dash_m_and_console_script_agree():
+    result = subprocess.run([sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("proxy ")
+
+
+def test_sigterm_lets_in_flight_requests_finish(start_proxy, test_app_gunicorn):
+    proxy = start_proxy(f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        grace_period = 10.0
+        [upstreams.app]
+        servers = ["{test_app_gunicorn.address}"]
+        [status]
+        [[routes]]
+        prefix = "/"
+        upstream = "app"
+    """)
+    idle = socket.create_connection(("127.0.0.1", proxy.port))  # an idle keep-alive client
+    late = socket.create_connection(("127.0.0.1", proxy.port))  # one that sends just after the stop began
+    result = {}
+
+    def slow_request():
+        result["response"] = requests.get(proxy.url + "/slow?s=1.5")
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    status_url = proxy.url + "/_proxy/status"
+    wait_until(lambda: requests.get(status_url).json()["upstreams"]["app"]["servers"][0]["in_flight"] == 1,
+               what="the slow request to reach the app")
+    proxy.signal(signal.SIGTERM)
+    proxy.wait_for_line(r"shutting down: 1 request\(s\) in flight")
+    late.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = late.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+    assert refused(proxy.port)  # new connections are refused while the in-flight one finishes
+    idle.settimeout(5)
+    assert idle.recv(1) == b""  # closed after a short linger
+    late.close()
+    thread.join(10)
+    assert result["response"].status_code == 200 and result["response"].text == "slow"
+    assert proxy.proc.wait(10) == 0
+    assert any('"GET /slow?s=1.5 HTTP/1.1" 200' in line for line in proxy.access_lines())
+    idle.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_json_access_log(start_proxy, tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "a.txt").write_text("a")
+    proxy = start_proxy("""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [log]
+        format = "json"
+        [[routes]]
+        prefix = "/"
+        static = "www"
+    """)
+    requests.get(proxy.url + "/a.txt", headers={"User-Agent": 'say "hi"', "X-Request-ID": "rid-1"})
+    line = wait_until(lambda: next((x for x in proxy.access_lines() if x.startswith("{")), None),
+                      what="an access line")
+    record = json.loads(line)
+    assert record["request"] == "GET /a.txt HTTP/1.1"
+    assert record["status"] == 200 and record["body_bytes_sent"] == 1
+    assert record["user_agent"] == 'say "hi"'
+    assert record["request_id"] == "rid-1"
+    assert record["handler"] == "static" and record["route"] == "/"
+
+
+def test_access_log_to_file_and_off(start_proxy, tmp_path):
+    (tmp_path / "www").mkdir()
+    log = tmp_path / "access.log"
+    proxy = start_proxy(f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [log]
+        access = "{log}"
+        [[routes]]
+        prefix = "/"
+        static = "www"
+    """)
+    requests.get(proxy.url + "/missing")
+    wait_until(lambda: log.exists() and '"GET /missing HTTP/1.1" 404' in log.read_text(), what="the log file line")
+    assert proxy.access_lines() == []

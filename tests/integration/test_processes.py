@@ -1,0 +1,194 @@
+"""The master and its workers: several processes, restarts, reloads under load, stops."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import requests
+
+from tests.helpers import raw_request, status_of, wait_until
+
+
+def config(upstream: str, workers: int = 2, extra: str = "") -> str:
+    return f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        workers = {workers}
+        {extra}
+        [upstreams.app]
+        servers = ["{upstream}"]
+        [status]
+        [[routes]]
+        prefix = "/"
+        upstream = "app"
+    """
+
+
+def worker_pids(proxy) -> set[int]:
+    return {int(m[1]) for line in proxy.lines if (m := re.search(r"worker (\d+) \(generation", line))}
+
+
+def live(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def serving_pids(proxy, count: int = 40) -> set[int]:
+    pids = set()
+    for _ in range(count):
+        with requests.get(proxy.url + "/_proxy/status") as response:  # a new connection each time
+            pids.add(response.json()["pid"])
+    return pids
+
+
+def test_workers_share_the_listening_socket(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=2))
+    wait_until(lambda: len(worker_pids(proxy)) == 2, what="two workers")
+    workers = worker_pids(proxy)
+    assert proxy.pid not in workers
+    assert wait_until(lambda: serving_pids(proxy) == workers, what="both workers to answer")
+
+
+def test_a_killed_worker_is_replaced(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=2))
+    wait_until(lambda: len(worker_pids(proxy)) == 2, what="two workers")
+    victim = sorted(worker_pids(proxy))[0]
+    os.kill(victim, signal.SIGKILL)
+    proxy.wait_for_line(rf"worker {victim} died \(killed by SIGKILL\)")
+    wait_until(lambda: len(worker_pids(proxy) - {victim}) == 2, what="a replacement worker")
+    assert requests.get(proxy.url + "/x").status_code == 200
+
+
+def test_sighup_with_an_invalid_file_keeps_serving(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=1))
+    wait_until(lambda: len(worker_pids(proxy)) == 1, what="the worker")
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text(good + "\n[limits]\nmax_body_bytes = \"lots\"\n")
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for_line(r"reload failed, still serving the previous configuration: .*limits\.max_body_bytes")
+    assert requests.get(proxy.url + "/x").status_code == 200
+    assert len(worker_pids(proxy)) == 1
+
+
+def test_reload_under_load_loses_no_request(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=2))
+    wait_until(lambda: len(worker_pids(proxy)) == 2, what="two workers")
+    first_generation = worker_pids(proxy)
+    results: list = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set() and len(results) < 20_000:
+            try:
+                # a new connection for every other request, so reloads meet both kinds
+                with requests.Session() as session:
+                    for _ in range(2):
+                        results.append(session.get(proxy.url + "/load", timeout=10).status_code)
+            except requests.RequestException as exc:
+                results.append(f"{type(exc).__name__}: {exc}")
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for generation in range(2, 5):
+            wait_until(lambda g=generation: len(results) > 50 * g, what="traffic before the reload")
+            proxy.signal(signal.SIGHUP)
+            proxy.wait_for_line(rf"worker \d+ \(generation {generation}\) is accepting")
+            wait_until(lambda g=generation: sum("reload complete" in line for line in proxy.lines) >= g - 1,
+                       what="the old workers to be retired")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    counts = collections.Counter(results)
+    assert counts == {200: len(results)}, counts
+    wait_until(lambda: not any(live(pid) for pid in first_generation), what="the first workers to exit")
+
+
+def test_reload_applies_the_new_configuration(start_proxy, recording_upstream):
+    old = recording_upstream(lambda raw: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold")
+    new = recording_upstream(lambda raw: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew")
+    proxy = start_proxy(config(old.address, workers=1))
+    assert requests.get(proxy.url + "/").text == "old"
+    proxy.config_path.write_text(proxy.config_path.read_text().replace(old.address, new.address))
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for_line("reload complete")
+    assert wait_until(lambda: requests.get(proxy.url + "/").text == "new", what="the new upstream")
+
+
+def test_sigquit_stops_at_once(start_proxy, recording_upstream):
+    hang = threading.Event()
+
+    def slow(raw):
+        hang.wait(20)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    upstream = recording_upstream(slow)
+    proxy = start_proxy(config(upstream.address, workers=1))
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: upstream.received, what="the request to reach the upstream")
+    started = time.monotonic()
+    proxy.signal(signal.SIGQUIT)
+    assert proxy.proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+    sock.settimeout(5)
+    assert sock.recv(100) == b""  # cut, not answered
+    hang.set()
+    sock.close()
+
+
+def test_max_connections_answers_503(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=1, extra="max_connections = 3"))
+    held = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(3)]
+    try:
+        for sock in held:  # each is surely accepted once it has been answered
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(sock.recv(4096)) == 200
+        reply = raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(reply) == 503 and b"retry-after: 1" in reply.lower()
+        proxy.wait_for_line(r"max_connections \(3\) reached")
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: status_of(raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                                     b"Connection: close\r\n\r\n")) == 200,
+                      what="room again")
+
+
+def test_status_and_metrics_add_up_every_worker(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, workers=2))
+    wait_until(lambda: len(worker_pids(proxy)) == 2, what="two workers")
+    sent = 0
+
+    def both_workers_served():
+        nonlocal sent
+        for _ in range(10):  # a new connection each time, so both workers take some
+            with requests.get(proxy.url + "/count-me") as response:
+                assert response.status_code == 200
+            sent += 1
+        workers = requests.get(proxy.url + "/_proxy/status").json()["workers"]
+        return len(workers) == 2 and all(w["requests"] > 0 for w in workers)
+    wait_until(both_workers_served, timeout=30, what="both workers to serve requests")
+
+    # Other workers' numbers are at most one publish interval (1 s) old: poll.
+    def totals():
+        text = requests.get(proxy.url + "/_proxy/metrics").text
+        status = requests.get(proxy.url + "/_proxy/status").json()
+        return (f'proxy_requests_total{{route="/",status="200"}} {sent}' in text and "proxy_workers 2" in text
+                and status["upstreams"]["app"]["servers"][0]["requests"] == sent)
+    wait_until(totals, timeout=10, what="the metrics of both workers to add up")

@@ -1,0 +1,118 @@
+"""The demo Flask app through Flask's test client (no sockets): what it reports, and its endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from demo_app import MAX_SLOW_SECONDS, create_app
+
+PROXY_HEADERS = {
+    "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "example.test",
+    "Via": "1.1 twotier", "X-Request-ID": "rid-1",
+}
+
+
+@pytest.fixture
+def client():
+    return create_app().test_client()
+
+
+def test_whoami_reports_the_client_as_the_proxy_described_it(client):
+    seen = client.get("/api/whoami", headers=PROXY_HEADERS, environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_json()
+    assert seen["remote_addr"] == "203.0.113.7"
+    assert seen["peer_addr"] == "127.0.0.1"
+    assert seen["scheme"] == "https"
+    assert seen["host"] == "example.test"
+    assert seen["url"] == "https://example.test/api/whoami"  # url_for(_external=True) is the client's
+    assert seen["request_id"] == "rid-1"
+    assert seen["via"] == "1.1 twotier"
+    assert seen["worker_pid"] == os.getpid()
+    assert seen["thread"] and seen["hostname"]
+    assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7"
+
+
+def test_exactly_one_hop_is_trusted(client):
+    # A client-written address in front of the proxy's is ignored: x_for=1 takes the last one.
+    seen = client.get("/api/whoami", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}).get_json()
+    assert seen["remote_addr"] == "203.0.113.7"
+
+
+def test_without_a_proxy_the_peer_is_the_client(client):
+    seen = client.get("/api/whoami", environ_base={"REMOTE_ADDR": "192.0.2.1"}).get_json()
+    assert seen["remote_addr"] == seen["peer_addr"] == "192.0.2.1"
+    assert seen["scheme"] == "http"
+
+
+def test_upload_reports_fields_and_file(client):
+    data = os.urandom(100_000)
+    response = client.post("/api/upload", data={"note": "hi", "file": (io.BytesIO(data), "blob.bin")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["fields"] == {"note": "hi"}
+    assert body["files"] == [{"field": "file", "filename": "blob.bin", "content_type": "application/octet-stream",
+                              "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+    assert body["read_ms"] >= 0
+
+
+def test_upload_is_post_only(client):
+    assert client.get("/api/upload").status_code == 405
+
+
+def test_slow_is_capped_and_checked(client, monkeypatch):
+    slept = []
+    monkeypatch.setattr("demo_app.time.sleep", slept.append)
+    assert client.get("/api/slow?seconds=0.25").get_json()["slept"] == 0.25
+    assert client.get("/api/slow?seconds=100000").get_json()["slept"] == MAX_SLOW_SECONDS
+    assert client.get("/api/slow?seconds=-3").get_json()["slept"] == 0.0
+    assert slept == [0.25, MAX_SLOW_SECONDS, 0.0]
+    bad = client.get("/api/slow?seconds=nan")
+    assert bad.status_code == 400 and "seconds must be a number" in bad.get_json()["error"]
+    assert client.get("/api/slow?seconds=soon").status_code == 400
+
+
+def test_stream_has_no_length_so_it_is_sent_in_chunks(client, monkeypatch):
+    monkeypatch.setattr("demo_app.time.sleep", lambda s: None)
+    response = client.get("/api/stream?chunks=3&interval=0.5")
+    assert response.is_streamed
+    assert "Content-Length" not in response.headers
+    lines = response.get_data(as_text=True).splitlines()
+    assert [line.split(" from ")[0] for line in lines] == ["chunk 1 of 3", "chunk 2 of 3", "chunk 3 of 3"]
+
+
+def test_error_is_a_500_from_the_app(client):
+    response = client.get("/api/error")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal server error", "raised_by": "demo_app",
+                                   "detail": "this 500 comes from the app, on purpose"}
+
+
+def test_flask_serves_no_static_files():
+    app = create_app()
+    assert app.static_folder is None
+    assert app.test_client().get("/static/app.css").status_code == 404
+
+
+def test_the_page_and_its_assets_exist_and_use_nothing_from_outside():
+    from pathlib import Path
+
+    static = Path(__file__).resolve().parents[2] / "demo_app" / "static"
+    page = (static / "index.html").read_text()
+    for asset in ("/static/app.css", "/static/app.js", "/static/tiers.svg"):
+        assert asset in page
+        assert (static / asset.removeprefix("/static/")).is_file()
+    for name in ("index.html", "app.css", "app.js", "tiers.svg"):
+        text = (static / name).read_text()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, name
+
+
+def test_wsgi_module_keeps_app():
+    from flask import Flask
+
+    from demo_app.wsgi import app
+
+    assert isinstance(app, Flask)

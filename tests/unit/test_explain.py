@@ -1,0 +1,112 @@
+"""``proxy explain``: the dry run tells the truth about routing, files and forwarded headers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy import config
+from proxy.explain import explain
+from proxy.http.headers import connection_tokens, upstream_request_headers, why_dropped
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def site(tmp_path):
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "page.html").write_text("<p>hi</p>")
+    (tmp_path / "public" / "docs").mkdir()
+    (tmp_path / "proxy.toml").write_text("""
+[server]
+listen = ["127.0.0.1:9999"]
+[upstreams.app]
+servers = ["127.0.0.1:8001", {address = "127.0.0.1:8002", weight = 2}, "app.internal:8000"]
+[status]
+[[routes]]
+prefix = "/api/"
+upstream = "app"
+[[routes]]
+prefix = "/"
+static = "public"
+upstream = "app"
+[[routes]]
+prefix = "/files/"
+static = "public"
+""")
+    return config.load(tmp_path / "proxy.toml")
+
+
+def test_forwarded_request_shows_route_server_and_headers(site):
+    text = explain(site, "GET", "/api/users?id=3", [("X-Forwarded-For", "6.6.6.6"), ("Connection", "X-Foo"),
+                                                   ("X-Foo", "1"), ("Accept", "application/json")],
+                   client_ip="203.0.113.9")
+    assert "route:   routes[0] prefix '/api/' (the longest matching prefix; also matched: /)" in text
+    assert "server:  127.0.0.1:8002 of upstream 'app' (round_robin" in text  # weight 2 goes first
+    assert "resolved when the proxy runs: app.internal:8000" in text
+    assert "  GET /api/users?id=3 HTTP/1.1" in text
+    assert "  x-forwarded-for: 203.0.113.9" in text
+    assert "  accept: application/json" in text
+    assert "x-foo: 1" not in text.lower().split("sent upstream")[1]
+    assert "dropped: X-Forwarded-For: replaced by the proxy's own value" in text
+    assert "dropped: X-Foo: named by Connection" in text
+
+
+def test_static_file_served_by_the_proxy(site, tmp_path):
+    text = explain(site, "GET", "/page.html", [])
+    assert f"file:    {tmp_path / 'public' / 'page.html'} (text/html; charset=utf-8, 9 bytes) -> 200" in text
+    assert "sent upstream" not in text
+
+
+def test_missing_file_falls_through_to_the_app(site):
+    text = explain(site, "GET", "/nothing-here", [])
+    assert "no file" in text and "forwarded to upstream 'app'" in text
+    assert "sent upstream" in text
+
+
+def test_static_only_route_answers_404_and_405(site):
+    assert "answer:  404 from the proxy: no such file" in explain(site, "GET", "/files/missing.txt", [])
+    assert "answer:  405" in explain(site, "DELETE", "/files/page.html", [])
+
+
+def test_folder_without_slash_redirects(site):
+    assert "answer:  301 to /docs/" in explain(site, "GET", "/docs", [])
+
+
+def test_bad_requests_are_refused_before_routing(site):
+    text = explain(site, "GET", "/%2e%2e/etc/passwd", [])
+    assert "answer:  400 from the proxy itself" in text and "nothing would reach an upstream" in text
+    assert "answer:  405" in explain(site, "TRACE", "/", [])
+
+
+def test_status_page(site):
+    assert "200 the proxy's own status page" in explain(site, "GET", "/_proxy/status", [])
+    assert "not in [status] allow" in explain(site, "GET", "/_proxy/metrics", [], client_ip="192.0.2.1")
+
+
+def test_command_line():
+    result = subprocess.run([sys.executable, "-m", "proxy", "explain", "--config", str(ROOT / "proxy.toml"),
+                             "GET", "/api/whoami", "-H", "X-Request-ID: demo-1"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "x-request-id: demo-1" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "proxy", "explain", "--config", str(ROOT / "proxy.toml"),
+                          "GET", "/", "-H", "no colon"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "expected 'Name: value'" in bad.stderr
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"connection", b"x-a, keep-alive"), (b"x-a", b"1"), (b"x-b", b"2"), (b"te", b"trailers")],
+    [(b"x-forwarded-for", b"1.2.3.4"), (b"via", b"1.0 other"), (b"x-request-id", b"r"), (b"accept", b"*/*")],
+    [(b"content-length", b"3"), (b"expect", b"100-continue"), (b"x_y", b"z"), (b"forwarded", b"for=x")],
+])
+def test_why_dropped_agrees_with_the_rewriter(headers):
+    out = upstream_request_headers(headers, host=b"h", client_ip="9.9.9.9", scheme=b"http", request_id=b"new-id",
+                                   via=b"1.1 t", body_length=None)
+    kept = {name for name, value in out if (name, value) in headers}
+    named = connection_tokens(headers)
+    for name, _ in headers:
+        assert (why_dropped(name, named) is None) == (name in kept), name
