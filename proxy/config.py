@@ -241,6 +241,18 @@ def _convert_workers(value: Any, ctx: Context) -> int:
     return value
 
 
+def _convert_event_loop(value: Any, ctx: Context) -> str:
+    if value not in ("auto", "asyncio", "uvloop"):
+        raise Invalid
+    if value == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise Invalid("uvloop is not installed (pip install 'twotier[fast]'), or use \"auto\"") from None
+    return value
+
+
+EVENT_LOOP = Kind('one of "auto", "asyncio", "uvloop"', _convert_event_loop)
 WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU core', _convert_workers)
 WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
 STATUSES = Kind("a list of HTTP status codes", _convert_statuses)
@@ -307,6 +319,9 @@ class ServerSettings:
     workers: int = setting(
         1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
         "and replaces them all, gracefully, on SIGHUP.")
+    event_loop: str = setting(
+        "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop when it is installed (the optional '
+        'extra twotier[fast]) and no [tls] is configured, asyncio otherwise.')
     max_connections: int = setting(
         4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
         "and closed. The open-files limit is raised to its hard limit at start.")
@@ -634,6 +649,9 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
 
 def _cross_check(config: Config) -> None:
     source = config.path
+    if config.server.event_loop == "uvloop" and config.tls is not None:
+        raise ConfigError(f"{source}: server.event_loop: uvloop's TLS handshake hangs with [[tls.sites]] here; "
+                          'use "auto" (asyncio whenever [tls] is configured) or "asyncio"')
     seen: set[Address] = set()
     for address in config.server.listen:
         if address in seen and address.port != 0:

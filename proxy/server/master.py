@@ -337,6 +337,18 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
+def _loop_factory(choice: str, tls: bool = False):
+    """uvloop's loop when asked for, or when "auto" finds it installed and no [tls] is configured
+    (TLS with SNI sites hangs in uvloop's handshake here); else asyncio's."""
+    if choice == "uvloop" or (choice == "auto" and not tls):
+        try:
+            import uvloop
+        except ImportError:
+            return None
+        return uvloop.new_event_loop
+    return None
+
+
 def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
                  certificates: Certificates | None) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
@@ -377,5 +389,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
         await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
                     tls_sockets=tls_sockets, certificates=certificates)
 
-    asyncio.run(main())
+    new_loop = _loop_factory(cfg.server.event_loop, tls=cfg.tls is not None)
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
     return 0

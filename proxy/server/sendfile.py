@@ -9,6 +9,7 @@ then closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import h11
@@ -19,6 +20,9 @@ import h11
 CHUNK_FAST = 128 * 1024
 CHUNK_SLOW = 32 * 1024
 SENDFILE_STEP = 4 * 1024 * 1024
+
+_NO_SENDFILE: set[type] = set()  # event loop classes found without loop.sendfile
+log = logging.getLogger("proxy")
 
 
 class Region:
@@ -50,8 +54,15 @@ async def send_file(handler, fd: int, parts: tuple, exchange) -> None:
             continue
         offset, length = part
         conn.send_passthrough(h11.Data(data=Region(length)))  # framing: Content-Length, adds no bytes
-        if use_sendfile:
-            await _sendfile(runtime.loop, channel, fd, offset, length, timeout)
+        if use_sendfile and type(runtime.loop) not in _NO_SENDFILE:
+            try:
+                await _sendfile(runtime.loop, channel, fd, offset, length, timeout)
+            except NotImplementedError:
+                # uvloop has no loop.sendfile; it raises before sending anything, so copy instead.
+                _NO_SENDFILE.add(type(runtime.loop))
+                log.warning("this event loop (%s) cannot sendfile: [server] sendfile is ignored, files "
+                            "are copied in chunks", type(runtime.loop).__module__)
+                await _copy(channel, fd, offset, length, timeout)
         else:
             await _copy(channel, fd, offset, length, timeout)
         exchange.body_bytes += length

@@ -61,6 +61,9 @@ class _Holding(asyncio.Protocol):
     # data_received is never called: see the module docstring.
 
     def connection_made(self, transport) -> None:
+        # Not one byte of the ClientHello may be read before start_tls owns the transport: asyncio
+        # happens not to read before the task runs, uvloop does (and the bytes would be lost).
+        transport.pause_reading()
         edge = self._runtime.edge
         task = self._runtime.loop.create_task(_handshake(self._runtime, transport))
         edge.handshakes.add(task)

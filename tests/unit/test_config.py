@@ -160,3 +160,16 @@ allow = ["10.0.0.0/8"]
 def test_status_is_off_unless_configured(tmp_path):
     assert load_text(tmp_path, "").status is None
     assert load_text(tmp_path, "[status]\n").status.allows("::1")
+
+
+def test_event_loop_choice(tmp_path):
+    assert load_text(tmp_path, '[server]\nevent_loop = "asyncio"\n').server.event_loop == "asyncio"
+    with pytest.raises(ConfigError, match='server.event_loop: expected one of "auto", "asyncio", "uvloop"'):
+        load_text(tmp_path, '[server]\nevent_loop = "trio"\n')
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="uvloop is not installed"):
+            load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n')
+    else:
+        assert load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n').server.event_loop == "uvloop"
