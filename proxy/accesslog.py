@@ -35,6 +35,12 @@ class AccessRecord:
     upstream_connect_time: float | None
     upstream_header_time: float | None
     upstream_response_time: float | None
+    # A request that became a tunnel (101) is logged once, when the tunnel ends; body_bytes_sent and
+    # request_time then cover the whole tunnel.
+    tunnel: str = ""  # the protocol, e.g. "websocket"; "" for ordinary requests
+    tunnel_bytes_to_upstream: int = 0
+    tunnel_bytes_to_client: int = 0
+    tunnel_end: str = ""  # who ended it: "client", "upstream", "idle" or "shutdown"
 
 
 def _seconds(value: float | None) -> str:
@@ -70,6 +76,8 @@ def format_combined(record: AccessRecord) -> str:
         f"rt={record.request_time:.3f} uaddr={record.upstream_addr or '-'} "
         f"us={record.upstream_status or '-'} ut={_seconds(record.upstream_response_time)} "
         f"rid={record.request_id}"
+        + (f" tunnel={record.tunnel} up={record.tunnel_bytes_to_upstream} down={record.tunnel_bytes_to_client} "
+           f"end={record.tunnel_end}" if record.tunnel else "")
     )
 
 

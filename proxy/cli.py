@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
                          help="a request header (repeatable)")
     explain.add_argument("--client-ip", default="127.0.0.1", help="the client address to assume")
+    gencert = commands.add_parser(
+        "gencert", help="write a self-signed certificate and key for trying [tls] locally (uses openssl)",
+        description="Writes OUT/cert.pem and OUT/key.pem, valid for the names given. Browsers will warn: "
+                    "nobody vouches for a self-signed certificate. Needs no configuration file.")
+    gencert.add_argument("names", nargs="*", metavar="NAME",
+                         help="host names and IP addresses (default: localhost 127.0.0.1 ::1)")
+    gencert.add_argument("--out", default="certs", help="folder to write into (default: %(default)s)")
+    gencert.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
     return parser
 
 
@@ -62,11 +70,18 @@ def summary(cfg: config_module.Config) -> str:
     if cfg.status is not None:
         lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
                      f"(allow {', '.join(str(n) for n in cfg.status.allow)})")
+    if cfg.tls is not None:
+        tls = cfg.tls
+        lines.append(f"tls: {', '.join(str(a) for a in tls.listen)} with {tls.certificate} (min {tls.min_version}"
+                     + (", redirect_http" if tls.redirect_http else "") + (", hsts" if tls.hsts else "") + ")")
+        lines += [f"  sites: {', '.join(site.names)} -> {site.certificate}" for site in tls.sites]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "gencert":
+        return _gencert(args)
     try:
         cfg = config_module.load(args.config)
     except ConfigError as exc:
@@ -99,6 +114,22 @@ def _explain(cfg: config_module.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gencert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .gencert import DEFAULT_NAMES, generate
+
+    names = args.names or list(DEFAULT_NAMES)
+    try:
+        cert, key = generate(Path(args.out), names, args.days)
+    except OSError as exc:
+        print(f"proxy gencert: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} for {', '.join(names)}, valid {args.days} days. In proxy.toml:\n\n"
+          f'[tls]\nlisten = ["127.0.0.1:8443"]\ncertificate = "{cert}"\nkey = "{key}"')
+    return 0
+
+
 def run(cfg: config_module.Config) -> int:
     """Run the master process (which forks the workers) until it is told to stop."""
     from .server.master import Master
@@ -108,4 +139,7 @@ def run(cfg: config_module.Config) -> int:
         return Master(cfg).run()
     except ListenError as exc:
         print(f"proxy: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:  # a certificate file that changed since the configuration was checked
+        print(f"proxy: {exc}", file=sys.stderr)
         return 1

@@ -170,7 +170,27 @@ def _convert_folder(value: Any, ctx: Context) -> Path | None:
 
 
 def _convert_prefix(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
+    # Printable ASCII without quotes or backslashes: a prefix is also written into the
+    # Server-Timing header's quoted desc, and headers are not re-validated on the way out.
+    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+        raise Invalid
+    return value
+
+
+_PREFIX_RE = re.compile(r'^/[!#-\[\]-~]*$')
+_FIELD_VALUE_RE = re.compile(r"^[\x20-\x7e]*$")
+_TOKEN_RE = re.compile(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")
+
+
+def _convert_header_value(value: Any, ctx: Context) -> str:
+    """A string that goes into a response header as it is: printable ASCII, no CR or LF."""
+    if not isinstance(value, str) or not _FIELD_VALUE_RE.match(value) or value != value.strip():
+        raise Invalid
+    return value
+
+
+def _convert_token(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value):
         raise Invalid
     return value
 
@@ -182,7 +202,9 @@ SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
-PREFIX = Kind('a URL path prefix starting with "/"', _convert_prefix)
+PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
+HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
+TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
 
 
 def _convert_weight(value: Any, ctx: Context) -> int:
@@ -225,6 +247,50 @@ STATUSES = Kind("a list of HTTP status codes", _convert_statuses)
 NETWORK = Kind('an address or network like "127.0.0.1/32" or "::1/128"', _convert_network)
 
 
+def _convert_file(value: Any, ctx: Context) -> Path:
+    """A file that must exist and be readable now; kept unresolved so a reload follows a changed symlink."""
+    if not isinstance(value, str) or not value:
+        raise Invalid
+    path = Path(os.path.abspath(ctx.base / value))
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise Invalid(f"file {path} does not exist") from None
+    except IsADirectoryError:
+        raise Invalid(f"{path} is a folder, not a file") from None
+    except OSError as exc:
+        raise Invalid(f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def _convert_optional_file(value: Any, ctx: Context) -> Path | None:
+    return None if value == "" else _convert_file(value, ctx)
+
+
+_SERVER_NAME_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")  # RFC 9110 7.8 protocol
+
+
+def _convert_server_name(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _SERVER_NAME_RE.match(value.lower()):
+        raise Invalid
+    return value.lower()
+
+
+def _convert_protocol(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value.lower()):
+        raise Invalid
+    return value.lower()
+
+
+PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file)
+PEM_KEY = Kind('a PEM file (relative to the config file), or "" when the key is in the certificate file',
+               _convert_optional_file)
+SERVER_NAME = Kind('a host name like "api.example.test" or "*.example.test"', _convert_server_name)
+PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
+
+
 # --- sections ---------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -233,7 +299,7 @@ class ServerSettings:
         (Address("127.0.0.1", 8080),), _list_of(ADDRESS),
         "Addresses to accept connections on; several allowed. Port 0 picks a free port.",
         shown='["127.0.0.1:8080"]')
-    name: str = setting("twotier", STRING, "Product name sent in the Server and Via headers.")
+    name: str = setting("twotier", TOKEN, "Product name sent in the Server and Via headers.")
     sendfile: bool = setting(
         False, BOOL,
         "Send static file bodies with sendfile(2) instead of read/write in chunks. "
@@ -378,6 +444,17 @@ class Upstream:
         "Beyond buffer_bytes, up to this much of a response is spilled to a temporary file so the app server "
         "is released early; 0 = never spill (the upstream is then read at the client's pace).",
         shown='"1g"')
+    # Edge protocols (issue 6): which Upgrade requests become tunnels to this group, and how long one may idle.
+    upgrade: tuple[str, ...] = setting(
+        ("websocket",), _list_of(PROTOCOL, non_empty=False),
+        "Protocols a client may switch to (Connection: Upgrade) on this group's servers; when a server answers "
+        "101 the two connections are relayed as raw bytes. A request to upgrade to any other protocol gets 400 "
+        '("h2c" is ignored instead, as RFC 9113 allows); [] refuses every upgrade.', shown='["websocket"]')
+    websocket_idle_timeout: float = setting(
+        300.0, SECONDS,
+        "An upgraded connection (a WebSocket tunnel) that carries no bytes either way for this long is closed. "
+        "Here rather than in [limits] because it is the app that knows how chatty its sockets are (nginx: "
+        "proxy_read_timeout per location).")
 
 
 @dataclass(frozen=True)
@@ -391,7 +468,7 @@ class Route:
         "With upstream set too, a file is served when one exists and the rest is forwarded (nginx try_files).",
         shown='""')
     upstream: str = setting("", STRING, "Name of an [upstreams.NAME] group to forward to.")
-    cache_control: str = setting("", STRING, "Cache-Control header for static files served by this route.")
+    cache_control: str = setting("", HEADER_VALUE, "Cache-Control header for static files served by this route.")
     index: str = setting("index.html", STRING, "File served for a folder; \"\" for none.")
     autoindex: bool = setting(False, BOOL, "List a folder's files when it has no index file.")
     dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")
@@ -401,6 +478,46 @@ class Route:
     @property
     def where(self) -> str:
         return f"routes[{self.position}]"
+
+
+@dataclass(frozen=True)
+class Site:
+    """One ``[[tls.sites]]`` entry: a certificate chosen by the name the client asks for (SNI)."""
+
+    names: tuple[str, ...] = setting(
+        (), _list_of(SERVER_NAME),
+        'Server names this certificate is for; "*.example.test" matches one label. Other names (and clients '
+        "that send none) get the [tls] certificate.", shown="(required)")
+    certificate: Path = setting(None, PEM_FILE, "Certificate chain, leaf first.", shown="(required)")
+    key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
+
+
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS termination; on when [tls] is present. Certificates are checked when the file is loaded."""
+
+    listen: tuple[Address, ...] = setting(
+        (Address("127.0.0.1", 8443),), _list_of(ADDRESS), "Addresses that speak HTTPS.",
+        shown='["127.0.0.1:8443"]')
+    certificate: Path = setting(
+        None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
+        "Re-read on SIGHUP.", shown="(required)")
+    key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
+    min_version: str = setting("TLSv1.2", _choice(*TLS_VERSIONS),
+                               "Oldest protocol version accepted; TLS 1.0 and 1.1 never are.")
+    redirect_http: bool = setting(
+        False, BOOL,
+        "Answer every request on [server].listen with 308 to the same URL on the first [tls].listen port "
+        "(the status pages excepted).")
+    hsts: str = setting(
+        "", STRING, 'Strict-Transport-Security value on every HTTPS response, e.g. "max-age=31536000" '
+        '(unless the app sets its own); "" for none.')
+    sites: tuple[Site, ...] = setting(
+        (), Kind("[[tls.sites]] tables", _list_of(_table(Site, "a table"), non_empty=False).convert),
+        "Extra certificates chosen by the name the client asks for (SNI).", shown="[]")
 
 
 @dataclass(frozen=True)
@@ -432,6 +549,7 @@ class Config:
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
     status: Status | None = None
+    tls: TlsSettings | None = None
 
 
 # The sections a file may hold, and the dataclass each is built into.
@@ -485,7 +603,7 @@ def load(path: str | os.PathLike) -> Config:
 
 def from_dict(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document (tests use this directly)."""
-    known = [*SECTIONS, "upstreams", "routes", "status"]
+    known = [*SECTIONS, "upstreams", "routes", "status", "tls"]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
@@ -507,7 +625,9 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
     )
 
     status = _build(Status, data["status"], Context(source, "status")) if "status" in data else None
-    config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, **sections)
+    tls = _build(TlsSettings, data["tls"], Context(source, "tls")) if "tls" in data else None
+    config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, tls=tls,
+                    **sections)
     _cross_check(config)
     return config
 
@@ -530,6 +650,26 @@ def _cross_check(config: Config) -> None:
             defined = ", ".join(config.upstreams) or "none"
             raise ConfigError(
                 f"{source}: {route.where}.upstream: unknown upstream {route.upstream!r} (defined: {defined})")
+    if config.tls is not None:
+        _check_tls(config.tls, seen, source)
+
+
+def _check_tls(tls: TlsSettings, plain: set[Address], source: Path) -> None:
+    """Listen addresses apart from [server].listen, each SNI name once, and certificates that load."""
+    seen = set(plain)
+    for address in tls.listen:
+        if address in seen and address.port != 0:
+            raise ConfigError(f"{source}: tls.listen: {address} is listed twice (in [server] or [tls])")
+        seen.add(address)
+    names: set[str] = set()
+    for i, site in enumerate(tls.sites):
+        for name in site.names:
+            if name in names:
+                raise ConfigError(f"{source}: tls.sites[{i}].names: {name!r} is named by an earlier site")
+            names.add(name)
+    from .tls import load_certificates  # ssl contexts are built once here to check them, and again per Runtime
+
+    load_certificates(tls, source)
 
 
 # --- reference documentation ------------------------------------------------
@@ -549,7 +689,8 @@ def reference() -> str:
     """The configuration reference as Markdown, generated from the declarations above."""
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
-              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status)]
+              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status),
+              ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]

@@ -18,6 +18,7 @@ from .config import Config
 from .errors import ClientError
 from .http import static
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
+from .http import upgrade
 from .http.inbound import ClientConnection
 from .http.routing import Router
 
@@ -84,14 +85,27 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
             out.append(f"static:  skipped: {head.method.decode()} goes to the upstream")
 
     upstream = cfg.upstreams[route.upstream]
+    try:
+        wanted = upgrade.decide(head.headers, head.http_version, upstream.upgrade)
+    except ClientError as exc:
+        out.append(f"answer:  {exc.status} from the proxy: {exc} (upstream {upstream.name!r} allows "
+                   f"{', '.join(upstream.upgrade) or 'no upgrades'})")
+        return "\n".join(out)
     out.append(_explain_server(upstream, client_ip))
+    if wanted is not None:
+        out.append(f"upgrade: {wanted.protocol.decode('latin-1')}: Connection and Upgrade are forwarded; if the "
+                   f"server answers 101 both connections become a tunnel of raw bytes (closed after "
+                   f"{upstream.websocket_idle_timeout:g}s without one)")
     rid = request_id(head.get(b"x-request-id"))
     body_length = head.content_length if head.has_body else None
     forwarded = upstream_request_headers(
         head.headers, host=head.host, client_ip=client_ip, scheme=b"http", request_id=rid,
-        via=b"1.1 " + cfg.server.name.encode(), body_length=body_length)
+        via=b"1.1 " + cfg.server.name.encode(), body_length=body_length,
+        upgrade=wanted.protocol if wanted is not None else None)
     named = connection_tokens([(n.lower().encode(), v.encode()) for n, v in headers])
     for name, _ in headers:
+        if wanted is not None and name.lower() in ("connection", "upgrade"):
+            continue  # passed on, rewritten to exactly "upgrade" and the protocol
         reason = why_dropped(name.lower().encode(), named)
         if reason:
             out.append(f"dropped: {name}: {reason}")

@@ -40,10 +40,18 @@ class Metrics:
         self.buckets: Counter[tuple[str, float]] = Counter()  # (route, le) -> count in that bucket alone
         self.duration_sum: Counter[str] = Counter()
         self.duration_count: Counter[str] = Counter()
+        # Edge protocols: kept up to date by server/tls.py and server/tunnel.py as things happen.
+        self.tls_handshakes = 0
+        self.tls_failures: Counter[str] = Counter()  # by tls.Failure.kind
+        self.tunnels_open = 0
+        self.tunnels_total = 0
+        self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
 
     def observe(self, record: AccessRecord) -> None:
         route = record.route or "-"
         self.requests[route, record.status] += 1
+        if record.tunnel:
+            return  # a tunnel's lifetime (minutes) would swamp the request-duration histogram
         seconds = record.request_time
         self.duration_sum[route] += seconds
         self.duration_count[route] += 1
@@ -114,7 +122,55 @@ def worker_view(runtime) -> dict:
         "process": process_stats(),
         "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,
+        "edge": edge_view(runtime),
     }
+
+
+# --- edge protocols: open tunnels and their bytes, TLS handshakes ----------
+
+TUNNEL_KEYS = ("open", "total", "bytes_to_upstream", "bytes_to_client")
+
+
+def edge_view(runtime) -> dict:
+    metrics = runtime.metrics
+    tunnels = (metrics.tunnels_open, metrics.tunnels_total, metrics.tunnel_bytes["to_upstream"],
+               metrics.tunnel_bytes["to_client"])
+    return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
+            "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
+                    if runtime.tls is not None else None)}
+
+
+def merge_edge(edges) -> dict:
+    """Every worker's tunnel and TLS numbers added up; "tls" is None when TLS is off."""
+    tunnels: Counter[str] = Counter()
+    handshakes, failures, tls_on = 0, Counter(), False
+    for edge in edges:
+        tunnels.update(edge["tunnels"])
+        if edge["tls"] is not None:
+            tls_on = True
+            handshakes += edge["tls"]["handshakes"]
+            failures.update(edge["tls"]["failures"])
+    return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
+            "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None}
+
+
+def _edge_samples(edge: dict) -> list[str]:
+    """Tunnels (upgraded connections) and TLS handshakes, in the exposition format."""
+    tunnels = edge["tunnels"]
+    out = ["# HELP proxy_tunnels_open Upgraded connections (WebSocket tunnels) open now.",
+           "# TYPE proxy_tunnels_open gauge", f"proxy_tunnels_open {tunnels['open']}",
+           "# HELP proxy_tunnels_total Upgraded connections opened.",
+           "# TYPE proxy_tunnels_total counter", f"proxy_tunnels_total {tunnels['total']}",
+           "# HELP proxy_tunnel_bytes_total Bytes relayed through tunnels, by direction.",
+           "# TYPE proxy_tunnel_bytes_total counter"]
+    out += [f'proxy_tunnel_bytes_total{{direction="{d}"}} {tunnels["bytes_" + d]}' for d in ("to_upstream", "to_client")]
+    tls = edge["tls"] or {"handshakes": 0, "failures": {}}
+    out += ["# HELP proxy_tls_handshakes_total TLS handshakes completed.",
+            "# TYPE proxy_tls_handshakes_total counter", f"proxy_tls_handshakes_total {tls['handshakes']}",
+            "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
+            "# TYPE proxy_tls_handshake_failures_total counter"]
+    out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}' for kind, n in tls["failures"].items()]
+    return out
 
 
 def merge(views: list[dict]) -> dict:
@@ -158,6 +214,7 @@ def merge(views: list[dict]) -> dict:
         "durations": durations,
         "upstreams": upstreams,
         "started": min(v["started"] for v in views),
+        "edge": merge_edge(v["edge"] for v in views if "edge" in v),
     }
 
 
@@ -173,6 +230,7 @@ def status_document(merged: dict, server_name: str) -> dict:
         "connections": merged["connections"],
         "requests": sum(count for _, _, count in merged["requests"]),
         "upstreams": merged["upstreams"],
+        **merged["edge"],  # "tunnels" and "tls"
     }
 
 
@@ -230,4 +288,5 @@ def render_prometheus(merged: dict) -> bytes:
                 f"proxy_upstream_idle_connections{{{labels}}} {server['idle_connections']}")
     for name, (kind, text) in series.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
+    out += _edge_samples(merged["edge"])
     return ("\n".join(out) + "\n").encode()

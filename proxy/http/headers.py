@@ -73,11 +73,14 @@ def upstream_request_headers(
     request_id: bytes,
     via: bytes,
     body_length: int | None,
+    upgrade: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The header list the upstream receives.
 
     ``headers`` are the client's (already checked); ``body_length`` is None
     when the request had no body framing at all, else the buffered length.
+    ``upgrade`` is the protocol of an allowed upgrade (http/upgrade.py): the
+    one case where Connection and Upgrade are passed on.
     """
     named = connection_tokens(headers)
     out: list[tuple[bytes, bytes]] = [(b"host", host)] if host else []
@@ -102,6 +105,8 @@ def upstream_request_headers(
         out.append((b"x-forwarded-host", host))
     if body_length is not None:
         out.append((b"content-length", str(body_length).encode()))
+    if upgrade is not None:
+        out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
     return out
 
 

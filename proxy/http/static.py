@@ -159,6 +159,40 @@ def _inside(root: str, path: str) -> str | None:
     return real if real == root or real.startswith(root + os.sep) else None
 
 
+class LocateCache:
+    """nginx's open_file_cache in miniature: what a path resolved to, kept ``valid`` seconds.
+
+    ``locate`` costs a realpath (one lstat per path component), a stat and a
+    stat per precompressed sibling; most requests ask for the same few files.
+    Only files are kept (redirects carry the query, listings change, errors
+    are cheap), and the caller forgets an entry whose file no longer opens.
+    The clock is passed in, so tests need no sleeping.
+    """
+
+    def __init__(self, valid: float = 1.0, size: int = 4096) -> None:
+        self.valid = valid
+        self.size = size
+        self._entries: dict[tuple, tuple[Located, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"<LocateCache {len(self._entries)}/{self.size} valid={self.valid}s>"
+
+    def locate(self, route: Route, path: str, accept_encoding: bytes | None, query: bytes, now: float):
+        key = (route.prefix, path, accept_encoding)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        found = locate(route, path, accept_encoding, query)
+        if type(found) is Located:
+            if len(self._entries) >= self.size:
+                self._entries.clear()  # a flood of distinct paths: start afresh rather than track age
+            self._entries[key] = (found, now + self.valid)
+        return found
+
+    def forget(self, route: Route, path: str, accept_encoding: bytes | None) -> None:
+        self._entries.pop((route.prefix, path, accept_encoding), None)
+
+
 def _variant(path: str, accept_encoding: bytes | None, precompressed: bool, root: str) -> Located:
     kind = content_type(path)
     if not precompressed:

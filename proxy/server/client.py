@@ -18,8 +18,10 @@ from .. import metrics
 from ..accesslog import AccessRecord
 from ..errors import ALLOW_GET_HEAD, ClientError, ClientTimeout, ProxyError
 from ..http import static
+from ..http import upgrade
 from ..http.inbound import ClientConnection, RequestHead
 from ..http.responses import error_bytes, error_page, reason as reason_phrase
+from ..tls import https_location
 from .buffers import RequestBody
 from .channel import Channel
 from .sendfile import send_file
@@ -27,7 +29,8 @@ from .sendfile import send_file
 log = logging.getLogger("proxy")
 
 DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
-LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
+LINGER_SECONDS = 2.0
+SMALL_FILE = 64 * 1024  # static bodies up to this size are written together with their head  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
 
 
@@ -35,7 +38,8 @@ class Exchange:
     """The mutable facts about one request while it is handled; frozen into an AccessRecord at the end."""
 
     __slots__ = ("head", "started", "wall", "request_id", "status", "body_bytes", "route", "handler",
-                 "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time", "reused")
+                 "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time", "reused",
+                 "tunnel")
 
     def __init__(self, head: RequestHead | None, started: float, request_id: bytes) -> None:
         self.head = head
@@ -52,6 +56,7 @@ class Exchange:
         self.header_time: float | None = None
         self.response_time: float | None = None
         self.reused: bool | None = None
+        self.tunnel = None  # a server.tunnel.Tunnel once the request was upgraded (101)
 
     def record(self, remote_addr: str, now: float) -> AccessRecord:
         head = self.head
@@ -72,6 +77,7 @@ class Exchange:
             upstream_connect_time=self.connect_time,
             upstream_header_time=self.header_time,
             upstream_response_time=self.response_time,
+            **(_tunnel_fields(self.tunnel) if self.tunnel is not None else {}),
         )
 
     def server_timing(self, now: float) -> bytes:
@@ -84,6 +90,11 @@ class Exchange:
         if self.header_time is not None:
             parts.append(b"upstream-ttfb;dur=%.3f" % (self.header_time * 1000))
         return b", ".join(parts)
+
+
+def _tunnel_fields(tunnel) -> dict:
+    return {"tunnel": tunnel.protocol.decode("latin-1"), "tunnel_bytes_to_upstream": tunnel.bytes["to_upstream"],
+            "tunnel_bytes_to_client": tunnel.bytes["to_client"], "tunnel_end": tunnel.ended_by}
 
 
 def _text(value: bytes | None) -> str:
@@ -257,6 +268,15 @@ class ClientHandler:
             if status is not None and head.path in (status.path, status.metrics_path):
                 self._serve_status(head, exchange, status)
                 return
+            tls = runtime.tls
+            if tls is not None and tls.settings.redirect_http and self.scheme == b"http":
+                # [tls] redirect_http: 308 keeps the method and body, unlike 301/302 (RFC 9110 15.4.9).
+                exchange.handler = "redirect"
+                location = https_location(head.host or runtime.local_host(self.channel), head.target,
+                                          runtime.edge.https_port or 443)
+                self.respond(exchange, 308, error_page(308, runtime.server_name),
+                             [(b"location", location), (b"content-type", b"text/html; charset=utf-8")])
+                return
             route = runtime.router.match(head.path)
             if route is None:
                 raise ClientError("no route", 404, keep_alive=True)
@@ -273,9 +293,11 @@ class ClientHandler:
                     raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
             from .forward import forward  # forward imports this module for Exchange
 
+            group = runtime.groups[route.upstream]
+            wanted = upgrade.decide(head.headers, head.http_version, group.config.upgrade)  # 400 if refused
             self.forwarding = True
             try:
-                await forward(self, head, body, runtime.groups[route.upstream], exchange)
+                await forward(self, head, body, group, exchange, wanted)
             finally:
                 self.forwarding = False
         finally:
@@ -299,7 +321,9 @@ class ClientHandler:
 
     async def _serve_static(self, route, head: RequestHead, exchange: Exchange) -> None:
         exchange.handler = "static"
-        found = static.locate(route, head.path, head.get(b"accept-encoding"), head.query)
+        runtime = self.runtime
+        accept_encoding = head.get(b"accept-encoding")
+        found = runtime.files.locate(route, head.path, accept_encoding, head.query, runtime.loop.time())
         if type(found) is static.Redirect:
             self.respond(exchange, 301, error_page(301, self.runtime.server_name),
                          [(b"location", found.location), (b"content-type", b"text/html; charset=utf-8")])
@@ -310,7 +334,11 @@ class ClientHandler:
             return
         try:
             fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            runtime.files.forget(route, head.path, accept_encoding)
+            raise ClientError("no such file", 404, keep_alive=True) from None
         except OSError:
+            runtime.files.forget(route, head.path, accept_encoding)
             raise ClientError("cannot open file", 403, keep_alive=True) from None
         try:
             info = os.fstat(fd)
@@ -321,6 +349,15 @@ class ClientHandler:
                 self.respond(exchange, 416, error_page(416, self.runtime.server_name),
                              [(b"content-type", b"text/html; charset=utf-8"), *plan.headers])
                 return
+            if head.method == b"GET" and len(plan.parts) == 1 and plan.content_length <= SMALL_FILE:
+                # A small file goes out with its head in one write (one send(2), not two).
+                offset, length = plan.parts[0]
+                data = os.pread(fd, length, offset)
+                if len(data) == length:
+                    self.channel.write(self.response_head(exchange, plan.status, plan.headers)
+                                       + self.conn.send(h11.Data(data=data)) + self.conn.send(h11.EndOfMessage()))
+                    exchange.body_bytes += length
+                    return
             self.start_response(exchange, plan.status, plan.headers)
             if head.method == b"HEAD" or plan.status == 304:
                 self.channel.write(self.conn.send(h11.EndOfMessage()))
@@ -344,12 +381,23 @@ class ClientHandler:
 
     def start_response(self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]],
                        reason: bytes = b"") -> None:
+        self.channel.write(self.response_head(exchange, status, headers, reason))
+
+    def response_head(self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]],
+                      reason: bytes = b"") -> bytes:
+        """The serialised head of our answer (the proxy's own headers added)."""
         now = self.runtime.loop.time()
         exchange.status = status
         all_headers = self._base_headers(exchange) + headers
+        if self.scheme == b"https" and self.runtime.tls is not None and self.runtime.tls.hsts \
+                and not any(name == b"strict-transport-security" for name, _ in headers):
+            all_headers += self.runtime.tls.hsts  # [tls] hsts, unless the app sent its own
         all_headers.append((b"server-timing", exchange.server_timing(now)))
-        self.channel.write(self.conn.send(
-            h11.Response(status_code=status, headers=all_headers, reason=reason or reason_phrase(status))))
+        # Every name and value here was parsed by h11 already or made by the proxy from
+        # validated parts (config strings are checked at load), so h11's per-header regexes
+        # are skipped (_parsed=True; tests/unit/test_h11_contract.py guards the assumption).
+        return self.conn.send(h11.Response(
+            status_code=status, headers=all_headers, reason=reason or reason_phrase(status), _parsed=True))
 
     def respond(self, exchange: Exchange, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """A complete response the proxy makes itself."""
@@ -375,7 +423,9 @@ class ClientHandler:
             log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
         extra = list(exc.headers)
         h11_conn = self.conn.h11
-        if (not isinstance(exc, ClientError) or exc.keep_alive) and h11_conn.their_state is h11.DONE \
+        # MIGHT_SWITCH_PROTOCOL: a request that asked to upgrade was read completely; answering it denies the switch.
+        if (not isinstance(exc, ClientError) or exc.keep_alive) \
+                and h11_conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL) \
                 and h11_conn.our_state is h11.SEND_RESPONSE:
             self.respond(exchange, status, error_page(status, runtime.server_name),
                          [(b"content-type", b"text/html; charset=utf-8"), *extra])
@@ -384,6 +434,8 @@ class ClientHandler:
         exchange.status = status
         head_only = exchange.head is not None and exchange.head.method == b"HEAD"
         extra.append((b"x-request-id", exchange.request_id))
+        if self.scheme == b"https" and runtime.tls is not None:
+            extra += runtime.tls.hsts
         self.channel.write(error_bytes(status, runtime.server_name, runtime.clock.date(),
                                        head_only=head_only, extra=extra))
         exchange.body_bytes = 0 if head_only else len(error_page(status, runtime.server_name))

@@ -22,6 +22,7 @@ import h11
 from ..errors import NoUpstreamAvailable, UpstreamError, UpstreamTimeout
 from ..http.headers import client_response_headers, upstream_request_headers
 from .buffers import RequestBody, Spool
+from .tunnel import run_tunnel
 
 # RFC 9110 section 9.2.2. A request with one of these methods may be sent twice;
 # a POST or PATCH never is.
@@ -45,8 +46,11 @@ class _Retry(Exception):
         self.sent = sent  # the request reached the server, so only idempotent methods may go again
 
 
-async def forward(handler, head, body: RequestBody | None, group, exchange) -> None:
-    """Send the request to a server of ``group``, trying others as next_upstream allows."""
+async def forward(handler, head, body: RequestBody | None, group, exchange, upgrade=None) -> None:
+    """Send the request to a server of ``group``, trying others as next_upstream allows.
+
+    ``upgrade`` (an http.upgrade.Upgrade) forwards Connection/Upgrade; a 101 then becomes a tunnel.
+    """
     runtime = handler.runtime
     upstream = group.config
     exchange.handler = "proxy"
@@ -54,7 +58,8 @@ async def forward(handler, head, body: RequestBody | None, group, exchange) -> N
     headers = upstream_request_headers(
         head.headers, host=host, client_ip=handler.client_ip, scheme=handler.scheme,
         request_id=exchange.request_id, via=runtime.via,
-        body_length=body.size if body is not None else (0 if head.has_body else None))
+        body_length=body.size if body is not None else (0 if head.has_body else None),
+        upgrade=upgrade.protocol if upgrade is not None else None)
     key = handler.client_ip.encode()
     tried: set = set()
     last_error: UpstreamError | None = None
@@ -125,6 +130,10 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
         if more and condition in upstream.next_upstream and head.method in IDEMPOTENT:
             conn.channel.close()
             raise _Retry(UpstreamError(f"{peer.address} answered {response.status_code}"), condition, sent=True)
+        if response.status_code == 101:  # the upgrade was accepted: relay raw bytes until either side is done
+            await run_tunnel(handler, conn, response, exchange, upstream)
+            exchange.response_time = loop.time() - began
+            return
         spool = await _relay(handler, conn, response, exchange, upstream)
         exchange.response_time = loop.time() - began
     finally:
@@ -136,7 +145,8 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
 
 
 async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Response:
-    """Send the request and return the response head (informational responses skipped)."""
+    """Send the request and return the response head (informational responses skipped, except 101:
+    h11 accepts that only for a request that asked to upgrade)."""
     channel = conn.channel
     protocol = conn.protocol
     received = False
@@ -154,7 +164,7 @@ async def _exchange(conn, head, headers, body, upstream, reused: bool) -> h11.Re
                 received = received or bool(data)
                 protocol.receive_data(data)
                 continue
-            if type(event) is h11.InformationalResponse:
+            if type(event) is h11.InformationalResponse and event.status_code != 101:
                 continue  # 100 Continue, 103 Early Hints: the body was sent already
             return event
     except TimeoutError:

@@ -21,12 +21,15 @@ from ..metrics import Metrics, merge, worker_view
 from .board import PUBLISH_INTERVAL, Board
 from ..config import Address, Config
 from ..http.headers import request_id
+from ..http import static
 from ..http.responses import Clock, error_bytes
 from ..http.routing import Router
+from ..tls import Certificates, load_certificates
 from ..upstream.group import UpstreamGroup
 from .channel import Channel
 from .client import DRAIN_IDLE, ClientHandler
 from .sockets import bind_all, bound_address
+from .tls import EdgeState, log_tls_listening, tls_protocol
 
 log = logging.getLogger("proxy")
 
@@ -35,7 +38,7 @@ class Runtime:
     """What every connection of this process shares: config, routes, pools, logs."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
-                 slot: int | None = None) -> None:
+                 slot: int | None = None, certificates: Certificates | None = None) -> None:
         self.config = config
         self.board = board  # shared with the other workers, for whole-proxy status pages
         self.slot = slot
@@ -44,12 +47,18 @@ class Runtime:
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
         self.access = AccessLog(config.log.access, config.log.format)
         self.metrics = Metrics()
+        self.files = static.LocateCache()
         self.clock = Clock()
         self.server_name = config.server.name.encode()
         self.via = b"1.1 " + self.server_name
         self.closing = False
         self.handlers: set[ClientHandler] = set()
         self.refused = 0  # connections answered 503 at max_connections
+        # Edge (TLS): the certificates this process serves: built by the master once per generation and
+        # inherited by its workers, or built here from the config. ``edge``: handshakes and their failures.
+        self.tls = certificates if certificates is not None or config.tls is None else \
+            load_certificates(config.tls, config.path)
+        self.edge = EdgeState()
 
     def __repr__(self) -> str:
         return f"<Runtime {self.config.path} connections={len(self.handlers)} closing={self.closing}>"
@@ -89,7 +98,7 @@ class Runtime:
             return b""
         return str(Address(name[0], name[1])).encode()
 
-    def accept(self, channel: Channel) -> None:
+    def accept(self, channel: Channel, scheme: bytes = b"http") -> None:
         if len(self.handlers) >= self.config.server.max_connections:
             # Answering costs one write; holding it would cost what the limit protects.
             self.refused += 1
@@ -99,7 +108,7 @@ class Runtime:
             channel.write(error_bytes(503, self.server_name, self.clock.date(), extra=[(b"retry-after", b"1")]))
             channel.close()
             return
-        handler = ClientHandler(self, channel)
+        handler = ClientHandler(self, channel, scheme)
         task = self.loop.create_task(handler.run())
         handler.task = task
         self.handlers.add(handler)
@@ -116,6 +125,7 @@ class Runtime:
         arrives meanwhile is answered with Connection: close.
         """
         self.closing = True
+        self.edge.close()
         for handler in list(self.handlers):
             if not handler.busy:
                 self._close_when_idle(handler, grace)
@@ -164,9 +174,10 @@ class Acceptor:
 
     BATCH = 64  # accepts per wake-up, so one busy listener cannot starve the loop
 
-    def __init__(self, runtime: Runtime, sock) -> None:
+    def __init__(self, runtime: Runtime, sock, factory: Callable[[], asyncio.Protocol] | None = None) -> None:
         self.runtime = runtime
         self.sock = sock
+        self.factory = factory or (lambda: _AcceptingChannel(runtime))  # tls_protocol for [tls] sockets
         self.pending: set[asyncio.Task] = set()
         runtime.loop.add_reader(sock.fileno(), self._accept)
 
@@ -189,7 +200,7 @@ class Acceptor:
                 loop.call_later(0.5, self._resume)
                 return
             conn.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(lambda: _AcceptingChannel(self.runtime), conn))
+            task = loop.create_task(loop.connect_accepted_socket(self.factory, conn))
             self.pending.add(task)
             task.add_done_callback(self._accepted)
 
@@ -211,29 +222,43 @@ class Acceptor:
             await asyncio.wait(list(self.pending))
 
 
-async def serve(config: Config, *, shutdown: Awaitable, sockets=None,
+async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
+                certificates: Certificates | None = None,
                 on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
                 board: Board | None = None, slot: int | None = None) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
     grace period (0 stops at once, for SIGQUIT). ``sockets`` are listening
-    sockets to serve on (a worker gets the master's); without them ``serve``
-    binds ``[server] listen`` itself.
+    sockets to serve on (a worker gets the master's), ``tls_sockets`` those
+    of ``[tls] listen`` and ``certificates`` the contexts for them; without
+    sockets ``serve`` binds both lists itself.
     """
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop, board, slot)
+    runtime = Runtime(config, loop, board, slot, certificates)
     own = sockets is None
     if own:
-        sockets = list(bind_all(config.server.listen).values())
+        bound = bind_all(config.server.listen)
+        try:
+            secure = bind_all(config.tls.listen if config.tls is not None else ())
+        except BaseException:
+            for sock in bound.values():
+                sock.close()
+            raise
+        sockets, tls_sockets = list(bound.values()), list(secure.values())
         for sock in sockets:
             log.info("listening on http://%s/", bound_address(sock))
+        log_tls_listening(tls_sockets, runtime.tls)
+    tls_sockets = tls_sockets or []
     for group in runtime.groups.values():
         await group.start()
     acceptors = [Acceptor(runtime, sock) for sock in sockets]
+    acceptors += [Acceptor(runtime, sock, tls_protocol(runtime)) for sock in tls_sockets]  # handshake first
+    if tls_sockets:
+        runtime.edge.https_port = bound_address(tls_sockets[0]).port
     runtime.publish()
     if on_ready is not None:
-        on_ready([bound_address(sock) for sock in sockets])
+        on_ready([bound_address(sock) for sock in sockets + tls_sockets])
     try:
         override = await shutdown
         if override is not None:

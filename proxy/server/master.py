@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from .. import config as config_module
 from ..config import Address, Config
 from ..errors import ConfigError
+from ..tls import Certificates, describe, load_certificates
 from .board import Board
 from .sockets import ListenError, bind, bound_address, raise_fd_limit
+from .tls import log_tls_listening
 
 log = logging.getLogger("proxy")
 
@@ -59,6 +61,10 @@ class Worker:
 class Master:
     config: Config
     sockets: dict[Address, object] = field(default_factory=dict)
+    # Edge (TLS): [tls] listen sockets, apart from the plain ones (both lists may hold "127.0.0.1:0"), and the
+    # contexts built once per generation here, so every worker of a generation serves the same certificates.
+    tls_sockets: dict[Address, object] = field(default_factory=dict)
+    certificates: Certificates | None = None
     workers: dict[int, Worker] = field(default_factory=dict)
     generation: int = 0
     stopping: str = ""
@@ -77,6 +83,11 @@ class Master:
             self.sockets[address] = bind(address)  # ListenError goes to the CLI as one line
         for sock in self.sockets.values():
             log.info("listening on http://%s/", bound_address(sock))
+        if self.config.tls is not None:
+            self.certificates = load_certificates(self.config.tls, self.config.path)  # ConfigError: to the CLI
+            for address in self.config.tls.listen:
+                self.tls_sockets[address] = bind(address)
+            log_tls_listening(list(self.tls_sockets.values()), self.certificates)
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
@@ -133,7 +144,8 @@ class Master:
             code = 1
             try:
                 code = _worker_main(self.config, list(self.sockets_for(self.config).values()), ready_write,
-                                    self.board, slot)
+                                    self.board, slot, list(self.tls_sockets_for(self.config).values()),
+                                    self.certificates)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -144,6 +156,9 @@ class Master:
 
     def sockets_for(self, cfg: Config) -> dict[Address, object]:
         return {address: self.sockets[address] for address in cfg.server.listen}
+
+    def tls_sockets_for(self, cfg: Config) -> dict[Address, object]:
+        return {address: self.tls_sockets[address] for address in (cfg.tls.listen if cfg.tls else ())}
 
     def _worker_ready(self, worker: Worker) -> None:
         try:
@@ -167,6 +182,10 @@ class Master:
         for address in [a for a, s in self.sockets.items() if id(s) not in in_use]:
             self.sockets.pop(address).close()
             log.info("no longer listening on %s", address)
+        in_use = {id(s) for s in self.tls_sockets_for(self.config).values()}
+        for address in [a for a, s in self.tls_sockets.items() if id(s) not in in_use]:
+            self.tls_sockets.pop(address).close()
+            log.info("no longer listening on %s (TLS)", address)
 
     def _stop_worker(self, worker: Worker, sig: int) -> None:
         worker.stopping = True
@@ -234,7 +253,7 @@ class Master:
                  "" if sig == signal.SIGQUIT else " gracefully")
         for worker in self.workers.values():
             self._stop_worker(worker, sig)
-        for sock in self.sockets.values():
+        for sock in [*self.sockets.values(), *self.tls_sockets.values()]:
             sock.close()
 
     def handle_sighup(self) -> None:
@@ -243,22 +262,31 @@ class Master:
         path = self.config.path
         try:
             new = config_module.load(path)
+            certificates = load_certificates(new.tls, new.path) if new.tls is not None else None  # re-read
         except ConfigError as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
             return
-        added = {}
+        added, added_tls = {}, {}
         try:
             for address in new.server.listen:
                 if address not in self.sockets:
                     added[address] = bind(address)
+            for address in new.tls.listen if new.tls is not None else ():
+                if address not in self.tls_sockets:
+                    added_tls[address] = bind(address)
         except ListenError as exc:
-            for sock in added.values():
+            for sock in [*added.values(), *added_tls.values()]:
                 sock.close()
             log.error("reload failed, still serving the previous configuration: %s", exc.strerror)
             return
         for sock in added.values():
             log.info("listening on http://%s/", bound_address(sock))
         self.sockets.update(added)
+        self.tls_sockets.update(added_tls)
+        log_tls_listening(list(added_tls.values()), None)
+        if certificates is not None:
+            log.info("TLS certificates for the new workers: %s", describe(certificates))
+        self.certificates = certificates
         self.config = new
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
         self.spawn_generation()
@@ -270,7 +298,8 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int) -> int:
+def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
+                 certificates: Certificates | None) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
     from .listener import serve
 
@@ -305,7 +334,8 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
             os.write(ready_fd, b"1")
             os.close(ready_fd)
 
-        await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot)
+        await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
+                    tls_sockets=tls_sockets, certificates=certificates)
 
     asyncio.run(main())
     return 0

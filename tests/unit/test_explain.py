@@ -110,3 +110,16 @@ def test_why_dropped_agrees_with_the_rewriter(headers):
     named = connection_tokens(headers)
     for name, _ in headers:
         assert (why_dropped(name, named) is None) == (name in kept), name
+
+
+def test_websocket_upgrade_is_explained_and_its_headers_kept(site):
+    out = explain(site, "GET", "/api/ws", [("Connection", "Upgrade"), ("Upgrade", "websocket")])
+    assert "upgrade: websocket: Connection and Upgrade are forwarded" in out
+    assert "dropped: Connection" not in out and "dropped: Upgrade" not in out
+    assert "  connection: upgrade\n  upgrade: websocket" in out
+
+
+def test_refused_upgrade_is_explained(site):
+    out = explain(site, "GET", "/api/ws", [("Connection", "Upgrade"), ("Upgrade", "foo")])
+    assert out.endswith("answer:  400 from the proxy: upgrade to foo is not allowed here (upstream 'app' allows "
+                        "websocket)")

@@ -1,0 +1,119 @@
+"""HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does.
+
+Why not asyncio's ``ssl=`` argument when accepting: asyncio would then
+swallow failed handshakes without a word (it logs them only in debug mode),
+or fail the accepting task with them. Accepting plain TCP and calling
+``loop.start_tls`` per connection instead puts every failure in our hands:
+counted in the metrics, and logged once a minute at most
+(``tls.FailureLog``). Each handshake uses ``runtime.tls``, the certificates
+this worker was started with; a reload (SIGHUP to the master) starts new
+workers with certificates read afresh, and no socket is closed.
+
+``start_tls`` pauses the transport before its first await, and the task that
+calls it runs before any read callback of the new connection (both are
+queued with ``call_soon`` and the task is first), so no byte of the
+ClientHello reaches the holding protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import logging
+from typing import Callable
+
+from ..config import Address
+from ..tls import Certificates, FailureLog, classify, describe
+from .channel import Channel
+from .sockets import bound_address
+
+log = logging.getLogger("proxy")
+
+# asyncio's SSLProtocol gives every TLS connection a 256 KiB receive buffer, zero-filled (so resident) when
+# the connection is made: measured 293 KiB per connection, which at [server] max_connections = 4096 would
+# be 1.2 GiB per worker. 32 KiB holds two full TLS records; measured 73 KiB per connection and no loss of
+# throughput (ten 4 MiB messages echoed over wss: 3.9 s against 4.8 s). It is a class attribute of a
+# private module, so test_wss_tunnels_cost_little_memory fails if a Python version stops honouring it.
+SSL_READ_BUFFER = 32 * 1024
+if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > SSL_READ_BUFFER:
+    asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
+
+
+class TlsChannel(Channel):
+    """A Channel over TLS. TLS has no half-close in asyncio: a client's close_notify (or FIN) ends the
+    connection, and returning True from eof_received would only make asyncio log a warning."""
+
+    __slots__ = ()
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
+
+
+class _Holding(asyncio.Protocol):
+    """Owns a fresh TCP connection on a TLS port for the instant before ``start_tls`` takes it over."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime) -> None:
+        self._runtime = runtime
+
+    # data_received is never called: see the module docstring.
+
+    def connection_made(self, transport) -> None:
+        edge = self._runtime.edge
+        task = self._runtime.loop.create_task(_handshake(self._runtime, transport))
+        edge.handshakes.add(task)
+        task.add_done_callback(edge.handshakes.discard)
+
+
+async def _handshake(runtime, transport: asyncio.Transport) -> None:
+    if transport.is_closing():  # reset before this task ran
+        runtime.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), runtime)
+        return
+    channel = TlsChannel(runtime.loop)
+    try:
+        tls_transport = await runtime.loop.start_tls(
+            transport, channel, runtime.tls.default, server_side=True,
+            ssl_handshake_timeout=runtime.config.limits.header_timeout)
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; so are resets and asyncio's timeout
+        transport.abort()
+        runtime.edge.handshake_failed(exc, transport.get_extra_info("peername"), runtime)
+        return
+    runtime.metrics.tls_handshakes += 1
+    channel.connection_made(tls_transport)
+    runtime.accept(channel, scheme=b"https")
+
+
+class EdgeState:
+    """What the TLS listeners share in one process: handshakes in progress and the failure log."""
+
+    def __init__(self) -> None:
+        self.handshakes: set[asyncio.Task] = set()
+        self.failures = FailureLog()
+        self.https_port: int | None = None  # the first TLS listener's bound port, for redirect_http
+
+    def handshake_failed(self, exc: BaseException, peer, runtime) -> None:
+        failure = classify(exc)
+        runtime.metrics.tls_failures[failure.kind] += 1
+        host = str(Address(peer[0], peer[1])) if peer else "?"
+        line = self.failures.note(failure, host, runtime.loop.time())
+        if line is not None:
+            log.warning("%s", line)
+
+    def close(self) -> None:
+        for task in list(self.handshakes):
+            task.cancel()
+
+
+def tls_protocol(runtime) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for connections accepted on a [tls] socket."""
+    return lambda: _Holding(runtime)
+
+
+def log_tls_listening(sockets, certificates: Certificates | None) -> None:
+    """The lines a process that binds [tls] listen logs (the master, or serve() on its own)."""
+    if certificates is not None and sockets:
+        log.info("TLS certificates: %s", describe(certificates))
+    for sock in sockets:
+        log.info("listening on https://%s/", bound_address(sock))

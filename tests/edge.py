@@ -1,0 +1,125 @@
+"""Helpers for the edge-protocol tests (TLS, WebSocket tunnels): certificates, a raw upgrading upstream, RSS.
+
+Certificates come from trustme at test time; every server listens on
+127.0.0.1 with a port chosen at run time; waits are polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import trustme
+
+from tests.helpers import ProxyProcess
+
+WS_REQUEST = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def https_port(proxy: ProxyProcess) -> int:
+    """The first TLS listener's port, from the proxy's "listening on https://HOST:PORT/" line."""
+    return int(proxy.wait_for_line(r"listening on https://\S+:(\d+)/")[1])
+
+
+def write_cert(cert: trustme.LeafCert, folder: Path, stem: str) -> tuple[Path, Path]:
+    """stem.pem (chain, leaf first) and stem.key in ``folder``."""
+    chain, key = folder / f"{stem}.pem", folder / f"{stem}.key"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    key.write_bytes(cert.private_key_pem.bytes())
+    return chain, key
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def peer_certificate(port: int, context: ssl.SSLContext, server_name: str | None) -> bytes:
+    """The DER certificate the proxy presents for ``server_name`` (None: no SNI)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def der(cert: trustme.LeafCert) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status (VmRSS, in kB there)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
+
+
+def worker_pid(proxy: ProxyProcess) -> int:
+    """The pid of a proxy's only worker (the master, proxy.pid, never holds a connection)."""
+    return int(proxy.wait_for_line(r"worker (\d+) \(generation 1\) is accepting connections")[1])
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read up to the end of an HTTP head; returns (head, bytes after it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def read_until_eof(sock: socket.socket, limit: int = 1 << 26) -> bytes:
+    chunks, total = [], 0
+    while total < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+class RawUpgradeUpstream:
+    """An upstream that answers each request head with 101 and then runs ``behave(sock, early_bytes)``.
+
+    Lets a test script exactly what the app side of a tunnel does (half-close, stop reading, ...).
+    ``heads`` records every request head received.
+    """
+
+    def __init__(self, behave) -> None:
+        self.behave = behave
+        self.heads: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.address = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                head, early = read_head(conn)
+                self.heads.append(head)
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+                self.behave(conn, early)
+            except BaseException as exc:  # surfaced by the test through .errors
+                self.errors.append(exc)
+
+    def close(self) -> None:
+        self._sock.close()
