@@ -1,4 +1,5 @@
 # The two commands: `make up` runs the stack, `make test` runs the tests.
+# `make bench` measures the proxy against nginx (needs nginx and wrk; BENCH_ARGS=--quick for a smoke run).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -24,6 +25,9 @@ up: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,18 +14,21 @@ more hops only when there really are more proxies in front.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import threading
 import time
 
 from flask import Flask, Response, jsonify, request, stream_with_context, url_for
+from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 MAX_SLOW_SECONDS = 10.0  # /api/slow never holds a worker longer than this
 MAX_STREAM_CHUNKS = 50
 MAX_STREAM_INTERVAL = 1.0
+WS_IDLE_SECONDS = 600.0  # a WebSocket that sends nothing for this long is closed, freeing its thread
 
 
 class DemoError(RuntimeError):
@@ -134,6 +137,25 @@ def create_app() -> Flask:
     @app.errorhandler(BadParameter)
     def bad_parameter(exc):
         return jsonify(error=exc.description), 400
+
+    # WebSocket: Flask-Sock (simple-websocket) on Gunicorn's gthread workers. Each open socket holds one
+    # worker thread until it closes; the server pings every 25 s, which also keeps the proxy's tunnel
+    # under its websocket_idle_timeout (300 s). Messages over 64 KiB close the socket (1009).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 64 * 1024}
+    sock = Sock(app)
+
+    @sock.route("/ws/echo")
+    def ws_echo(ws):
+        """Sends back every message with the worker and thread that hold this socket. Through the proxy
+        the connection is a tunnel of raw bytes: one upgrade request, then frames both ways."""
+        where = {"worker_pid": os.getpid(), "thread": threading.current_thread().name}
+        ws.send(json.dumps({"hello": "tunnel open", "scheme": request.scheme, **where}))
+        while True:
+            message = ws.receive(timeout=WS_IDLE_SECONDS)
+            if message is None:  # nothing for WS_IDLE_SECONDS
+                ws.close(reason=1000, message="idle")
+                return
+            ws.send(json.dumps({"echo": message, "at": time.time(), **where}))
 
     @app.get("/")
     def app_root():

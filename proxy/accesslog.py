@@ -88,6 +88,21 @@ def format_json(record: AccessRecord) -> str:
 FORMATS = {"combined": format_combined, "json": format_json}
 
 
+def cannot_open(target: str) -> str | None:
+    """Why a log file named in the configuration cannot be opened for appending (None: it can).
+
+    Checked before workers start, so a bad path is one clear line rather than
+    a worker that dies at birth.
+    """
+    if target in ("-", "off"):
+        return None
+    try:
+        with open(target, "a", encoding="utf-8"):
+            return None
+    except OSError as exc:
+        return f"cannot open {target} for appending: {exc.strerror}"
+
+
 class AccessLog:
     def __init__(self, target: str, fmt: str) -> None:
         self._format = FORMATS[fmt]

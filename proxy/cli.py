@@ -7,6 +7,7 @@ import logging
 import sys
 
 from . import __version__, config as config_module
+from .accesslog import cannot_open
 from .errors import ConfigError
 
 log = logging.getLogger("proxy")
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_module.load(args.config)
     except ConfigError as exc:
         print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+    problem = cannot_open(cfg.log.access)
+    if problem:
+        print(f"proxy: {cfg.path}: log.access: {problem}", file=sys.stderr)
         return 1
     if args.check_config:
         print(summary(cfg))

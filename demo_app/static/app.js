@@ -190,8 +190,63 @@ async function upload(event) {
   out.textContent = `${response.status} in ${ms(headersAt)} (browser round trip)\n${shown}`;
 }
 
+// The WebSocket panel: one socket through the proxy's tunnel, messages timed from send to echo.
+const ws = { socket: null, sent: 0, echoed: 0, pending: new Map(), lines: [] };
+
+function wsLog(text) {
+  ws.lines.push(text);
+  if (ws.lines.length > 8) ws.lines.shift();
+  document.getElementById("ws-log").textContent = ws.lines.join("\n");
+}
+
+function wsConnect() {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/echo`;
+  const socket = new WebSocket(url);
+  ws.socket = socket;
+  setField("ws.state", "connecting…");
+  socket.addEventListener("open", () => {
+    setField("ws.state", "open", "reused");
+    setField("ws.hop1", "101: tunnel");
+    wsLog(`open: ${url} (one upgrade request, then frames both ways)`);
+  });
+  socket.addEventListener("message", (event) => {
+    const data = JSON.parse(event.data);
+    setField("ws.pid", String(data.worker_pid));
+    setField("ws.thread", data.thread);
+    if (data.hello) {
+      setField("ws.scheme", data.scheme);
+      return;
+    }
+    const started = ws.pending.get(data.echo);
+    ws.pending.delete(data.echo);
+    ws.echoed += 1;
+    setField("ws.count", `${ws.sent} / ${ws.echoed}`);
+    if (started !== undefined) setField("ws.rtt", ms(performance.now() - started));
+    wsLog(`echo: ${data.echo}  (worker ${data.worker_pid}, ${data.thread})`);
+  });
+  socket.addEventListener("close", (event) => {
+    setField("ws.state", `closed (${event.code}${event.reason ? ", " + event.reason : ""})`, "new");
+    setField("ws.hop1", "closed");
+    wsLog(`closed: code ${event.code}. Send again to reopen.`);
+  });
+}
+
+function wsSend() {
+  if (!ws.socket || ws.socket.readyState > WebSocket.OPEN) wsConnect();
+  const send = () => {
+    const text = `message ${++ws.sent} at ${new Date().toLocaleTimeString()}`;
+    ws.pending.set(text, performance.now());
+    ws.socket.send(text);
+    setField("ws.count", `${ws.sent} / ${ws.echoed}`);
+  };
+  if (ws.socket.readyState === WebSocket.OPEN) send();
+  else ws.socket.addEventListener("open", send, { once: true });
+}
+
+document.getElementById("ws-send").addEventListener("click", wsSend);
 document.getElementById("api-again").addEventListener("click", loadWhoami);
 document.getElementById("static-again").addEventListener("click", loadStatic);
 document.getElementById("upload-form").addEventListener("submit", upload);
 loadWhoami();
 loadStatic();
+wsSend();

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import config as config_module
+from ..accesslog import cannot_open
 from ..config import Address, Config
 from ..errors import ConfigError
 from ..tls import Certificates, describe, load_certificates
@@ -69,8 +70,11 @@ class Master:
     generation: int = 0
     stopping: str = ""
     board: Board = field(default_factory=Board)
+    exit_code: int = 0
     _signals: list[int] = field(default_factory=list)
     _restart_delay: float = 0.0
+    _ready_generations: set[int] = field(default_factory=set)  # generations whose workers all came up once
+    _previous: tuple | None = None  # (config, certificates, generation) while a reload is in progress
 
     def __repr__(self) -> str:
         return f"<Master generation={self.generation} workers={sorted(self.workers)} stopping={self.stopping!r}>"
@@ -124,7 +128,7 @@ class Master:
             self._check_ready_timeouts()
             if self.stopping and not self.workers:
                 log.info("master stopped")
-                return 0
+                return self.exit_code
             if not self.stopping:
                 self._replace_missing()
 
@@ -138,6 +142,9 @@ class Master:
     def spawn(self) -> None:
         ready_read, ready_write = os.pipe()
         slot = self.board.take()
+        # Signals stay blocked across fork() until the child has replaced the master's handlers:
+        # a SIGTERM that reached it in between would run the inherited handler and be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             os.close(ready_read)
@@ -151,6 +158,7 @@ class Master:
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(ready_write)
         self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic(), slot)
 
@@ -170,6 +178,8 @@ class Master:
         log.info("worker %d (generation %d) is accepting connections", worker.pid, worker.generation)
         if worker.generation == self.generation and all(
                 w.ready for w in self.workers.values() if w.generation == self.generation):
+            self._ready_generations.add(self.generation)
+            self._previous = None
             self._retire_old_generations()
 
     def _retire_old_generations(self) -> None:
@@ -211,9 +221,33 @@ class Master:
             if worker.stopping or self.stopping:
                 log.info("worker %d exited", pid)
                 continue
+            if worker.generation not in self._ready_generations:
+                self._failed_to_start(worker, status)
+                continue
             lived = time.monotonic() - worker.started
             self._restart_delay = 0.0 if lived > 10 else min(max(self._restart_delay * 2, 0.1), RESTART_DELAY_MAX)
             log.error("worker %d died (%s) after %.1fs; starting a new one", pid, _describe(status), lived)
+
+    def _failed_to_start(self, worker: Worker, status: int) -> None:
+        """A worker died before its generation ever served: restarting it would only loop.
+
+        At start-up that ends the proxy with exit status 1 (Gunicorn does the
+        same); during a reload the new generation is abandoned and the previous
+        one keeps serving.
+        """
+        why = _describe(status)
+        if self._previous is None:
+            log.error("worker %d failed to start (%s): stopping; the reason is logged above", worker.pid, why)
+            self.exit_code = 1
+            self._stop("a worker failed to start", signal.SIGTERM)
+            return
+        log.error("reload failed, still serving the previous configuration: new worker %d died before "
+                  "accepting (%s)", worker.pid, why)
+        for other in self.workers.values():
+            if other.generation == worker.generation:
+                self._stop_worker(other, signal.SIGTERM)
+        self.config, self.certificates, self.generation = self._previous
+        self._previous = None
 
     def _replace_missing(self) -> None:
         current = [w for w in self.workers.values() if w.generation == self.generation]
@@ -234,13 +268,13 @@ class Master:
     # --- signals (looked up by name, like Gunicorn's arbiter) ---
 
     def handle_sigterm(self) -> None:
-        self._stop("SIGTERM", signal.SIGTERM)
+        self._stop("received SIGTERM", signal.SIGTERM)
 
     def handle_sigint(self) -> None:
-        self._stop("SIGINT", signal.SIGTERM)
+        self._stop("received SIGINT", signal.SIGTERM)
 
     def handle_sigquit(self) -> None:
-        self._stop("SIGQUIT", signal.SIGQUIT)
+        self._stop("received SIGQUIT", signal.SIGQUIT)
 
     def handle_sigchld(self) -> None:
         pass  # _reap runs after every signal
@@ -249,7 +283,7 @@ class Master:
         if self.stopping and sig != signal.SIGQUIT:
             return
         self.stopping = name
-        log.info("received %s: stopping %d worker(s)%s", name, len(self.workers),
+        log.info("%s: stopping %d worker(s)%s", name, len(self.workers),
                  "" if sig == signal.SIGQUIT else " gracefully")
         for worker in self.workers.values():
             self._stop_worker(worker, sig)
@@ -265,6 +299,10 @@ class Master:
             certificates = load_certificates(new.tls, new.path) if new.tls is not None else None  # re-read
         except ConfigError as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
+            return
+        problem = cannot_open(new.log.access)
+        if problem:
+            log.error("reload failed, still serving the previous configuration: %s: log.access: %s", path, problem)
             return
         added, added_tls = {}, {}
         try:
@@ -286,6 +324,7 @@ class Master:
         log_tls_listening(list(added_tls.values()), None)
         if certificates is not None:
             log.info("TLS certificates for the new workers: %s", describe(certificates))
+        self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
         self.config = new
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
@@ -309,6 +348,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by the master around fork()
     master = os.getppid()
 
     async def main() -> None:

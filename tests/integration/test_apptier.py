@@ -350,3 +350,22 @@ def test_make_up_launcher_refuses_a_busy_port_in_one_line():
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"cannot start the web tier (proxy): cannot listen on 127.0.0.1:{port}: "
                                           "address already in use (is another server running there?)"]
+
+
+def test_demo_websocket_echo_through_the_proxy(stack, appserver):
+    """/ws/echo (Flask-Sock on gthread) through the proxy's tunnel: greeting, then echoes."""
+    import asyncio
+    import json
+
+    import websockets
+
+    async def talk():
+        async with websockets.connect(f"ws://127.0.0.1:{stack.port}/ws/echo", open_timeout=10) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send("ping 1")
+            echo = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return hello, echo
+    hello, echo = asyncio.run(talk())
+    assert hello["hello"] == "tunnel open" and hello["scheme"] == "http"
+    assert echo["echo"] == "ping 1" and echo["worker_pid"] == hello["worker_pid"]
+    assert echo["worker_pid"] in children(appserver.pid)

@@ -149,3 +149,12 @@ def test_access_log_to_file_and_off(start_proxy, tmp_path):
     requests.get(proxy.url + "/missing")
     wait_until(lambda: log.exists() and '"GET /missing HTTP/1.1" 404' in log.read_text(), what="the log file line")
     assert proxy.access_lines() == []
+
+
+def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path):
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'[log]\naccess = "{tmp_path}/missing-folder/access.log"\n')
+    result = run_proxy("--config", str(config))
+    assert result.returncode == 1
+    assert "log.access: cannot open" in result.stderr and "No such file or directory" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -11,7 +11,6 @@ import hashlib
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 

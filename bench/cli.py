@@ -1,0 +1,268 @@
+"""``python -m bench`` (``make bench``): measure the proxy against nginx, print and save the table.
+
+Order of a run: check wrk and nginx are installed; lay out a temporary folder;
+start Gunicorn, nginx and the proxy (one worker each); check every scenario's
+URL answers the same on both; then per scenario a warm-up of each server and
+``--pairs`` back-to-back pairs of wrk runs. Pairs alternate which server goes
+first (proxy-nginx, nginx-proxy, ...) so a drift in the machine's speed
+during a pair does not always favour the same side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import report, stack as stack_module, wrk
+from .procs import Processes, StartError, UsageMeter, raise_open_files_limit, sigterm_as_interrupt
+from .scenarios import BY_KEY, SCENARIOS, Scenario
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INSTALL_HINT = "install it with: apt-get install -y nginx wrk"
+OPEN_FILES = 16384  # 1,000 client connections, as many upstream ones, and headroom, for wrk, nginx and the proxy
+
+# (pairs, seconds per run, warm-up seconds per server per scenario)
+FULL = (5, 3.0, 1.0)
+QUICK = (1, 1.0, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    scenarios: tuple[Scenario, ...]
+    pairs: int
+    seconds: float
+    warmup: float
+    wrk_threads: int
+    nginx_sendfile: bool
+    proxy_sendfile: bool
+    workers: int
+    source: Path
+    results: Path
+    quick: bool
+    keep: bool
+    profile: str | None
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError("expected on or off")
+    return value == "on"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one 1 s pair per scenario, no warm-up (a smoke test, < 30 s)")
+    p.add_argument("--pairs", type=int, help=f"back-to-back pairs per scenario (default {FULL[0]}, quick {QUICK[0]})")
+    p.add_argument("--seconds", type=float, help=f"length of one wrk run (default {FULL[1]:g})")
+    p.add_argument("--warmup", type=float, help=f"warm-up per server per scenario (default {FULL[2]:g})")
+    p.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS],
+                   help="run only this scenario (repeatable; default all)")
+    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s: one per core)")
+    p.add_argument("--nginx-sendfile", type=_on_off, default=False, metavar="on|off",
+                   help="nginx's sendfile (default off: faster here, see docs/performance.md)")
+    p.add_argument("--proxy-sendfile", type=_on_off, default=False, metavar="on|off",
+                   help="the proxy's [server] sendfile (default off, the proxy's own default)")
+    p.add_argument("--proxy-workers", type=int, default=1, metavar="N",
+                   help="worker processes for the proxy and nginx alike (default 1). Refused with a message "
+                        "when the proxy has no [server] workers key")
+    p.add_argument("--proxy-src", type=Path, default=stack_module.ROOT, metavar="DIR",
+                   help="run the proxy package found in DIR (a scratch copy with a change to try); default this repo")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, server logs)")
+    p.add_argument("--profile", choices=["cprofile", "py-spy"],
+                   help="instead of comparing, profile the proxy alone under each scenario (see bench/profiling.py)")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    pairs, seconds, warmup = QUICK if args.quick else FULL
+    chosen = tuple(BY_KEY[k] for k in args.scenario) if args.scenario else SCENARIOS
+    return Options(
+        scenarios=chosen,
+        pairs=max(1, args.pairs if args.pairs is not None else pairs),
+        seconds=max(1.0, args.seconds if args.seconds is not None else seconds),
+        warmup=max(0.0, args.warmup if args.warmup is not None else warmup),
+        wrk_threads=max(1, args.wrk_threads),
+        nginx_sendfile=args.nginx_sendfile,
+        proxy_sendfile=args.proxy_sendfile,
+        workers=args.proxy_workers,
+        source=args.proxy_src.resolve(),
+        results=args.results_dir,
+        quick=args.quick,
+        keep=args.keep,
+        profile=args.profile,
+    )
+
+
+def missing_tools() -> list[str]:
+    problems = []
+    if wrk.find() is None:
+        problems.append(f"wrk is not installed ({INSTALL_HINT})")
+    if stack_module.find_nginx() is None:
+        problems.append(f"nginx is not installed ({INSTALL_HINT})")
+    return problems
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "?"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def _git(source: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def meta(opts: Options, nginx: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "proxy_commit": _git(opts.source, "rev-parse", "--short", "HEAD") or "-",
+        "proxy_tree_dirty": bool(_git(opts.source, "status", "--porcelain", "--", "proxy")),
+        "machine": {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
+        "versions": {"python": platform.python_version(), "nginx": _version([nginx, "-v"]),
+                     "wrk": _version(["wrk", "-v"]), "h11": package("h11"), "gunicorn": package("gunicorn"),
+                     "flask": package("flask")},
+        "options": {"pairs": opts.pairs, "seconds": opts.seconds, "warmup": opts.warmup,
+                    "wrk_threads": opts.wrk_threads, "nginx_sendfile": opts.nginx_sendfile,
+                    "proxy_sendfile": opts.proxy_sendfile, "workers": opts.workers, "quick": opts.quick,
+                    "gunicorn": " ".join(stack_module.GUNICORN_ARGS)},
+    }
+
+
+def order(pair: int) -> tuple[str, str]:
+    return ("proxy", "nginx") if pair % 2 == 0 else ("nginx", "proxy")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts: Options, pair: int) -> report.Run:
+    meter = UsageMeter(stack.child(server))
+    app = UsageMeter(stack.gunicorn)
+    wrk_before = _children_cpu()
+    result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads)
+    usage = meter.read()
+    app_usage = app.read()
+    wrk_cpu = _children_cpu() - wrk_before
+    stack.check_alive()
+    return report.Run(server, pair, result, usage.cpu_seconds, usage.peak_rss_mb, usage.system_seconds,
+                      app_usage.cpu_seconds, wrk_cpu)
+
+
+def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
+    if opts.warmup:
+        for server in report.SERVERS:
+            wrk.run(stack.url(server, scenario.path), scenario.connections, opts.warmup, opts.wrk_threads)
+    runs = []
+    for pair in range(opts.pairs):
+        for server in order(pair):
+            run = measure_one(stack, server, scenario, opts, pair)
+            runs.append(run)
+            print(f"  pair {pair + 1}/{opts.pairs} {server:5}: {run.wrk.rps:10,.0f} req/s  "
+                  f"p99 {run.wrk.p99_ms:8.2f} ms  CPU µs/req: {run.cpu_us_per_request:5.0f} {server}, "
+                  f"{run.per_request_us(run.app_cpu_seconds):5.0f} app, {run.per_request_us(run.wrk_cpu_seconds):4.0f} wrk"
+                  f"  errors {run.wrk.error_count}", flush=True)
+    return runs
+
+
+def estimate_seconds(opts: Options) -> float:
+    per_scenario = opts.pairs * 2 * opts.seconds + 2 * opts.warmup
+    return len(opts.scenarios) * per_scenario + 5
+
+
+def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
+    started = time.monotonic()
+    stack = stack_module.start(procs, layout, nginx, opts.source)
+    stack_module.sanity_check(stack, sorted({s.path for s in opts.scenarios}))
+    print(f"servers up: proxy :{stack.proxy_port}, nginx :{layout.nginx_port}, gunicorn :{layout.app_port} "
+          f"({time.monotonic() - started:.1f}s)", flush=True)
+    summaries, runs = [], {}
+    for scenario in opts.scenarios:
+        print(f"{scenario.title}:", flush=True)
+        runs[scenario.key] = measure(stack, scenario, opts)
+        summaries.append(report.summarise(scenario, runs[scenario.key]))
+    elapsed = time.monotonic() - started
+    info = meta(opts, nginx)
+    info["elapsed_seconds"] = round(elapsed, 1)
+    document = report.to_json(summaries, runs, info)
+    stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if opts.quick else "")
+    path = report.save(document, opts.results, stem)
+    print()
+    print(document["table"])
+    print(f"\nratio = median over {opts.pairs} back-to-back pair(s) of proxy/nginx; req/s and latencies are medians; "
+          f"{elapsed:.0f}s in all. Saved {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = options_from(parser().parse_args(argv))
+    proxy_master = stack_module.proxy_supports_workers(opts.source)
+    if opts.workers != 1 and not proxy_master:
+        print("bench: --proxy-workers is disabled: the proxy has no [server] workers key yet "
+              "(it runs one process). Leave it at 1 until proxy/config.py declares one.", file=sys.stderr)
+        return 2
+    problems = missing_tools()
+    if problems:
+        for problem in problems:
+            print(f"bench: {problem}", file=sys.stderr)
+        return 2
+    nginx = stack_module.find_nginx()
+    limit = raise_open_files_limit(OPEN_FILES)
+    if any(s.connections * 2 + 100 > limit for s in opts.scenarios):
+        print(f"bench: warning: open files limited to {limit}; the 1,000-connection scenario may fail",
+              file=sys.stderr)
+    sigterm_as_interrupt()
+    print(f"bench: {len(opts.scenarios)} scenario(s) x {opts.pairs} pair(s) x {opts.seconds:g}s, "
+          f"about {estimate_seconds(opts):.0f}s", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="twotier-bench-"))
+    try:
+        layout = stack_module.prepare(work, nginx_sendfile=opts.nginx_sendfile, proxy_sendfile=opts.proxy_sendfile,
+                                      workers=opts.workers, proxy_master=proxy_master)
+        with Processes(work, stack_module.ROOT) as procs:
+            if opts.profile:
+                from . import profiling
+                return profiling.run(opts, layout, procs)
+            return compare(opts, layout, procs, nginx)
+    except (StartError, wrk.WrkError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        if opts.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,300 @@
+"""``python -m bench.micro``: the proxy's per-request work timed in one process, without sockets.
+
+wrk numbers on a shared two-core machine move by 2-3x from one minute to the
+next; these do not, so they are the quick way to see what a change to the
+proxy saves (run it on a scratch copy with ``--proxy-src DIR``, before and
+after). What is left out is the kernel: the socket syscalls and epoll, which
+``make bench``'s CPU µs/req includes.
+
+Two kinds of figures:
+
+* whole requests: the real ``ClientHandler`` on a real asyncio loop, with
+  transports that only count bytes. A static request is served from a file;
+  a proxied one goes through the real pool, forwarder and spool to an
+  upstream transport that answers each request at once with a canned
+  Gunicorn response. Each request is fed, then the loop runs until the
+  handler waits for the next one, as with a keep-alive client like wrk.
+* stages: the sans-IO pieces those requests are made of, one at a time.
+
+Times are the best of ``--repeat`` rounds, in µs per request (or per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REQUEST = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
+UPSTREAM_BODY = b'{"items":[1,2,3],"ok":true,"service":"twotier-bench"}\n'
+UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 2026 12:00:00 GMT\r\n"
+                     b"Connection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                     % len(UPSTREAM_BODY)) + UPSTREAM_BODY
+
+
+class CountingTransport:
+    """Enough of asyncio.Transport for Channel: writes are counted, never sent."""
+
+    def __init__(self, on_write=None) -> None:
+        self.written = 0
+        self.writes = 0
+        self.on_write = on_write
+        self.closing = False
+        self.protocol = None  # told connection_lost on close, as a real transport does
+
+    def write(self, data) -> None:
+        if data:
+            self.writes += 1
+            self.written += len(data)
+            if self.on_write is not None:
+                self.on_write(data)
+
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.write(part)
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing and self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+        self.closing = True
+
+    abort = close
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+
+def make_config(folder: Path):
+    from proxy import config
+
+    static = folder / "static"
+    static.mkdir(exist_ok=True)
+    (static / "small.bin").write_bytes(os.urandom(4096))
+    return config.from_dict({
+        "server": {"listen": ["127.0.0.1:0"]},
+        "log": {"access": "off"},
+        "upstreams": {"app": {"servers": ["127.0.0.1:9"], "keepalive": 32}},
+        "routes": [{"prefix": "/static/", "static": str(static)}, {"prefix": "/api/", "upstream": "app"}],
+    }, folder / "proxy.toml")
+
+
+def fake_upstreams(runtime, loop) -> None:
+    """Replace each pool's connect with an in-memory server that answers every request at once."""
+    from proxy.server.channel import Channel
+    from proxy.upstream.pool import UpstreamConnection
+
+    for group in runtime.groups.values():
+        # UpstreamGroup.servers were the pools at first; later each Peer has one.
+        pools = group.servers if hasattr(group, "servers") else [peer.pool for peer in group.peers]
+        for pool in pools:
+            async def connect(pool=pool):
+                channel = Channel(loop)
+
+                def answer(data: bytes) -> None:
+                    if data.endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
+                        loop.call_soon(channel.data_received, UPSTREAM_RESPONSE)
+
+                transport = CountingTransport(answer)
+                channel.connection_made(transport)
+                transport.protocol = channel
+                return UpstreamConnection(channel, pool)
+
+            pool.connect = connect
+
+
+def whole_requests(folder: Path, path: bytes, count: int) -> float:
+    """µs per request for ``count`` keep-alive requests to ``path`` through the real handler."""
+    from proxy.server.channel import Channel
+    from proxy.server.client import ClientHandler
+    from proxy.server.listener import Runtime
+
+    loop = asyncio.new_event_loop()
+    try:
+        runtime = Runtime(make_config(folder), loop)
+        fake_upstreams(runtime, loop)
+        request = REQUEST % path
+
+        async def connection(requests: int) -> float:
+            channel = Channel(loop)
+            transport = CountingTransport()
+            channel.connection_made(transport)
+            transport.protocol = channel
+            handler = ClientHandler(runtime, channel)
+            handler.task = loop.create_task(handler.run())
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+            for _ in range(requests):
+                waiter = channel._waiter
+                channel.data_received(request)
+                for _ in range(1000):  # bounded: a request takes a handful of loop turns
+                    await asyncio.sleep(0)
+                    if channel._waiter is not None and channel._waiter is not waiter:
+                        break
+                else:
+                    raise RuntimeError(f"the handler did not come back for the next request: {handler.task}")
+            elapsed = time.perf_counter() - started
+            channel.eof_received()
+            await handler.task
+            return elapsed
+
+        async def drive() -> float:
+            # Below keepalive_requests (1000), after which the proxy closes the connection.
+            per_connection = 500
+            elapsed = 0.0
+            for start in range(0, count, per_connection):
+                elapsed += await connection(min(per_connection, count - start))
+            return elapsed
+
+        return loop.run_until_complete(drive()) * 1e6 / count
+    finally:
+        loop.close()
+
+
+def stages(folder: Path) -> dict[str, tuple[callable, int]]:
+    """name -> (function doing one unit of work, units per call)."""
+    import h11
+
+    from proxy.http import headers, inbound, routing, static
+    from proxy.http.outbound import UpstreamProtocol
+
+    config = make_config(folder)
+    router = routing.Router(config.routes)
+    request = REQUEST % b"/static/small.bin"
+
+    def h11_server_cycle():
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(request)
+        conn.next_event()
+        conn.next_event()
+        conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"4")]))
+        conn.send(h11.Data(data=b"abcd"))
+        conn.send(h11.EndOfMessage())
+
+    def inbound_parse():
+        conn = inbound.ClientConnection(config.limits)
+        conn.receive_data(request)
+        conn.next_event()
+        conn.next_event()
+
+    route = router.match("/static/small.bin")
+
+    def static_decide():
+        found = static.locate(route, "/static/small.bin", None, b"")
+        fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            static.plan(os.fstat(fd), found, b"GET", [(b"host", b"x")], "")
+        finally:
+            os.close(fd)
+
+    client_headers = [(b"host", b"127.0.0.1:8080")]
+    response_headers = [(b"server", b"gunicorn"), (b"date", b"Tue, 25 Nov 2026 12:00:00 GMT"),
+                        (b"connection", b"keep-alive"), (b"content-type", b"application/json"),
+                        (b"content-length", b"55")]
+
+    def forward_headers():
+        headers.upstream_request_headers(client_headers, host=b"127.0.0.1:8080", client_ip="127.0.0.1",
+                                         scheme=b"http", request_id=b"0" * 32, via=b"1.1 twotier", body_length=None)
+        headers.client_response_headers(response_headers, via=b"1.1 twotier", extra=[])
+
+    def upstream_cycle():
+        protocol = UpstreamProtocol()
+        protocol.request(b"GET", b"/api/json", [(b"host", b"x")])
+        protocol.end()
+        protocol.receive_data(UPSTREAM_RESPONSE)
+        protocol.next_event()
+        protocol.next_event()
+        protocol.next_event()
+
+    return {
+        "h11 alone: parse a GET, send a 200 (new Connection)": (h11_server_cycle, 1),
+        "inbound: ClientConnection parse + check_head": (inbound_parse, 1),
+        "routing.normalize_path + Router.match": (lambda: router.match(routing.normalize_path(b"/static/small.bin")), 1),
+        "static: locate + open + fstat + plan + close": (static_decide, 1),
+        "headers: upstream_request_headers + client_response_headers": (forward_headers, 1),
+        "upstream: UpstreamProtocol request + parse response": (upstream_cycle, 1),
+        "request_id (os.urandom(16).hex())": (lambda: headers.request_id(None), 1),
+    }
+
+
+def profile_whole(folder: Path, path: bytes, count: int) -> int:
+    """cProfile over ``count`` whole requests; per-request self and inclusive µs, with the profiler's overhead."""
+    import cProfile
+    import pstats
+
+    from .profiling import pstats_rows, render
+
+    whole_requests(folder, path, 200)  # imports and first-call costs out of the way
+    profiler = cProfile.Profile()
+    profiler.enable()
+    whole_requests(folder, path, count)
+    profiler.disable()
+    rows = pstats_rows(pstats.Stats(profiler), count)
+    print(render(f"== in-process {path.decode()}: cProfile", rows,
+                 f"{count} requests; µs include cProfile's overhead (compare shares, not absolutes)"))
+    return 0
+
+
+def best_of(fn, number: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e6 / number
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
+    parser.add_argument("--proxy-src", type=Path, help="import the proxy package from DIR (a scratch copy)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is kept (default %(default)s)")
+    parser.add_argument("--cprofile", choices=["static", "proxied"],
+                        help="instead, profile whole requests of this kind and print the top functions")
+    args = parser.parse_args(argv)
+    if args.proxy_src:
+        sys.path.insert(0, str(args.proxy_src.resolve()))
+    import proxy
+
+    print(f"proxy from {Path(proxy.__file__).parent}; best of {args.repeat} rounds")
+    with tempfile.TemporaryDirectory(prefix="twotier-micro-") as tmp:
+        folder = Path(tmp)
+        if args.cprofile:
+            return profile_whole(folder, b"/static/small.bin" if args.cprofile == "static" else b"/api/json",
+                                 args.requests)
+        for label, path in (("whole static 4 KiB request (in-process)", b"/static/small.bin"),
+                            ("whole proxied request (in-process upstream)", b"/api/json")):
+            us = min(whole_requests(folder, path, args.requests) for _ in range(args.repeat))
+            print(f"{us:8.1f} µs  {label}")
+        for label, (fn, _) in stages(folder).items():
+            print(f"{best_of(fn, args.requests, args.repeat):8.1f} µs  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

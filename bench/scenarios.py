@@ -1,0 +1,59 @@
+"""What is measured: the five scenarios of issue 8 and the targets each is held to.
+
+A scenario is a value (URL path, connection count, targets); the harness runs
+every one against the proxy and nginx alike. Targets are reported, never
+enforced: the harness measures, people decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMALL_FILE = "small.bin"  # 4 KiB
+LARGE_FILE = "large.bin"  # 1 MiB
+STATIC_FILES = {SMALL_FILE: 4 * 1024, LARGE_FILE: 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Issue 8's targets for one scenario; None where the issue sets none."""
+
+    min_rps_ratio: float | None = None  # proxy req/s / nginx req/s
+    max_p99_ratio: float | None = None  # proxy p99 / nginx p99
+    max_rss_mb: float | None = None  # the proxy's peak RSS
+    no_errors: bool = True  # wrk counts no socket error and no non-2xx answer
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_rps_ratio is not None:
+            parts.append(f">={self.min_rps_ratio:g}x req/s")
+        if self.max_p99_ratio is not None:
+            parts.append(f"p99<={self.max_p99_ratio:g}x")
+        if self.max_rss_mb is not None:
+            parts.append(f"RSS<{self.max_rss_mb:g}MB")
+        return ", ".join(parts) or "no errors"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str  # short name used on the command line and in the JSON
+    title: str
+    path: str  # the URL path wrk requests on both servers
+    connections: int
+    targets: Targets
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("proxied", "proxied JSON, 32 conns", "/api/json", 32,
+             Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
+    Scenario("static-4k", "static 4 KiB, 32 conns", f"/static/{SMALL_FILE}", 32,
+             Targets(min_rps_ratio=0.35)),
+    Scenario("static-1m", "static 1 MiB, 8 conns", f"/static/{LARGE_FILE}", 8,
+             Targets(min_rps_ratio=0.9)),
+    Scenario("proxied-1k", "proxied JSON, 1000 conns", "/api/json", 1000,
+             Targets(max_rss_mb=80)),
+    Scenario("stream-10m", "proxied 10 MiB stream, 8 conns", "/api/big", 8,
+             Targets()),
+)
+
+BY_KEY = {s.key: s for s in SCENARIOS}
