@@ -47,8 +47,14 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+# Like nginx's log escaping: a quote, a backslash and every byte outside printable ASCII become
+# \xHH, so a header value can never end a field or a line early (U+0085 and U+2028 are line
+# breaks to str.splitlines(), for one).
+_ESCAPES = {code: f"\\x{code:02X}" for code in [*range(0x20), *range(0x7F, 0x100), ord('"'), ord("\\")]}
+
+
 def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"') if value else "-"
+    return value.translate(_ESCAPES) if value else "-"
 
 
 class _LocalTime:

@@ -15,6 +15,11 @@ import h11
 
 from ..errors import UpstreamError
 
+# Largest response head accepted from an upstream (nginx: "upstream sent too big header", 502).
+# h11's own limit (16 KiB) holds only while a head is incomplete, so a head that arrives in
+# one read would pass whatever its size, and one that arrives in two would not.
+MAX_RESPONSE_HEAD = 64 * 1024
+
 
 class UpstreamProtocol:
     """Wraps ``h11.Connection(h11.CLIENT)`` for one upstream connection, across requests."""
@@ -22,7 +27,7 @@ class UpstreamProtocol:
     __slots__ = ("h11", "requests", "_head")
 
     def __init__(self) -> None:
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.requests = 0
         self._head = bytearray()  # raw bytes of the response head being received
 
@@ -74,6 +79,8 @@ class UpstreamProtocol:
         head = bytes(self._head[: len(self._head) - len(self.h11.trailing_data[0])])
         if type(event) is h11.Response:
             self._head = bytearray()
+        if len(head) > MAX_RESPONSE_HEAD:
+            raise UpstreamError(f"invalid response: head larger than {MAX_RESPONSE_HEAD} bytes")
         # RFC 9112 section 2.2 lets a recipient accept a bare LF, and 5.2 lets a proxy
         # unfold obs-fold; we take neither: "X: a\nInjected: b" from an app that echoes
         # input into a header must not become a second field. 5.2 allows the 502.

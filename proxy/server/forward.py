@@ -17,6 +17,8 @@ on a new connection, so the client never sees a 502 for it.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import h11
 
 from ..errors import NoUpstreamAvailable, UpstreamError, UpstreamTimeout
@@ -91,8 +93,7 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
     ``more`` says whether another server could still be tried: on the last try
     a 502/503/504 from the upstream is passed on rather than replaced.
     """
-    loop = handler.runtime.loop
-    began = loop.time()
+    began = perf_counter()
     peer.requests += 1
     peer.in_flight += 1
     exchange.upstream_addr.append(str(peer.address))
@@ -105,7 +106,7 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
                 exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
                 raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=False) from None
             exchange.reused = reused
-            exchange.connect_time = 0.0 if reused else loop.time() - began
+            exchange.connect_time = 0.0 if reused else perf_counter() - began
             try:
                 response = await _exchange(conn, head, headers, body, upstream, reused)
             except _Stale:
@@ -124,7 +125,7 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
                 conn.channel.close()
                 raise
             break
-        exchange.header_time = loop.time() - began
+        exchange.header_time = perf_counter() - began
         exchange.upstream_status.append(str(response.status_code))
         condition = RETRY_STATUSES.get(response.status_code)
         if more and condition in upstream.next_upstream and head.method in IDEMPOTENT:
@@ -132,10 +133,10 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
             raise _Retry(UpstreamError(f"{peer.address} answered {response.status_code}"), condition, sent=True)
         if response.status_code == 101:  # the upgrade was accepted: relay raw bytes until either side is done
             await run_tunnel(handler, conn, response, exchange, upstream)
-            exchange.response_time = loop.time() - began
+            exchange.response_time = perf_counter() - began
             return
         spool = await _relay(handler, conn, response, exchange, upstream)
-        exchange.response_time = loop.time() - began
+        exchange.response_time = perf_counter() - began
     finally:
         peer.group.finished(peer)
     try:

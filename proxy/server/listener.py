@@ -99,7 +99,7 @@ class Runtime:
         return str(Address(name[0], name[1])).encode()
 
     def accept(self, channel: Channel, scheme: bytes = b"http") -> None:
-        if len(self.handlers) >= self.config.server.max_connections:
+        if len(self.handlers) + len(self.edge.handshakes) >= self.config.server.max_connections:
             # Answering costs one write; holding it would cost what the limit protects.
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
@@ -125,7 +125,8 @@ class Runtime:
         arrives meanwhile is answered with Connection: close.
         """
         self.closing = True
-        self.edge.close()
+        # A TLS handshake under way is a client that already connected: finish it and serve it.
+        await self.edge.finish(min(grace, self.config.limits.header_timeout))
         for handler in list(self.handlers):
             if not handler.busy:
                 self._close_when_idle(handler, grace)

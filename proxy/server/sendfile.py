@@ -20,6 +20,7 @@ import h11
 CHUNK_FAST = 128 * 1024
 CHUNK_SLOW = 32 * 1024
 SENDFILE_STEP = 4 * 1024 * 1024
+SENDFILE_MIN_STEP = 64 * 1024
 
 _NO_SENDFILE: set[type] = set()  # event loop classes found without loop.sendfile
 log = logging.getLogger("proxy")
@@ -70,39 +71,46 @@ async def send_file(handler, fd: int, parts: tuple, exchange) -> None:
 
 
 async def _copy(channel, fd: int, offset: int, length: int, timeout: float) -> None:
-    """Read into one reused buffer and write views of it.
+    """Read into a reused buffer and write views of it.
 
     A fresh ``bytes`` per chunk costs an allocation the size of the chunk
     (above malloc's mmap threshold: mapped, faulted in, unmapped each time),
     which measured as half the CPU of a 1 MiB file. The buffer is reused only
     while the transport holds none of it: when a write leaves bytes queued,
     the transport may keep a view of our buffer (Python 3.12 queues views
-    rather than copying), so the next chunk gets a new one.
+    rather than copying), so the next chunk gets a new, small one: a slow
+    reader holds about CHUNK_SLOW of the file here, not CHUNK_FAST.
     """
     end = offset + length
     transport = channel.transport
-    buffer = memoryview(bytearray(CHUNK_FAST))
-    chunk = CHUNK_SLOW
+    buffer = memoryview(bytearray(min(CHUNK_FAST, length)))
     while offset < end:
-        # Grow while everything written so far left at once; start again small when it did not.
-        chunk = min(chunk * 2, CHUNK_FAST) if transport.get_write_buffer_size() == 0 else CHUNK_SLOW
-        got = os.preadv(fd, [buffer[:min(chunk, end - offset)]], offset)
+        got = os.preadv(fd, [buffer[:end - offset]], offset)
         if not got:
             raise ConnectionAbortedError("file shrank while it was being sent")
         channel.write(buffer[:got])
         offset += got
-        if transport.get_write_buffer_size():
-            buffer = memoryview(bytearray(CHUNK_FAST))
+        if transport.get_write_buffer_size():  # the client is not keeping up
+            buffer = memoryview(bytearray(min(CHUNK_SLOW, end - offset) or 1))
+        elif len(buffer) < CHUNK_FAST:  # it is again: grow back
+            buffer = memoryview(bytearray(min(len(buffer) * 2, CHUNK_FAST, end - offset) or 1))
         await channel.drain(timeout)
 
 
 async def _sendfile(loop, channel, fd: int, offset: int, length: int, timeout: float) -> None:
+    """loop.sendfile in steps sized so each should take a second (or a quarter of send_timeout, if
+    less) at the client's last pace:
+    ``send_timeout`` then means time without progress (as nginx's send_timeout does), not time
+    for a fixed amount, which a slow but steady reader of a large file would exceed."""
     with open(fd, "rb", closefd=False) as file:
         end = offset + length
+        step = SENDFILE_MIN_STEP
         while offset < end:
-            step = min(SENDFILE_STEP, end - offset)
+            began = loop.time()
             async with asyncio.timeout(timeout):
-                sent = await loop.sendfile(channel.transport, file, offset, step)
+                sent = await loop.sendfile(channel.transport, file, offset, min(step, end - offset))
             if sent == 0:
                 raise ConnectionAbortedError("file shrank while it was being sent")
             offset += sent
+            rate = sent / max(loop.time() - began, 1e-3)  # bytes per second at the client's pace
+            step = int(min(max(rate * min(1.0, timeout / 4), SENDFILE_MIN_STEP), SENDFILE_STEP))

@@ -61,10 +61,17 @@ class _Holding(asyncio.Protocol):
     # data_received is never called: see the module docstring.
 
     def connection_made(self, transport) -> None:
+        runtime = self._runtime
+        edge = runtime.edge
+        if len(runtime.handlers) + len(edge.handshakes) >= runtime.config.server.max_connections:
+            # Handshakes in progress hold memory (TLS buffers) too, so they count against the limit;
+            # there is no way to say 503 before the handshake, so the connection is just closed.
+            runtime.refused += 1
+            transport.abort()
+            return
         # Not one byte of the ClientHello may be read before start_tls owns the transport: asyncio
         # happens not to read before the task runs, uvloop does (and the bytes would be lost).
         transport.pause_reading()
-        edge = self._runtime.edge
         task = self._runtime.loop.create_task(_handshake(self._runtime, transport))
         edge.handshakes.add(task)
         task.add_done_callback(edge.handshakes.discard)
@@ -84,6 +91,7 @@ async def _handshake(runtime, transport: asyncio.Transport) -> None:
         runtime.edge.handshake_failed(exc, transport.get_extra_info("peername"), runtime)
         return
     runtime.metrics.tls_handshakes += 1
+    runtime.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
     channel.connection_made(tls_transport)
     runtime.accept(channel, scheme=b"https")
 
@@ -104,7 +112,11 @@ class EdgeState:
         if line is not None:
             log.warning("%s", line)
 
-    def close(self) -> None:
+    async def finish(self, timeout: float) -> None:
+        """Let handshakes in progress complete (their connections are then served and drained
+        like any other) for up to ``timeout`` seconds; cancel what is left."""
+        if self.handshakes and timeout > 0:
+            await asyncio.wait(list(self.handshakes), timeout=timeout)
         for task in list(self.handshakes):
             task.cancel()
 

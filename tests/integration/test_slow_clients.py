@@ -116,8 +116,11 @@ def rss_of(proxy) -> int:
     return requests.get(proxy.url + "/_proxy/status").json()["process"]["rss_bytes"]
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("sendfile", ["false", "true"])
-def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_path, sendfile):
+def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_path, sendfile, event_loop):
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is optional (twotier[fast])")
     _raise_fd_limit(400)
     www = tmp_path / "www"
     www.mkdir()
@@ -127,6 +130,7 @@ def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_p
         [server]
         listen = ["127.0.0.1:0"]
         sendfile = {sendfile}
+        event_loop = "{event_loop}"
         [status]
         [[routes]]
         prefix = "/"
@@ -148,7 +152,7 @@ def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_p
             peak = max(peak, rss_of(proxy))
             time.sleep(0.05)  # the pace of the slow readers, not a wait for readiness
         grown = peak - before
-        print(f"sendfile={sendfile}: RSS {before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f} MiB, "
+        print(f"{event_loop} sendfile={sendfile}: RSS {before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f} MiB, "
               f"grown {grown / 2**20:.1f} MiB for 100 readers")
         assert grown < 30 * 2**20  # measured: +13 MiB with chunked reads, +1.3 MiB with sendfile
     finally:
@@ -192,3 +196,36 @@ def test_large_proxied_responses_to_slow_readers_keep_memory_bounded(start_proxy
     finally:
         for sock in readers:
             sock.close()
+
+
+@pytest.mark.parametrize("sendfile", ["false", "true"])
+def test_send_timeout_is_time_without_progress_not_time_for_the_whole_file(start_proxy, tmp_path, sendfile):
+    """A slow but steady reader of a file larger than send_timeout allows at its pace gets all of it."""
+    www = tmp_path / "www"
+    www.mkdir()
+    size = 12 * 1024 * 1024  # well beyond what the kernel's socket buffers absorb at once
+    (www / "four.bin").write_bytes(os.urandom(size))
+    proxy = start_proxy(f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        sendfile = {sendfile}
+        event_loop = "asyncio"
+        [limits]
+        send_timeout = 0.5
+        [[routes]]
+        prefix = "/"
+        static = "www"
+    """)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.sendall(b"GET /four.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(0.01)  # the reader's pace (at most 6.5 MB/s): 12 MiB take about two seconds
+    body = received.partition(b"\r\n\r\n")[2]
+    assert len(body) == size

@@ -204,6 +204,27 @@ def test_failed_handshakes_are_logged_once_and_cost_nothing_else(tmp_path, ca, s
         assert requests.get(f"https://localhost:{port}/plain", verify=ca_file).text == "plain\n"
 
 
+def test_handshakes_in_progress_count_against_max_connections(tmp_path, ca, start_proxy):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    proxy = start_proxy(tls_config("site.pem", "site.key", static=".", extra="", workers=1)
+                        .replace("workers = 1", "workers = 1\nmax_connections = 6"))
+    port = https_port(proxy)
+    proxy.wait_for_line("is accepting connections")  # so the five below are the first it takes
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]  # never say hello
+    try:
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                assert extra.recv(1) == b""  # closed at once: the silent six hold every place
+        reply = requests.get(f"http://127.0.0.1:{proxy.port}/_proxy/status")
+        assert reply.status_code == 503  # the same limit for plain connections
+    finally:
+        for sock in silent:
+            sock.close()
+    counts = wait_until(lambda: (r := requests.get(f"http://127.0.0.1:{proxy.port}/_proxy/status")).ok and r.json(),
+                        what="room again once the silent ones left")
+    assert counts["connections"]["refused_at_max"] >= 11
+
+
 def test_sighup_reloads_the_certificate(tmp_path, ca, start_proxy):
     first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
     write_cert(first, tmp_path, "site")

@@ -160,3 +160,27 @@ def test_protocol_early_close_is_an_error():
     protocol.receive_data(b"")
     with pytest.raises(UpstreamError):
         protocol.next_event()
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+def test_a_huge_response_head_is_refused_however_it_arrives(pieces):
+    """The limit must not depend on how many reads the head takes (h11 alone checks only the incomplete case)."""
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+    protocol = UpstreamProtocol()
+    protocol.request(b"GET", b"/", [(b"host", b"x")])
+    protocol.end()
+    size = len(head) // pieces + 1
+    with pytest.raises(UpstreamError, match="head larger|invalid response"):
+        for start in range(0, len(head), size):
+            protocol.receive_data(head[start:start + size])
+            while protocol.next_event() is not h11.NEED_DATA:
+                pass
+
+
+def test_a_large_but_allowed_response_head_passes():
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 40_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+    protocol = UpstreamProtocol()
+    protocol.request(b"GET", b"/", [(b"host", b"x")])
+    protocol.end()
+    protocol.receive_data(head)
+    assert type(protocol.next_event()) is h11.Response
