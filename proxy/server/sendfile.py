@@ -23,6 +23,9 @@ SENDFILE_STEP = 4 * 1024 * 1024
 SENDFILE_MIN_STEP = 64 * 1024
 
 _NO_SENDFILE: set[type] = set()  # event loop classes found without loop.sendfile
+
+
+
 log = logging.getLogger("proxy")
 
 
@@ -75,25 +78,28 @@ async def _copy(channel, fd: int, offset: int, length: int, timeout: float) -> N
 
     A fresh ``bytes`` per chunk costs an allocation the size of the chunk
     (above malloc's mmap threshold: mapped, faulted in, unmapped each time),
-    which measured as half the CPU of a 1 MiB file. The buffer is reused only
-    while the transport holds none of it: when a write leaves bytes queued,
-    the transport may keep a view of our buffer (Python 3.12 queues views
-    rather than copying), so the next chunk gets a new, small one: a slow
-    reader holds about CHUNK_SLOW of the file here, not CHUNK_FAST.
+    which measured as half the CPU of a 1 MiB file. Chunks grow to
+    CHUNK_FAST while the client takes everything at once and drop to
+    CHUNK_SLOW while bytes stay queued. The buffer is replaced when the
+    transport may still hold a view of it (Python 3.12 and uvloop queue
+    views of what they cannot send at once), and let go while we wait for a
+    slow client, so waiting holds no file data beyond the transport's queue.
     """
     end = offset + length
     transport = channel.transport
-    buffer = memoryview(bytearray(min(CHUNK_FAST, length)))
+    buffer = None
+    chunk = CHUNK_SLOW
     while offset < end:
-        got = os.preadv(fd, [buffer[:end - offset]], offset)
+        if buffer is None:
+            buffer = memoryview(bytearray(min(CHUNK_FAST, end - offset)))
+        chunk = min(chunk * 2, CHUNK_FAST) if transport.get_write_buffer_size() == 0 else CHUNK_SLOW
+        got = os.preadv(fd, [buffer[:min(chunk, end - offset)]], offset)
         if not got:
             raise ConnectionAbortedError("file shrank while it was being sent")
         channel.write(buffer[:got])
         offset += got
-        if transport.get_write_buffer_size():  # the client is not keeping up
-            buffer = memoryview(bytearray(min(CHUNK_SLOW, end - offset) or 1))
-        elif len(buffer) < CHUNK_FAST:  # it is again: grow back
-            buffer = memoryview(bytearray(min(len(buffer) * 2, CHUNK_FAST, end - offset) or 1))
+        if channel.write_paused or transport.get_write_buffer_size():
+            buffer = None
         await channel.drain(timeout)
 
 
