@@ -315,7 +315,8 @@ class ServerSettings:
     sendfile: bool = setting(
         False, BOOL,
         "Send static file bodies with sendfile(2) instead of read/write in chunks. "
-        "Off by default: see docs/configuration.md for the measurement behind it.")
+        "Off by default: chunked reads into a reused buffer measured faster here (1 MiB file: 318-340 us "
+        "of CPU per request off, 400 on; docs/performance.md).")
     workers: int = setting(
         1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
         "and replaces them all, gracefully, on SIGHUP.")
