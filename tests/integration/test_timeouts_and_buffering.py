@@ -203,3 +203,72 @@ def test_many_clients_while_one_is_slow(proxy):
         for t in threads:
             t.join()
     assert results == [200] * 20
+
+
+def test_a_reader_that_stops_is_closed_after_send_timeout(start_proxy, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "big.bin").write_bytes(b"x" * (32 * 1024 * 1024))
+    proxy = start_proxy("""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [limits]
+        send_timeout = 1.0
+        [status]
+        [[routes]]
+        prefix = "/"
+        static = "www"
+    """)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Read nothing: the proxy's buffers fill, nothing moves for send_timeout, and it lets go.
+        wait_until(lambda: requests.get(proxy.url + "/_proxy/status").json()["connections"]["open"] <= 1,
+                   timeout=15, what="the stalled reader to be closed")
+        received = read_all(sock, 5)
+    assert len(received) < 32 * 1024 * 1024  # cut short, not completed
+
+
+def test_connect_timeout_is_504(start_proxy):
+    # A listener whose accept queue is full and never drained: Linux then drops new SYNs, so a
+    # connect on loopback hangs, as one to a dead host does.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(blackhole.getsockname())
+            fillers.append(filler)
+        port = blackhole.getsockname()[1]
+        proxy = start_proxy(single_upstream_config(f"127.0.0.1:{port}", "connect_timeout = 0.5"))
+        started = time.monotonic()
+        response = requests.get(proxy.url + "/", timeout=10)
+        assert response.status_code == 504
+        assert time.monotonic() - started < 5
+    finally:
+        for filler in fillers:
+            filler.close()
+        blackhole.close()
+
+
+def test_no_route_is_404_and_the_status_page_only_takes_get_and_head(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxy = start_proxy(f"""
+        [server]
+        listen = ["127.0.0.1:0"]
+        [upstreams.app]
+        servers = ["{upstream.address}"]
+        [status]
+        [[routes]]
+        prefix = "/api/"
+        upstream = "app"
+    """)
+    missing = requests.get(proxy.url + "/elsewhere")
+    assert missing.status_code == 404 and "404 Not Found" in missing.text
+    assert requests.head(proxy.url + "/_proxy/status").status_code == 200
+    posted = requests.post(proxy.url + "/_proxy/status", data=b"x")
+    assert posted.status_code == 405 and posted.headers["Allow"] == "GET, HEAD"
+    assert upstream.received == []
