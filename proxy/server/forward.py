@@ -17,6 +17,7 @@ on a new connection, so the client never sees a 502 for it.
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
 
 import h11
@@ -105,6 +106,14 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
             except UpstreamError as exc:
                 exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
                 raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=False) from None
+            if reused and head.method not in IDEMPOTENT:
+                # A request that must not be sent twice goes on a pooled connection only after one
+                # more turn of the loop: a FIN the server sent as it closed the idle connection is
+                # then seen (the connection is unusable) instead of failing the request after sending.
+                await asyncio.sleep(0)
+                if not conn.usable:
+                    conn.channel.close()
+                    continue
             exchange.reused = reused
             exchange.connect_time = 0.0 if reused else perf_counter() - began
             try:
