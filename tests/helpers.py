@@ -253,15 +253,28 @@ def status_of(response: bytes) -> int | None:
     return int(match[1]) if match else None
 
 
+def proxy_config(*, upstream: str | None = None, static: str | None = None, prefix: str = "/", server: str = "",
+                 limits: str = "", log: str = "", upstream_extra: str = "", status: bool = False) -> str:
+    """A proxy.toml on a free port of 127.0.0.1 with one route: forwarded to ``upstream``, served from
+    ``static``, or both. ``server``, ``limits``, ``log`` and ``upstream_extra`` are extra TOML lines
+    for those tables; ``status`` adds an empty [status] table."""
+    parts = ["[server]", 'listen = ["127.0.0.1:0"]', server]
+    if limits:
+        parts += ["[limits]", limits]
+    if log:
+        parts += ["[log]", log]
+    if upstream:
+        parts += ["[upstreams.app]", f'servers = ["{upstream}"]', upstream_extra]
+    if status:
+        parts.append("[status]")
+    parts += ["[[routes]]", f'prefix = "{prefix}"']
+    if static is not None:
+        parts.append(f'static = "{static}"')
+    if upstream:
+        parts.append('upstream = "app"')
+    return "\n".join(textwrap.dedent(part).strip() for part in parts if part) + "\n"
+
+
 def single_upstream_config(address: str, extra: str = "") -> str:
     """A proxy.toml that forwards everything to one server: the shape most tests need."""
-    return f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [upstreams.app]
-        servers = ["{address}"]
-        {extra}
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """
+    return proxy_config(upstream=address, upstream_extra=extra)

@@ -229,10 +229,6 @@ class ClientConnection:
         return f"<ClientConnection {self.h11.their_state}/{self.h11.our_state} requests={self.requests}>"
 
     @property
-    def awaiting_head(self) -> bool:
-        return self.h11.their_state is h11.IDLE
-
-    @property
     def head_started(self) -> bool:
         """Some bytes of the next request head have arrived."""
         return bool(self._head.strip(b"\r\n"))

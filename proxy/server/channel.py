@@ -151,10 +151,6 @@ class Channel(asyncio.Protocol):
         if not self._lost:
             self.transport.write(data)
 
-    def writelines(self, parts) -> None:
-        if not self._lost:
-            self.transport.writelines(parts)
-
     async def drain(self, timeout: float) -> None:
         """Wait until the transport's buffer is below its high-water mark.
 

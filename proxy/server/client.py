@@ -25,15 +25,16 @@ from ..http.responses import error_bytes, error_page, reason as reason_phrase
 from ..tls import https_location
 from .buffers import RequestBody
 from .channel import Channel
+from .forward import forward
 from .sendfile import send_file
 
 log = logging.getLogger("proxy")
 
 DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
-LINGER_SECONDS = 2.0
-SMALL_FILE = 64 * 1024
-PIPELINE_TURN = 16  # requests on one connection before it lets the others have the loop  # static bodies up to this size are written together with their head  # after an error answer, unread input is drained this long so the answer is not lost to an RST
+LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
+SMALL_FILE = 64 * 1024  # static bodies up to this size are written together with their head
+PIPELINE_TURN = 16  # requests on one connection before it lets the others have the loop
 
 
 class Exchange:
@@ -297,8 +298,6 @@ class ClientHandler:
                             raise
                 elif not route.upstream:
                     raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
-            from .forward import forward  # forward imports this module for Exchange
-
             group = runtime.groups[route.upstream]
             wanted = upgrade.decide(head.headers, head.http_version, group.config.upgrade)  # 400 if refused
             self.forwarding = True
@@ -409,12 +408,12 @@ class ClientHandler:
         """A complete response the proxy makes itself."""
         if not any(name == b"content-length" for name, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        self.start_response(exchange, status, headers)
         conn = self.conn
+        payload = self.response_head(exchange, status, headers)
         if body and exchange.head is not None and exchange.head.method != b"HEAD" and status not in (204, 304):
-            self.channel.write(conn.send(h11.Data(data=body)))
+            payload += conn.send(h11.Data(data=body))
             exchange.body_bytes += len(body)
-        self.channel.write(conn.send(h11.EndOfMessage()))
+        self.channel.write(payload + conn.send(h11.EndOfMessage()))  # one write: one send(2)
 
     def _answer_error(self, exc: ProxyError, exchange: Exchange) -> bool:
         """Answer an error; True when the connection stays open for the next request.

@@ -17,7 +17,6 @@ on a new connection, so the client never sees a 502 for it.
 
 from __future__ import annotations
 
-import asyncio
 from time import perf_counter
 
 import h11
@@ -47,6 +46,13 @@ class _Retry(Exception):
         self.error = error
         self.condition = condition  # "error", "timeout" or "http_50x", as in next_upstream
         self.sent = sent  # the request reached the server, so only idempotent methods may go again
+
+
+def _failed(exchange, error: UpstreamError, sent: bool) -> _Retry:
+    """A try that failed with ``error``: logged as the status nginx would log, classed as next_upstream does."""
+    timed_out = isinstance(error, UpstreamTimeout)
+    exchange.upstream_status.append("504" if timed_out else "502")
+    return _Retry(error, "timeout" if timed_out else "error", sent)
 
 
 async def forward(handler, head, body: RequestBody | None, group, exchange, upgrade=None) -> None:
@@ -102,18 +108,9 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
         retried_stale = False
         while True:
             try:
-                conn, reused = await peer.pool.acquire()
+                conn, reused = await peer.pool.acquire(settle=head.method not in IDEMPOTENT)
             except UpstreamError as exc:
-                exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
-                raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=False) from None
-            if reused and head.method not in IDEMPOTENT:
-                # A request that must not be sent twice goes on a pooled connection only after one
-                # more turn of the loop: a FIN the server sent as it closed the idle connection is
-                # then seen (the connection is unusable) instead of failing the request after sending.
-                await asyncio.sleep(0)
-                if not conn.usable:
-                    conn.channel.close()
-                    continue
+                raise _failed(exchange, exc, sent=False) from None
             exchange.reused = reused
             exchange.connect_time = 0.0 if reused else perf_counter() - began
             try:
@@ -121,15 +118,13 @@ async def _try(handler, peer, head, headers, body, exchange, upstream, more: boo
             except _Stale:
                 conn.channel.close()
                 if retried_stale or head.method not in IDEMPOTENT:
-                    exchange.upstream_status.append("502")
-                    raise _Retry(UpstreamError(f"{peer.address} closed a kept-alive connection"), "error",
-                                 sent=True) from None
+                    raise _failed(exchange, UpstreamError(f"{peer.address} closed a kept-alive connection"),
+                                  sent=True) from None
                 retried_stale = True  # the server closed an idle connection: a new one, same server
                 continue
             except UpstreamError as exc:
                 conn.channel.close()
-                exchange.upstream_status.append("504" if isinstance(exc, UpstreamTimeout) else "502")
-                raise _Retry(exc, "timeout" if isinstance(exc, UpstreamTimeout) else "error", sent=True) from None
+                raise _failed(exchange, exc, sent=True) from None
             except BaseException:
                 conn.channel.close()
                 raise
@@ -197,8 +192,9 @@ async def _relay(handler, conn, response: h11.Response, exchange, upstream) -> S
     channel = conn.channel
     protocol = conn.protocol
     client = handler.conn
-    framing = [(n, v) for n, v in response.headers if n == b"content-length"]
-    headers = client_response_headers(list(response.headers), via=runtime.via, extra=framing)
+    received = list(response.headers)  # h11's Headers iterates item by item: once is enough
+    framing = [(n, v) for n, v in received if n == b"content-length"]
+    headers = client_response_headers(received, via=runtime.via, extra=framing)
     handler.start_response(exchange, response.status_code, headers, response.reason)
     spool = Spool(handler.channel, upstream.buffer_bytes, upstream.max_temp_file_bytes,
                   runtime.config.server.temp_dir)

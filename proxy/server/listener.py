@@ -98,13 +98,20 @@ class Runtime:
             return b""
         return str(Address(name[0], name[1])).encode()
 
+    def at_capacity(self) -> bool:
+        """``[server] max_connections`` reached, counting TLS handshakes in progress (they hold memory
+        too); counts the refusal the caller is about to make, and logs the first and every 1000th."""
+        if len(self.handlers) + len(self.edge.handshakes) < self.config.server.max_connections:
+            return False
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning("max_connections (%d) reached: new connections are refused (%d so far)",
+                        self.config.server.max_connections, self.refused)
+        return True
+
     def accept(self, channel: Channel, scheme: bytes = b"http") -> None:
-        if len(self.handlers) + len(self.edge.handshakes) >= self.config.server.max_connections:
+        if self.at_capacity():
             # Answering costs one write; holding it would cost what the limit protects.
-            self.refused += 1
-            if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("max_connections (%d) reached: new connections get 503 (%d so far)",
-                            self.config.server.max_connections, self.refused)
             channel.write(error_bytes(503, self.server_name, self.clock.date(), extra=[(b"retry-after", b"1")]))
             channel.close()
             return

@@ -63,11 +63,8 @@ class _Holding(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         runtime = self._runtime
         edge = runtime.edge
-        if len(runtime.handlers) + len(edge.handshakes) >= runtime.config.server.max_connections:
-            # Handshakes in progress hold memory (TLS buffers) too, so they count against the limit;
-            # there is no way to say 503 before the handshake, so the connection is just closed.
-            runtime.refused += 1
-            transport.abort()
+        if runtime.at_capacity():
+            transport.abort()  # there is no way to say 503 before the handshake
             return
         # Not one byte of the ClientHello may be read before start_tls owns the transport: asyncio
         # happens not to read before the task runs, uvloop does (and the bytes would be lost).

@@ -54,12 +54,21 @@ class ServerPool:
     def __repr__(self) -> str:
         return f"<ServerPool {self.address} idle={len(self.idle)} connects={self.connects}>"
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool."""
-        now = self.loop.time()
+    async def acquire(self, settle: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for a request, and whether it was reused from the pool.
+
+        ``settle`` (for a request that must not be sent twice) lets the loop turn once before a
+        pooled connection is trusted: a FIN the server sent as it closed the idle connection is
+        then seen, and a new connection taken, instead of the request failing after it was sent.
+        """
         while self.idle:
             conn = self.idle.pop()
-            if conn.usable and now - conn.idle_since < self.idle_timeout:
+            if conn.usable and self.loop.time() - conn.idle_since < self.idle_timeout:
+                if settle:
+                    await asyncio.sleep(0)
+                    if not conn.usable:
+                        conn.channel.close()
+                        continue
                 return conn, True
             conn.channel.close()
         return await self.connect(), False

@@ -11,7 +11,7 @@ import threading
 
 import requests
 
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, proxy_config, wait_until
 
 
 def run_proxy(*args, cwd=ROOT, timeout=20):
@@ -65,17 +65,7 @@ def test_python_dash_m_and_console_script_agree():
 
 
 def test_sigterm_lets_in_flight_requests_finish(start_proxy, test_app_gunicorn):
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        grace_period = 10.0
-        [upstreams.app]
-        servers = ["{test_app_gunicorn.address}"]
-        [status]
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(proxy_config(upstream=test_app_gunicorn.address, server="grace_period = 10.0", status=True))
     idle = socket.create_connection(("127.0.0.1", proxy.port))  # an idle keep-alive client
     late = socket.create_connection(("127.0.0.1", proxy.port))  # one that sends just after the stop began
     result = {}
@@ -114,15 +104,7 @@ def refused(port: int) -> bool:
 def test_json_access_log(start_proxy, tmp_path):
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "a.txt").write_text("a")
-    proxy = start_proxy("""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [log]
-        format = "json"
-        [[routes]]
-        prefix = "/"
-        static = "www"
-    """)
+    proxy = start_proxy(proxy_config(static="www", log='format = "json"'))
     requests.get(proxy.url + "/a.txt", headers={"User-Agent": 'say "hi"', "X-Request-ID": "rid-1"})
     line = wait_until(lambda: next((x for x in proxy.access_lines() if x.startswith("{")), None),
                       what="an access line")
@@ -137,15 +119,7 @@ def test_json_access_log(start_proxy, tmp_path):
 def test_access_log_to_file_and_off(start_proxy, tmp_path):
     (tmp_path / "www").mkdir()
     log = tmp_path / "access.log"
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [log]
-        access = "{log}"
-        [[routes]]
-        prefix = "/"
-        static = "www"
-    """)
+    proxy = start_proxy(proxy_config(static="www", log=f'access = "{log}"'))
     requests.get(proxy.url + "/missing")
     wait_until(lambda: log.exists() and '"GET /missing HTTP/1.1" 404' in log.read_text(), what="the log file line")
     assert proxy.access_lines() == []

@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import GunicornProcess, wait_until
+from tests.helpers import GunicornProcess, proxy_config, single_upstream_config, wait_until
 
 SLOW_CLIENTS = 30
 
@@ -40,16 +40,7 @@ def sync_gunicorn():
 
 
 def test_slow_clients_starve_sync_workers_but_not_the_proxy(start_proxy, sync_gunicorn):
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [upstreams.app]
-        servers = ["{sync_gunicorn.address}"]
-        keepalive = 0
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(single_upstream_config(sync_gunicorn.address, "keepalive = 0"))
     slow_direct = open_slow_clients(sync_gunicorn.port, SLOW_CLIENTS)
     slow_proxied = open_slow_clients(proxy.port, SLOW_CLIENTS)
     try:
@@ -78,18 +69,7 @@ def test_thousands_of_idle_keepalive_connections(start_proxy, recording_upstream
     count = 2000
     _raise_fd_limit(count * 2 + 200)
     upstream = recording_upstream()
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [limits]
-        keepalive_timeout = 8.0
-        [upstreams.app]
-        servers = ["{upstream.address}"]
-        [status]
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(proxy_config(upstream=upstream.address, limits="keepalive_timeout = 8.0", status=True))
     idle = []
     try:
         for _ in range(count):
@@ -126,16 +106,8 @@ def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_p
     www.mkdir()
     with open(www / "big.bin", "wb") as fh:
         fh.truncate(1024**3)  # sparse: 1 GiB on paper, no disk used
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        sendfile = {sendfile}
-        event_loop = "{event_loop}"
-        [status]
-        [[routes]]
-        prefix = "/"
-        static = "www"
-    """)
+    proxy = start_proxy(proxy_config(static="www", server=f'sendfile = {sendfile}\nevent_loop = "{event_loop}"',
+                                     status=True))
     before = rss_of(proxy)
     readers = []
     try:
@@ -163,17 +135,7 @@ def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_p
 def test_large_proxied_responses_to_slow_readers_keep_memory_bounded(start_proxy, test_app_gunicorn, tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        temp_dir = "{spool}"
-        [upstreams.app]
-        servers = ["{test_app_gunicorn.address}"]
-        [status]
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(proxy_config(upstream=test_app_gunicorn.address, server=f'temp_dir = "{spool}"', status=True))
     before = rss_of(proxy)
     readers = []
     try:
@@ -205,17 +167,8 @@ def test_send_timeout_is_time_without_progress_not_time_for_the_whole_file(start
     www.mkdir()
     size = 12 * 1024 * 1024  # well beyond what the kernel's socket buffers absorb at once
     (www / "four.bin").write_bytes(os.urandom(size))
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        sendfile = {sendfile}
-        event_loop = "asyncio"
-        [limits]
-        send_timeout = 0.5
-        [[routes]]
-        prefix = "/"
-        static = "www"
-    """)
+    proxy = start_proxy(proxy_config(static="www", server=f'sendfile = {sendfile}\nevent_loop = "asyncio"',
+                                     limits="send_timeout = 0.5"))
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         sock.sendall(b"GET /four.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -9,7 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, single_upstream_config, status_of, wait_until
+from tests.helpers import (ProxyProcess, RecordingUpstream, proxy_config, raw_request, single_upstream_config,
+                           status_of, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +155,8 @@ def test_server_closing_kept_alive_connections_never_shows_as_502(start_proxy, r
 
 
 def test_slow_reader_does_not_hold_the_upstream(start_proxy, test_app_gunicorn):
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [upstreams.app]
-        servers = ["{test_app_gunicorn.address}"]
-        buffer_bytes = "64k"
-        [status]
-        [[routes]]
-        prefix = "/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(proxy_config(upstream=test_app_gunicorn.address, upstream_extra='buffer_bytes = "64k"',
+                                     status=True))
     size = 30_000_000
     with socket.create_connection(("127.0.0.1", proxy.port)) as slow:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
@@ -209,16 +201,7 @@ def test_a_reader_that_stops_is_closed_after_send_timeout(start_proxy, tmp_path)
     www = tmp_path / "www"
     www.mkdir()
     (www / "big.bin").write_bytes(b"x" * (32 * 1024 * 1024))
-    proxy = start_proxy("""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [limits]
-        send_timeout = 1.0
-        [status]
-        [[routes]]
-        prefix = "/"
-        static = "www"
-    """)
+    proxy = start_proxy(proxy_config(static="www", limits="send_timeout = 1.0", status=True))
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -256,16 +239,7 @@ def test_connect_timeout_is_504(start_proxy):
 
 def test_no_route_is_404_and_the_status_page_only_takes_get_and_head(start_proxy, recording_upstream):
     upstream = recording_upstream()
-    proxy = start_proxy(f"""
-        [server]
-        listen = ["127.0.0.1:0"]
-        [upstreams.app]
-        servers = ["{upstream.address}"]
-        [status]
-        [[routes]]
-        prefix = "/api/"
-        upstream = "app"
-    """)
+    proxy = start_proxy(proxy_config(upstream=upstream.address, prefix="/api/", status=True))
     missing = requests.get(proxy.url + "/elsewhere")
     assert missing.status_code == 404 and "404 Not Found" in missing.text
     assert requests.head(proxy.url + "/_proxy/status").status_code == 200
