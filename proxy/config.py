@@ -281,7 +281,8 @@ def _convert_optional_file(value: Any, ctx: Context) -> Path | None:
 
 
 _SERVER_NAME_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")  # RFC 9110 7.8 protocol
+# RFC 9110 7.8: protocol-name ["/" protocol-version], each a token; compared lower-cased.
+_PROTOCOL_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")
 
 
 def _convert_server_name(value: Any, ctx: Context) -> str:
@@ -291,7 +292,7 @@ def _convert_server_name(value: Any, ctx: Context) -> str:
 
 
 def _convert_protocol(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.match(value.lower()):
+    if not isinstance(value, str) or not _PROTOCOL_RE.match(value.lower()):
         raise Invalid
     return value.lower()
 

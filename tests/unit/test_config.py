@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,33 @@ def test_addresses(value, expected):
 def test_bad_addresses(value):
     with pytest.raises(config.Invalid):
         parse_address(value)
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("twotier", True), ("TwoTier", True), ("My-Proxy", True), ("edge_1.2~x", True),
+    ("", False), ("two tier", False), ("a/b", False), ("caf\u00e9", False), ('"q"', False),
+])
+def test_server_name_is_any_http_token(tmp_path, name, ok):
+    # Both directions: the names the message promises are taken as written, the rest refused.
+    text = f"[server]\nname = {json.dumps(name)}\n"  # a JSON string is a TOML basic string
+    if ok:
+        assert load_text(tmp_path, text).server.name == name
+    else:
+        with pytest.raises(ConfigError, match="server.name: expected a name of letters"):
+            load_text(tmp_path, text)
+
+
+@pytest.mark.parametrize("protocols, expected", [
+    ('["websocket"]', ("websocket",)), ('["WebSocket", "foo/2"]', ("websocket", "foo/2")), ("[]", ()),
+    ('["a b"]', None), ('["x/y/z"]', None), ('[""]', None),
+])
+def test_upgrade_protocols(tmp_path, protocols, expected):
+    text = f'[upstreams.app]\nservers = ["a:1"]\nupgrade = {protocols}\n'
+    if expected is not None:
+        assert load_text(tmp_path, text).upstreams["app"].upgrade == expected
+    else:
+        with pytest.raises(ConfigError, match="upstreams.app.upgrade: expected a list of an Upgrade protocol"):
+            load_text(tmp_path, text)
 
 
 def test_reference_doc_is_current():
