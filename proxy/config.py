@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,50 @@ def parse_address(value: Any) -> Address:
             raise Invalid from None
     else:
         host = match["host"]
+        # A host name never ends in an all-numeric label (RFC 1123 2.1, RFC 3696 2), so "999.1.1.1"
+        # is a mistyped IPv4 address, not a name to look up.
+        if host.rpartition(".")[2].isdigit():
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise Invalid(f"{host} is not a valid IPv4 address") from None
     return Address(host, port)
+
+
+ALL_ADDRESSES = "0.0.0.0"
+_PORT_ONLY_RE = re.compile(r"^(?:\*?:)?(\d{1,5})$")
+
+
+def parse_listen(value: Any) -> Address:
+    """An address to listen on, checked as ``nginx -t`` checks one.
+
+    ``"8080"``, ``":8080"`` and ``"*:8080"`` mean every IPv4 address, as in
+    nginx (``"[::]:8080"`` is every IPv6 one). A host name must resolve now:
+    the proxy binds it at start, and a name that does not resolve would only
+    fail then.
+    """
+    match = _PORT_ONLY_RE.match(value.strip()) if isinstance(value, str) else None
+    if match:
+        address = Address(ALL_ADDRESSES, int(match[1]))
+        if address.port > 65535:
+            raise Invalid
+        return address
+    address = parse_address(value)
+    if is_ip_literal(address.host):
+        return address
+    try:
+        socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Invalid(f"cannot resolve {address.host!r} to an address to listen on ({exc.strerror})") from None
+    return address
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _list_of(kind: Kind, *, non_empty: bool = True) -> Kind:
@@ -201,6 +245,7 @@ COUNT = Kind("a whole number >= 0", _convert_count)
 SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
+LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
 PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
 HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
@@ -309,8 +354,9 @@ PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 @dataclass(frozen=True)
 class ServerSettings:
     listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8080),), _list_of(ADDRESS),
-        "Addresses to accept connections on; several allowed. Port 0 picks a free port.",
+        (Address("127.0.0.1", 8080),), _list_of(LISTEN),
+        "Addresses to accept connections on; several allowed. Port 0 picks a free port. A host name must "
+        'resolve when the file is loaded; "8080" alone is "0.0.0.0:8080" (nginx\'s listen 8080).',
         shown='["127.0.0.1:8080"]')
     name: str = setting("twotier", TOKEN, "Product name sent in the Server and Via headers.")
     sendfile: bool = setting(
@@ -517,7 +563,7 @@ class TlsSettings:
     """TLS termination; on when [tls] is present. Certificates are checked when the file is loaded."""
 
     listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8443),), _list_of(ADDRESS), "Addresses that speak HTTPS.",
+        (Address("127.0.0.1", 8443),), _list_of(LISTEN), "Addresses that speak HTTPS (written as [server].listen).",
         shown='["127.0.0.1:8443"]')
     certificate: Path = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "

@@ -16,11 +16,10 @@ passive checks have not taken it out (``max_fails`` failures within
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 
-from ..config import Address, ServerSpec, Upstream
+from ..config import Address, ServerSpec, Upstream, is_ip_literal
 from .balancer import POLICIES
 from .health import HealthState, check_forever
 from .pool import ServerPool
@@ -83,7 +82,7 @@ class UpstreamGroup:
         self.peers: list[Peer] = []
         self._resolver: asyncio.Task | None = None
         for spec in config.servers:
-            if _is_ip(spec.address.host):
+            if is_ip_literal(spec.address.host):
                 self._add(spec, spec.address)
 
     def __repr__(self) -> str:
@@ -93,7 +92,7 @@ class UpstreamGroup:
 
     async def start(self) -> None:
         """Resolve host names once (so the first requests have servers), then keep them fresh."""
-        named = [spec for spec in self.config.servers if not _is_ip(spec.address.host)]
+        named = [spec for spec in self.config.servers if not is_ip_literal(spec.address.host)]
         if named:
             await self.resolve(named)
             self._resolver = self.loop.create_task(self._resolve_forever(named))
@@ -216,11 +215,3 @@ class UpstreamGroup:
         now = self.loop.time()
         waits = [p.failed_until - now for p in self.peers if p.failed_until > now]
         return max(1, int(min(waits)) + 1) if waits else 1
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False

@@ -147,6 +147,35 @@ def test_upgrade_protocols(tmp_path, protocols, expected):
             load_text(tmp_path, text)
 
 
+@pytest.mark.parametrize("listen, expected", [
+    ('["8080"]', Address("0.0.0.0", 8080)), ('[":8080"]', Address("0.0.0.0", 8080)),
+    ('["*:8080"]', Address("0.0.0.0", 8080)), ('"localhost:0"', Address("localhost", 0)),
+    ('["[::]:80"]', Address("::", 80)),
+])
+def test_listen_accepts_what_nginx_accepts(tmp_path, listen, expected):
+    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (expected,)
+
+
+@pytest.mark.parametrize("listen, message", [
+    ("999.1.1.1:80", "server.listen: 999.1.1.1 is not a valid IPv4 address"),
+    ("1.2.3:80", "server.listen: 1.2.3 is not a valid IPv4 address"),
+    ("no-such-host.invalid:80", "server.listen: cannot resolve 'no-such-host.invalid' to an address to listen on"),
+    (":99999", "server.listen: expected a list of"),
+    ("localhost:65536", "server.listen: expected a list of"),
+])
+def test_listen_is_checked_as_nginx_t_does(tmp_path, listen, message):
+    # --check-config loads the file this way: what it calls ok must also bind.
+    with pytest.raises(ConfigError, match=message):
+        load_text(tmp_path, f'[server]\nlisten = ["{listen}"]\n')
+    with pytest.raises(ConfigError, match=message.replace("server.", "tls.")):
+        load_text(tmp_path, f'[tls]\nlisten = ["{listen}"]\ncertificate = "x.pem"\n')
+
+
+def test_a_mistyped_ip_is_not_taken_for_an_upstream_host_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"upstreams.app.servers: 10.0.0.256 is not a valid IPv4 address"):
+        load_text(tmp_path, '[upstreams.app]\nservers = ["10.0.0.256:8000"]\n')
+
+
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert config.reference() in doc, "regenerate: python -m proxy.config --update docs/configuration.md"
