@@ -213,6 +213,28 @@ def _convert_folder(value: Any, ctx: Context) -> Path | None:
     return folder
 
 
+def _path(value: str, ctx: Context) -> str:
+    """An absolute path: a relative one is relative to the config file's folder, never the current
+    directory (which differs between a shell, systemd and a container). Symlinks are kept, so a
+    reload or a log reopen follows a changed link."""
+    return os.path.abspath(ctx.base / value)
+
+
+def _output_file(*special: str) -> Callable[[Any, Context], str]:
+    """A file the proxy writes (a log, the pid file), or one of the ``special`` words as written."""
+    def convert(value: Any, ctx: Context) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise Invalid
+        return value if value in special else _path(value, ctx)
+
+    return convert
+
+
+def _convert_temp_dir(value: Any, ctx: Context) -> str:
+    folder = _convert_folder(value, ctx)
+    return "" if folder is None else str(folder)
+
+
 def _convert_prefix(value: Any, ctx: Context) -> str:
     # Printable ASCII without quotes or backslashes: a prefix is also written into the
     # Server-Timing header's quoted desc, and headers are not re-validated on the way out.
@@ -247,6 +269,9 @@ SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda 
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
+TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir)
+ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"))
+ERROR_LOG = Kind('a file (relative to the config file) or "-"', _output_file("-"))
 PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
 HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
 TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
@@ -376,7 +401,7 @@ class ServerSettings:
     grace_period: float = setting(
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
-        "", STRING, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+        "", TEMP_DIR, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
 
 
 @dataclass(frozen=True)
@@ -403,10 +428,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class LogSettings:
-    access: str = setting("-", STRING, 'Access log: a file path, "-" for standard output, or "off".')
+    access: str = setting("-", ACCESS_LOG, 'Access log: a file, "-" for standard output, or "off".')
     format: str = setting("combined", _choice("combined", "json"),
                           'Access log format: nginx "combined" plus timings, or one JSON object per line.')
-    error: str = setting("-", STRING, 'Error and state-change log: a file path, or "-" for standard error.')
+    error: str = setting("-", ERROR_LOG, 'Error and state-change log: a file, or "-" for standard error.')
 
 
 @dataclass(frozen=True)

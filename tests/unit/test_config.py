@@ -176,6 +176,27 @@ def test_a_mistyped_ip_is_not_taken_for_an_upstream_host_name(tmp_path):
         load_text(tmp_path, '[upstreams.app]\nservers = ["10.0.0.256:8000"]\n')
 
 
+def test_paths_are_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    # The current directory differs between a shell, systemd and a container; the file's folder does not.
+    (tmp_path / "spill").mkdir()
+    monkeypatch.chdir("/")
+    cfg = load_text(tmp_path, '[server]\ntemp_dir = "spill"\n[log]\naccess = "logs/access.log"\n'
+                              'error = "../error.log"\n')
+    assert cfg.server.temp_dir == str(tmp_path / "spill")
+    assert cfg.log.access == str(tmp_path / "logs" / "access.log")
+    assert cfg.log.error == str(tmp_path.parent / "error.log")
+
+
+def test_log_words_are_kept_as_written(tmp_path):
+    cfg = load_text(tmp_path, '[log]\naccess = "off"\nerror = "-"\n')
+    assert (cfg.log.access, cfg.log.error) == ("off", "-")
+    assert load_text(tmp_path, '[log]\naccess = "-"\n').log.access == "-"
+    with pytest.raises(ConfigError, match="server.temp_dir: folder .*nope does not exist"):
+        load_text(tmp_path, '[server]\ntemp_dir = "nope"\n')
+    with pytest.raises(ConfigError, match="log.access: expected a file"):
+        load_text(tmp_path, '[log]\naccess = ""\n')
+
+
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert config.reference() in doc, "regenerate: python -m proxy.config --update docs/configuration.md"
