@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import IO
 
 
@@ -41,6 +42,12 @@ class AccessRecord:
     tunnel_bytes_to_upstream: int = 0
     tunnel_bytes_to_client: int = 0
     tunnel_end: str = ""  # who ended it: "client", "upstream", "idle" or "shutdown"
+
+
+def iso8601(when: float) -> str:
+    """Seconds since the epoch as local time in ISO 8601 with milliseconds and the UTC offset
+    (nginx's $time_iso8601, to the millisecond): 2026-11-25T14:03:07.112+01:00."""
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="milliseconds")
 
 
 def _seconds(value: float | None) -> str:

@@ -223,7 +223,7 @@ def _path(value: str, ctx: Context) -> str:
 def _output_file(*special: str) -> Callable[[Any, Context], str]:
     """A file the proxy writes (a log, the pid file), or one of the ``special`` words as written."""
     def convert(value: Any, ctx: Context) -> str:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or (not value.strip() and value not in special):
             raise Invalid
         return value if value in special else _path(value, ctx)
 
@@ -272,6 +272,7 @@ FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _conve
 TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir)
 ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"))
 ERROR_LOG = Kind('a file (relative to the config file) or "-"', _output_file("-"))
+PID_FILE = Kind('a file (relative to the config file), or "" for none', _output_file(""))
 PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
 HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
 TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
@@ -402,6 +403,9 @@ class ServerSettings:
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
         "", TEMP_DIR, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+    pid_file: str = setting(
+        "", PID_FILE, "File the master process writes its pid to at start and removes at exit (nginx's pid): "
+        "where to send SIGHUP (reload) or SIGTERM (stop). The status page shows the same pid as master_pid.")
 
 
 @dataclass(frozen=True)
