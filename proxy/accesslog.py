@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import IO
@@ -116,8 +117,27 @@ def cannot_open(target: str) -> str | None:
         return f"cannot open {target} for appending: {exc.strerror}"
 
 
+# This process's access logs that write to a file, for reopen_access_logs (SIGUSR1).
+_FILES: "weakref.WeakSet[AccessLog]" = weakref.WeakSet()
+
+
+def reopen_access_logs() -> list[str]:
+    """Open every access log file of this process again by its name, after log rotation renamed it.
+
+    Returns what could not be reopened (that log keeps writing to the file it had).
+    """
+    problems = []
+    for log in list(_FILES):
+        try:
+            log.reopen()
+        except OSError as exc:
+            problems.append(f"cannot reopen {log.target}: {exc.strerror}")
+    return problems
+
+
 class AccessLog:
     def __init__(self, target: str, fmt: str) -> None:
+        self.target = target
         self._format = FORMATS[fmt]
         self._pending: list[str] = []
         self._stream: IO[str] | None
@@ -126,11 +146,20 @@ class AccessLog:
         elif target == "-":
             self._stream = sys.stdout
         else:
-            self._stream = open(target, "a", encoding="utf-8", errors="backslashreplace")
+            self._stream = self._open()
+            _FILES.add(self)
 
-    @property
-    def enabled(self) -> bool:
-        return self._stream is not None
+    def _open(self) -> IO[str]:
+        return open(self.target, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Write to a file of this name from now on (raises OSError and keeps the old one if it cannot)."""
+        if self not in _FILES:
+            return
+        new = self._open()
+        self.flush()
+        old, self._stream = self._stream, new
+        old.close()
 
     def write(self, record: AccessRecord) -> None:
         if self._stream is None:
@@ -155,5 +184,6 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._stream not in (None, sys.stdout):
+        if self in _FILES:
+            _FILES.discard(self)
             self._stream.close()

@@ -12,6 +12,12 @@ closing a socket. Signals, as nginx and Gunicorn use them:
   listening sockets are bound as needed, new workers start with the new
   configuration, and once they are ready the old ones are told to finish
   their in-flight requests and exit. Nothing that reached a socket is lost.
+  The master reopens its error log first, so the new workers write to a
+  file of that name (the new workers open the access log themselves).
+* SIGUSR1: reopen the log files (after log rotation renamed them), as
+  nginx does: the master reopens its error log and passes the signal to
+  every worker, which reopens its access and error logs. Nothing else
+  changes. (Without a handler, SIGUSR1 would end the process.)
 * SIGCHLD: a worker ended. If nobody asked it to, it is logged with its
   exit status and replaced (with a growing delay if it keeps dying).
   Either way the counters it last published are folded into the totals the
@@ -42,6 +48,7 @@ from .. import config as config_module
 from ..accesslog import cannot_open
 from ..config import Address, Config
 from ..errors import ConfigError
+from ..logfiles import reopen_log_files
 from ..metrics import NOTHING_RETIRED, master_view, retire
 from ..tls import Certificates, describe, load_certificates
 from .board import Board
@@ -52,7 +59,7 @@ log = logging.getLogger("proxy")
 
 READY_TIMEOUT = 30.0  # a new worker that is not accepting by then is abandoned
 RESTART_DELAY_MAX = 5.0
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
 
 @dataclass
@@ -343,6 +350,14 @@ class Master:
     def handle_sigchld(self) -> None:
         pass  # _reap runs after every signal
 
+    def handle_sigusr1(self) -> None:
+        _reopen_logs("master")
+        for worker in self.workers.values():
+            try:
+                os.kill(worker.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
     def _stop(self, name: str, sig: int) -> None:
         if self.stopping and sig != signal.SIGQUIT:
             return
@@ -396,8 +411,18 @@ class Master:
         self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
         self.config = new
+        _reopen_logs("master", "SIGHUP")  # the new workers inherit the master's error log: a fresh one
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
         self.spawn_generation()
+
+
+def _reopen_logs(who: str, why: str = "SIGUSR1") -> None:
+    """Reopen this process's log files, and say so in the (new) error log."""
+    problems = reopen_log_files()
+    for problem in problems:
+        log.error("%s %d: %s: %s; still writing to the old file", who, os.getpid(), why, problem)
+    if not problems:
+        log.info("%s %d: log files reopened (%s)", who, os.getpid(), why)
 
 
 def _describe(status: int) -> str:
@@ -428,6 +453,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
     # Ctrl-C and a SIGHUP sent to the process group reach the workers too; the master decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the loop reopens the logs on it, below
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by the master around fork()
     master = os.getppid()
@@ -442,6 +468,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
 
         loop.add_signal_handler(signal.SIGTERM, request_stop, None)
         loop.add_signal_handler(signal.SIGQUIT, request_stop, 0.0)
+        loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, "worker")
 
         def orphaned() -> None:
             if os.getppid() != master:

@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from tests.helpers import raw_request, status_of, wait_until
+from tests.helpers import Process, RecordingUpstream, raw_request, status_of, wait_until
 
 
 def config(upstream: str, workers: int = 2, extra: str = "") -> str:
@@ -256,3 +256,38 @@ def test_counters_and_start_time_survive_a_reload(start_proxy, recording_upstrea
     assert after["master_pid"] == proxy.pid
     assert requests.get(proxy.url + "/count-me").status_code == 200
     assert wait_until(lambda: metric(proxy, served) == 31, what="the new workers' count on top")
+
+
+def test_sigusr1_reopens_the_log_files_after_rotation(tmp_path):
+    """logrotate's way: rename the files, then SIGUSR1 to the master (nginx's signal for it)."""
+    upstream = RecordingUpstream()
+    config_path = tmp_path / "proxy.toml"
+    config_path.write_text(config(upstream.address, workers=2, extra='pid_file = "proxy.pid"').replace(
+        "[status]", '[log]\naccess = "access.log"\nerror = "error.log"\n[status]'))
+    proxy = Process([sys.executable, "-m", "proxy", "--config", str(config_path)])
+    access, error = tmp_path / "access.log", tmp_path / "error.log"  # relative to the config file's folder
+    try:
+        wait_until(lambda: error.exists() and len(re.findall(r"is accepting", error.read_text())) == 2,
+                   what="two workers, in error.log")
+        workers = {int(pid) for pid in re.findall(r"worker (\d+) \(generation", error.read_text())}
+        url = "http://" + re.search(r"listening on http://(\S+)/", error.read_text())[1]
+        requests.get(url + "/before")
+        wait_until(lambda: "/before" in access.read_text(), what="the first access line")
+        access.rename(tmp_path / "access.log.1")
+        error.rename(tmp_path / "error.log.1")
+
+        os.kill(int((tmp_path / "proxy.pid").read_text()), signal.SIGUSR1)
+        reopened = [rf"master {proxy.pid}: log files reopened \(SIGUSR1\)",
+                    *(rf"worker {pid}: log files reopened \(SIGUSR1\)" for pid in workers)]
+        wait_until(lambda: error.exists() and all(re.search(p, error.read_text()) for p in reopened),
+                   what="the master and both workers to reopen, in the new error.log")
+        for _ in range(10):  # a new connection each time: both workers
+            assert requests.get(url + "/after").status_code == 200
+        wait_until(lambda: access.exists() and access.read_text().count("/after") == 10,
+                   what="every new line in the new access.log")
+        assert "/after" not in (tmp_path / "access.log.1").read_text()
+        assert "reopened" not in (tmp_path / "error.log.1").read_text()
+        assert proxy.proc.poll() is None and all(live(pid) for pid in workers)
+    finally:
+        assert proxy.stop() == 0
+        upstream.close()

@@ -33,3 +33,24 @@ def test_combined_escapes_what_could_forge_a_field_or_a_line():
 def test_json_line_round_trips():
     data = json.loads(format_json(record(user_agent='say "hi"\x85')))
     assert data["user_agent"] == 'say "hi"\x85' and data["status"] == 200
+
+
+def test_reopen_follows_the_name_after_rotation(tmp_path):
+    from proxy.accesslog import AccessLog, reopen_access_logs
+
+    path = tmp_path / "logs" / "access.log"
+    path.parent.mkdir()
+    log = AccessLog(str(path), "combined")
+    try:
+        log.write(record(request="GET /one HTTP/1.1"))
+        path.rename(tmp_path / "logs" / "access.log.1")
+        assert reopen_access_logs() == []
+        log.write(record(request="GET /two HTTP/1.1"))
+        assert "/one" in (tmp_path / "logs" / "access.log.1").read_text() and "/two" in path.read_text()
+        path.parent.rename(tmp_path / "rotated")  # nowhere to reopen: said, and the old file keeps the lines
+        assert reopen_access_logs() == [f"cannot reopen {path}: No such file or directory"]
+        log.write(record(request="GET /three HTTP/1.1"))
+        assert "/three" in (tmp_path / "rotated" / "access.log").read_text()
+    finally:
+        log.close()
+    assert reopen_access_logs() == []  # a closed log is forgotten
