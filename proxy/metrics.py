@@ -28,13 +28,14 @@ import time
 from collections import Counter
 
 from .accesslog import AccessRecord, iso8601
+from .upstream.group import STATES
 
 # Request duration buckets in seconds (Prometheus client defaults, which suit web requests).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# A server's state as most workers see it; on a tie, the one that needs attention.
-STATES = ("up", "down", "failed", "draining")
-_SEVERITY = {"draining": 3, "down": 2, "failed": 1, "up": 0}
+# A server's state as most workers see it (upstream/group.py says what each means); on a tie, the one
+# that needs attention.
+_SEVERITY = {state: rank for rank, state in enumerate(STATES)}
 
 # Per-server numbers that add up across workers; the counters among them also across workers' lives
 # (in_flight and idle_connections describe now, so a departed worker's are not kept).
