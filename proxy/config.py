@@ -536,7 +536,7 @@ class Upstream:
         "Beyond buffer_bytes, up to this much of a response is spilled to a temporary file so the app server "
         "is released early; 0 = never spill (the upstream is then read at the client's pace).",
         shown='"1g"')
-    # Edge protocols (issue 6): which Upgrade requests become tunnels to this group, and how long one may idle.
+    # Edge protocols: which Upgrade requests become tunnels to this group, and how long one may idle.
     upgrade: tuple[str, ...] = setting(
         ("websocket",), _list_of(PROTOCOL, non_empty=False),
         "Protocols a client may switch to (Connection: Upgrade) on this group's servers; when a server answers "
