@@ -268,6 +268,11 @@ def test_make_up_launcher_stops_both_tiers_on_ctrl_c():
         page = requests.get(launcher.url + "/")
         assert page.status_code == 200 and "twotier" in page.text
         seen = requests.get(launcher.url + "/api/whoami").json()
+        # The shipped proxy.toml has [status] for loopback clients: the proxy answers, not Flask's 404.
+        status = requests.get(launcher.url + "/_proxy/status")
+        assert status.headers["Content-Type"].startswith("application/json")
+        assert status.json()["upstreams"]["app"]["servers"][0]["address"] == f"127.0.0.1:{launcher.app_port}"
+        assert 'proxy_requests_total{route="/api/",status="200"}' in requests.get(launcher.url + "/_proxy/metrics").text
         started = children(launcher.pid)
         assert seen["worker_pid"] in started
         assert len(started) >= 4  # the proxy, the gunicorn master and its workers

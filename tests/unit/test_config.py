@@ -203,7 +203,10 @@ def test_reference_doc_is_current():
 
 
 def test_shipped_configs_are_valid():
-    assert [s.address for s in config.load(ROOT / "proxy.toml").upstreams["app"].servers] == [Address("127.0.0.1", 8000)]
+    shipped = config.load(ROOT / "proxy.toml")
+    assert [s.address for s in shipped.upstreams["app"].servers] == [Address("127.0.0.1", 8000)]
+    # make up's status pages (the demo page links them), for this machine only
+    assert shipped.status is not None and shipped.status.allows("127.0.0.1") and not shipped.status.allows("10.0.0.1")
 
 
 def test_upstream_group_settings(tmp_path):
