@@ -14,6 +14,7 @@ the whole file (routes naming upstreams, duplicate listeners) run last.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import os
@@ -49,10 +50,15 @@ class Context:
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of value: what a user is told to write, and how it is converted."""
+    """A kind of value: what a user is told to write, and how it is converted.
+
+    ``path_words``: for a path relative to the config file's folder, the
+    values that are words rather than paths ("-", "off", ""); None otherwise.
+    """
 
     expected: str
     convert: Callable[[Any, Context], Any]
+    path_words: tuple[str, ...] | None = None
 
 
 def setting(default: Any, kind: Kind, doc: str, *, shown: str | None = None) -> Any:
@@ -268,11 +274,11 @@ SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
-FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
-TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir)
-ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"))
-ERROR_LOG = Kind('a file (relative to the config file) or "-"', _output_file("-"))
-PID_FILE = Kind('a file (relative to the config file), or "" for none', _output_file(""))
+FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder, ("",))
+TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir, ("",))
+ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"), ("-", "off"))
+ERROR_LOG = Kind('a file (relative to the config file) or "-"', _output_file("-"), ("-",))
+PID_FILE = Kind('a file (relative to the config file), or "" for none', _output_file(""), ("",))
 PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
 HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
 TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
@@ -368,9 +374,9 @@ def _convert_protocol(value: Any, ctx: Context) -> str:
     return value.lower()
 
 
-PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file)
+PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file, ())
 PEM_KEY = Kind('a PEM file (relative to the config file), or "" when the key is in the certificate file',
-               _convert_optional_file)
+               _convert_optional_file, ("",))
 SERVER_NAME = Kind('a host name like "api.example.test" or "*.example.test"', _convert_server_name)
 PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 
@@ -722,6 +728,30 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
                     **sections)
     _cross_check(config)
     return config
+
+
+def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a parsed proxy.toml whose relative paths are made absolute against ``base``, the folder
+    of the file it came from: the same configuration, written anywhere (appserver.stack writes one)."""
+    out = copy.deepcopy(data)
+
+    def fix(cls: type, table: Any) -> None:
+        for f in dataclasses.fields(cls) if isinstance(table, dict) else ():
+            kind = f.metadata.get("kind")
+            value = table.get(f.name)
+            if kind is not None and kind.path_words is not None and isinstance(value, str) \
+                    and value not in kind.path_words:
+                table[f.name] = os.path.join(base, value)  # an absolute value stays as it is
+
+    for name, cls in SECTIONS.items():
+        fix(cls, out.get(name))
+    for route in out.get("routes", []) if isinstance(out.get("routes"), list) else ():
+        fix(Route, route)
+    tls = out.get("tls")
+    fix(TlsSettings, tls)
+    for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
+        fix(Site, site)
+    return out
 
 
 def _cross_check(config: Config) -> None:

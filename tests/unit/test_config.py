@@ -254,3 +254,16 @@ def test_event_loop_choice(tmp_path):
             load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n')
     else:
         assert load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n').server.event_loop == "uvloop"
+
+
+def test_with_absolute_paths_keeps_words_and_absolute_paths():
+    data = {"log": {"access": "off", "error": "err.log"}, "server": {"pid_file": "", "temp_dir": "/var/tmp"},
+            "tls": {"certificate": "certs/c.pem", "key": "", "sites": [{"names": ["a.test"], "certificate": "s.pem"}]},
+            "routes": [{"prefix": "/", "static": "www", "upstream": "app"}]}
+    out = config.with_absolute_paths(data, Path("/etc/twotier"))
+    assert out["log"] == {"access": "off", "error": "/etc/twotier/err.log"}
+    assert out["server"] == {"pid_file": "", "temp_dir": "/var/tmp"}
+    assert (out["tls"]["certificate"], out["tls"]["key"]) == ("/etc/twotier/certs/c.pem", "")
+    assert out["tls"]["sites"][0]["certificate"] == "/etc/twotier/s.pem"
+    assert out["routes"][0] == {"prefix": "/", "static": "/etc/twotier/www", "upstream": "app"}
+    assert data["log"]["error"] == "err.log"  # the original is untouched
