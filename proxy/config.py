@@ -322,8 +322,8 @@ class ServerSettings:
         1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
         "and replaces them all, gracefully, on SIGHUP.")
     event_loop: str = setting(
-        "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop (a dependency) when it can be imported '
-        'and no [tls] is configured, asyncio otherwise.')
+        "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop (a dependency; TLS included) when it '
+        'can be imported, asyncio otherwise.')
     max_connections: int = setting(
         4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
         "and closed. The open-files limit is raised to its hard limit at start.")
@@ -651,9 +651,6 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
 
 def _cross_check(config: Config) -> None:
     source = config.path
-    if config.server.event_loop == "uvloop" and config.tls is not None:
-        raise ConfigError(f"{source}: server.event_loop: uvloop's TLS handshake hangs with [[tls.sites]] here; "
-                          'use "auto" (asyncio whenever [tls] is configured) or "asyncio"')
     seen: set[Address] = set()
     for address in config.server.listen:
         if address in seen and address.port != 0:
