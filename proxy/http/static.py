@@ -3,10 +3,11 @@
 Two steps, both without sockets:
 
 * ``locate(route, path)`` maps a normalised URL path to a file inside the
-  route's folder (or a redirect, a listing, 403/404). The path was already
-  refused by ``routing.normalize_path`` if it held ``..``, NUL, backslashes or
-  non-UTF-8 bytes; here symlinks are resolved and anything whose real path
-  leaves the folder is a 404, and dotfiles are a 404 unless allowed.
+  route's folder (or a redirect, a listing, 403/404). ``routing.normalize_path``
+  already decoded the path, removed its dot segments and refused NUL,
+  backslashes and non-UTF-8 bytes; here symlinks are resolved and anything
+  whose real path leaves the folder is a 404, dotfiles are a 404 unless
+  allowed, and a path ending in ``/`` names a folder, never a file.
 * ``plan(stat, ...)`` takes the ``os.fstat`` of the opened file and the
   request's conditional and Range headers and decides status, headers and
   which byte ranges make up the body (RFC 9110 sections 13 and 14).
@@ -147,6 +148,10 @@ def locate(route: Route, path: str, accept_encoding: bytes | None = None, query:
         raise ClientError("folder has no index", 404 if route.upstream else 403, keep_alive=True)
     if not stat_module.S_ISREG(info.st_mode):
         raise ClientError("not a regular file", 404, keep_alive=True)
+    if path.endswith("/"):
+        # RFC 3986 3.3: "hello.txt/" names something inside hello.txt, which has nothing inside
+        # (open(2) says ENOTDIR; nginx 404).
+        raise ClientError("a path ending in / names a folder", 404, keep_alive=True)
     return _variant(real, accept_encoding, route.precompressed, root_str)
 
 

@@ -1,5 +1,5 @@
 """Static files through the real proxy: validators, 304, ranges, precompressed siblings, HEAD, 405,
-traversal attempts, and a route that serves files and forwards the rest (try_files)."""
+traversal attempts, dot segments, and a route that serves files and forwards the rest (try_files)."""
 
 from __future__ import annotations
 
@@ -171,20 +171,53 @@ def test_a_folder_redirects_to_its_slash_and_serves_its_index(site):
 
 
 @pytest.mark.parametrize("path, status", [
-    ("/static/../secret.txt", 400),
-    ("/static/%2e%2e/secret.txt", 400),
-    ("/static/..%2fsecret.txt", 400),
+    ("/static/../../secret.txt", 400),  # a ".." that would climb above "/"
+    ("/static/%2e%2e/%2e%2e/secret.txt", 400),
+    ("/static/..%2f..%2fsecret.txt", 400),
+    ("/../secret.txt", 400),
     ("/static/..%5csecret.txt", 400),
     ("/static/%c0%ae%c0%ae/secret.txt", 400),
     ("/static/hello.txt%00", 400),
     ("/static/%252e%252e/secret.txt", 404),
     ("/static/escape", 404),
     ("/static/.env", 404),
+    ("/static/./.env", 404),
 ])
 def test_nothing_outside_the_folder_is_served(site, path, status):
     raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
     assert status_of(raw) == status
     assert SECRET not in raw
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/static/./hello.txt", b"hello\n"),
+    ("/static/sub/../hello.txt", b"hello\n"),
+    ("/static/sub/%2e%2e/hello.txt", b"hello\n"),
+    ("/static/sub/.", b"<p>sub</p>\n"),  # "/static/sub/": the folder's index, no redirect
+    ("/static/../robots.txt", b"User-agent: *\n"),  # "/robots.txt": the "/" route's file
+])
+def test_dot_segments_are_removed_before_routing(site, path, body):
+    raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(raw) == 200
+    assert raw.endswith(b"\r\n\r\n" + body)
+
+
+def test_the_upstream_gets_the_target_as_sent(site):
+    # /static/../secret.txt is /secret.txt: no file under the "/" route, so it is forwarded,
+    # with the raw target (nginx's proxy_pass without a URI does the same).
+    upstream = site.upstream
+    before = len(upstream.received)
+    raw = raw_request(site.port, b"GET /static/%2e%2e/secret.txt?x=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert status_of(raw) == 200 and SECRET not in raw
+    assert upstream.received[before].startswith(b"GET /static/%2e%2e/secret.txt?x=1 HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("path", ["/static/hello.txt/", "/static/hello.txt//", "/static/hello.txt%2f",
+                                  "/static/hello.txt/."])
+def test_a_file_under_a_trailing_slash_is_404(site, path):
+    raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(raw) == 404
+    assert not raw.endswith(b"hello\n")
 
 
 def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):

@@ -342,7 +342,8 @@ def test_autoindex_lists_the_folder(site):
     assert find(site, "/static/empty/", autoindex=True) == static.Listing(str(site / "empty"), "/static/empty/")
 
 
-@pytest.mark.parametrize("url", ["/static/.env", "/static/.git/config", "/static/.git/", "/static/%2eenv"])
+@pytest.mark.parametrize("url", ["/static/.env", "/static/.git/config", "/static/.git/", "/static/%2eenv",
+                                 "/static/sub/../.env", "/static/./.env"])
 def test_dotfiles_are_404(site, url):
     assert refused(site, url).status == 404
 
@@ -378,6 +379,25 @@ def test_a_precompressed_sibling_that_leaves_the_folder_is_not_used(site):
 
 def test_the_root_itself_has_no_index_here(site):
     assert refused(site, "/static/").status == 403
+
+
+@pytest.mark.parametrize("url", ["/static/hello.txt/", "/static/hello.txt//", "/static/hello.txt%2f",
+                                 "/static/hello.txt/.", "/static/link.txt/", "/static/sub/index.html/"])
+def test_a_path_ending_in_a_slash_names_a_folder_never_a_file(site, url):
+    # RFC 3986 3.3; nginx answers these 404 (open(2) says ENOTDIR).
+    assert refused(site, url).status == 404
+
+
+@pytest.mark.parametrize("url, file", [
+    ("/static/./hello.txt", "hello.txt"),
+    ("/static/sub/../hello.txt", "hello.txt"),
+    ("/static/sub/%2e%2e/hello.txt", "hello.txt"),
+    ("/static/empty/..%2fhello.txt", "hello.txt"),
+    ("/static/sub/.", "sub/index.html"),  # a final dot segment keeps the slash: the folder's index
+    ("/static/sub/x/..", "sub/index.html"),
+])
+def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
+    assert find(site, url).path == str(site / file)
 
 
 # --- precompressed variants ---------------------------------------------------------
