@@ -18,11 +18,14 @@ file actually being sent.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import html
 import mimetypes
 import os
+import re
 import stat as stat_module
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -34,11 +37,19 @@ for _ext, _type in {
     ".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json",
     ".webp": "image/webp", ".avif": "image/avif", ".svg": "image/svg+xml", ".ico": "image/x-icon",
     ".woff": "font/woff", ".woff2": "font/woff2", ".wasm": "application/wasm", ".md": "text/markdown",
-    ".webmanifest": "application/manifest+json",
+    ".webmanifest": "application/manifest+json", ".zst": "application/zstd",
 }.items():
     _TYPES.add_type(_type, _ext)
 
 _TEXTUAL = ("application/json", "application/manifest+json", "image/svg+xml", "application/xml")
+
+# A compressed file asked for by its own name (app.js.gz, x.tar.gz) is sent as what it is:
+# "text/javascript" with no Content-Encoding would make a browser run gzip bytes. mimetypes
+# reports such a suffix as an encoding of the inner type; this maps the encoding to a type.
+_COMPRESSED_TYPES = {
+    "gzip": "application/gzip", "br": "application/x-brotli", "zstd": "application/zstd",
+    "bzip2": "application/x-bzip2", "xz": "application/x-xz", "compress": "application/x-compress",
+}
 
 # Precompressed siblings in order of preference, and the Content-Encoding each means.
 ENCODINGS = ((".br", b"br"), (".gz", b"gzip"))
@@ -47,7 +58,9 @@ MAX_RANGES = 16  # more parts than this in one Range header: the whole file is s
 
 
 def content_type(name: str) -> bytes:
-    kind, _ = _TYPES.guess_type(name, strict=False)
+    kind, encoding = _TYPES.guess_type(name, strict=False)
+    if encoding is not None:
+        kind = _COMPRESSED_TYPES.get(encoding, "application/octet-stream")
     if kind is None:
         return b"application/octet-stream"
     if kind.startswith("text/") or kind in _TEXTUAL:
@@ -98,11 +111,6 @@ def encoding_weights(header: bytes | None) -> dict[bytes, float]:
         for _, coding in ENCODINGS:
             weights.setdefault(coding, star)
     return weights
-
-
-def accepted_encodings(header: bytes | None) -> set[bytes]:
-    """Codings an Accept-Encoding header allows (q > 0), RFC 9110 section 12.5.3."""
-    return {coding for coding, q in encoding_weights(header).items() if q > 0}
 
 
 def locate(route: Route, path: str, accept_encoding: bytes | None = None, query: bytes = b""):
@@ -232,12 +240,44 @@ def http_date(timestamp: float) -> bytes:
     return email.utils.formatdate(timestamp, usegmt=True).encode()
 
 
-def _parse_date(value: bytes) -> float | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
+_MONTHS = {m.encode(): i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_DAY = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = rb"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
+# RFC 9110 section 5.6.7: IMF-fixdate, and the two obsolete forms a recipient MUST accept too.
+# The names are case-sensitive there; the weekday is not checked against the date (nginx neither).
+_DATE_FORMATS = (
+    re.compile(_DAY + rb", (?P<day>\d\d) " + _MONTH + rb" (?P<year>\d{4}) " + _TIME + rb" GMT"),
+    re.compile(rb"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, (?P<day>\d\d)-" + _MONTH + rb"-(?P<year>\d\d) "
+               + _TIME + rb" GMT"),
+    re.compile(_DAY + rb" " + _MONTH + rb" (?P<day>[ \d]\d) " + _TIME + rb" (?P<year>\d{4})"),
+)
+
+
+def parse_http_date(value: bytes, this_year: int | None = None) -> int | None:
+    """An HTTP-date in any of its three forms -> seconds since the epoch; None when it is not one.
+
+    ``this_year`` places an rfc850-date's two-digit year: one more than 50 years ahead
+    is the most recent past year with those digits (RFC 9110 5.6.7).
+    """
+    for form in _DATE_FORMATS:
+        match = form.fullmatch(value)
+        if match is not None:
+            break
+    else:
         return None
-    return parsed.timestamp() if parsed.tzinfo else None
+    year = int(match["year"])
+    if year < 100:
+        this_year = this_year or time.gmtime().tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    fields = (year, _MONTHS[match["month"]], int(match["day"]),
+              int(match["hour"]), int(match["minute"]), min(int(match["second"]), 59))  # 60: a leap second
+    if not (1 <= fields[2] <= calendar.monthrange(year, fields[1])[1] and fields[3] < 24 and fields[4] < 60):
+        return None
+    return calendar.timegm(fields)
 
 
 def _etags(value: bytes) -> list[bytes]:
@@ -252,22 +292,28 @@ def _strong_match(tags: list[bytes], current: bytes) -> bool:
     return any(t == b"*" or t == current for t in tags)
 
 
+_OWS = b" \t"
+
+
 def parse_range(header: bytes, size: int) -> list[tuple[int, int]] | None:
     """``Range`` -> satisfiable (start, end-inclusive) pairs; None when the header is
     not a valid bytes range (then it is ignored, RFC 9110 section 14.2). An empty
-    list means nothing is satisfiable (416)."""
+    list means nothing is satisfiable (416).
+
+    The grammar (RFC 9110 14.1.1) allows whitespace only around the commas of the
+    list: ``bytes = 0-4`` or ``bytes=0 - 4`` is not a range (nginx ignores it too).
+    """
     unit, sep, spec = header.partition(b"=")
-    if not sep or unit.strip().lower() != b"bytes":
+    if not sep or unit.lower() != b"bytes":
         return None
     ranges: list[tuple[int, int]] = []
-    items = [i.strip() for i in spec.split(b",")]
+    items = [i.strip(_OWS) for i in spec.split(b",")]
     if not any(items):
         return None
     for item in items:
         if not item:
             continue
         first, dash, last = item.partition(b"-")
-        first, last = first.strip(), last.strip()
         if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
             return None
         if not first:
@@ -337,7 +383,7 @@ def plan(
         if not _strong_match(_etags(given[b"if-match"]), tag):
             return Plan(412, [], (), 0)
     elif b"if-unmodified-since" in given:
-        since = _parse_date(given[b"if-unmodified-since"])
+        since = parse_http_date(given[b"if-unmodified-since"])
         if since is not None and int(info.st_mtime) > since:
             return Plan(412, [], (), 0)
     if b"if-none-match" in given:
@@ -346,7 +392,7 @@ def plan(
                 return Plan(304, validators, (), 0)
             return Plan(412, [], (), 0)
     elif b"if-modified-since" in given and method in (b"GET", b"HEAD"):
-        since = _parse_date(given[b"if-modified-since"])
+        since = parse_http_date(given[b"if-modified-since"])
         if since is not None and int(info.st_mtime) <= since:
             return Plan(304, validators, (), 0)
 
@@ -355,7 +401,7 @@ def plan(
         headers.append((b"content-encoding", located.encoding))
 
     ranges = None
-    if b"range" in given and method == b"GET" and _if_range_holds(given.get(b"if-range"), tag, modified):
+    if b"range" in given and method == b"GET" and _if_range_holds(given.get(b"if-range"), tag, modified, int(info.st_mtime)):
         ranges = parse_range(given[b"range"], size)
     if ranges is None or (len(ranges) > 1 and _coalesce_unsafe(ranges, size)):
         headers.append((b"content-length", b"%d" % size))
@@ -370,13 +416,13 @@ def plan(
     return _multipart(headers, ranges, size, located.content_type)
 
 
-def _if_range_holds(if_range: bytes | None, tag: bytes, modified: bytes) -> bool:
-    """RFC 9110 section 13.1.5: an entity tag must match strongly, a date exactly."""
+def _if_range_holds(if_range: bytes | None, tag: bytes, modified: bytes, mtime: int) -> bool:
+    """RFC 9110 section 13.1.5: an entity tag must match strongly, a date exactly (in any of its forms)."""
     if if_range is None:
         return True
     if if_range.startswith((b'"', b"W/")):
         return if_range == tag
-    return if_range == modified
+    return if_range == modified or parse_http_date(if_range) == mtime
 
 
 def _multipart(headers, ranges, size, kind) -> Plan:

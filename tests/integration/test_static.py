@@ -3,9 +3,11 @@ traversal attempts, dot segments, and a route that serves files and forwards the
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import os
 import re
+import time
 
 import pytest
 import requests
@@ -220,6 +222,35 @@ def test_a_file_under_a_trailing_slash_is_404(site, path):
     assert not raw.endswith(b"hello\n")
 
 
+def test_a_compressed_file_asked_for_by_name_is_sent_as_what_it_is(site):
+    response = requests.get(site.url + "/static/app.js.gz", headers={"Accept-Encoding": "gzip"}, stream=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/gzip"
+    assert "Content-Encoding" not in response.headers
+    assert gzip.decompress(response.raw.read()) == SCRIPT
+
+
+def asctime(seconds: float) -> str:
+    """An instant in the obsolete asctime form (RFC 9110 5.6.7): 'Sun Nov  6 08:49:37 1994'."""
+    return time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(seconds))
+
+
+def test_dates_in_the_obsolete_forms_are_understood(site):
+    first = get(site, "/static/hello.txt")
+    modified = email.utils.parsedate_to_datetime(first.headers["Last-Modified"]).timestamp()
+    assert get(site, "/static/hello.txt", **{"If-Modified-Since": asctime(modified + 86400)}).status_code == 304
+    assert get(site, "/static/hello.txt", **{"If-Unmodified-Since": asctime(modified - 86400)}).status_code == 412
+    ranged = get(site, "/static/hello.txt", Range="bytes=0-0", **{"If-Range": asctime(modified)})
+    assert (ranged.status_code, ranged.content) == (206, b"h")
+    rfc850 = time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(modified + 86400))
+    assert get(site, "/static/hello.txt", **{"If-Modified-Since": rfc850}).status_code == 304
+
+
+def test_a_range_with_spaces_the_grammar_does_not_allow_is_ignored(site):
+    response = get(site, "/static/hello.txt", Range="bytes = 0-1")
+    assert (response.status_code, response.content) == (200, b"hello\n")
+
+
 def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):
     upstream = site.upstream
     before = len(upstream.received)
@@ -229,3 +260,4 @@ def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):
     assert (home.status_code, home.content) == (200, b"ok")
     assert get(site, "/api/things").content == b"ok"
     assert [raw.split(b" ", 2)[1] for raw in upstream.received[before:]] == [b"/", b"/api/things"]
+

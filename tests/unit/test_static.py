@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ MTIME = 1_700_000_000  # 2023-11-14 22:13:20 GMT
     (b"bytes=20-100", [(20, 25)]),  # last-pos past the end is clamped
     (b"bytes=0-1,4-5", [(0, 1), (4, 5)]),
     (b"bytes=0-1 , 4-5,", [(0, 1), (4, 5)]),  # list syntax: OWS and empty elements (RFC 9110 5.6.1)
+    (b"bytes=0-1,\t4-5", [(0, 1), (4, 5)]),
     (b"Bytes=0-0", [(0, 0)]),  # range units are case-insensitive
     (b"bytes=0-99999999999999999999999999", [(0, 25)]),
 ])
@@ -49,6 +51,8 @@ def test_parse_range_unsatisfiable_is_an_empty_list(header, size):
     b"bytes=5-2",  # last-pos before first-pos: invalid (RFC 9110 14.1.1)
     b"bytes=a-b", b"bytes=0x1-2", b"bytes=+1-2", b"bytes=1-2-3", b"bytes=--1", b"bytes=-",
     b"bytes=", b"bytes", b"lines=0-1", b"bytes=0-1,x", b"=0-1",
+    # RFC 9110 14.1.1 has no whitespace around "=" or inside a range (nginx ignores these too)
+    b"bytes = 0-4", b"bytes =0-4", b" bytes=0-4", b"bytes=0 -4", b"bytes=0- 4", b"bytes=- 3",
 ])
 def test_parse_range_invalid_is_ignored(header):
     assert static.parse_range(header, 26) is None
@@ -147,7 +151,8 @@ def test_unsatisfiable_range_is_416_with_the_length(text_file):
     assert result.parts == ()
 
 
-@pytest.mark.parametrize("spec", [b"bytes=5-2", b"lines=0-1", b"bytes=x"])
+@pytest.mark.parametrize("spec", [b"bytes=5-2", b"lines=0-1", b"bytes=x", b"bytes = 0-4", b"bytes =0-4",
+                                  b"bytes=0 - 4"])
 def test_invalid_range_is_ignored(text_file, spec):
     assert plan_for(text_file, (b"range", spec)).status == 200
 
@@ -165,6 +170,12 @@ def tag_of(path: Path) -> bytes:
 LATER = b"Wed, 15 Nov 2023 00:00:00 GMT"
 EARLIER = b"Mon, 13 Nov 2023 00:00:00 GMT"
 EXACT = b"Tue, 14 Nov 2023 22:13:20 GMT"
+# The same instants in the two obsolete forms every recipient MUST accept (RFC 9110 5.6.7).
+LATER_ASCTIME, EARLIER_ASCTIME, EXACT_ASCTIME = b"Wed Nov 15 00:00:00 2023", b"Mon Nov 13 00:00:00 2023", \
+    b"Tue Nov 14 22:13:20 2023"
+LATER_850, EARLIER_850, EXACT_850 = b"Wednesday, 15-Nov-23 00:00:00 GMT", b"Monday, 13-Nov-23 00:00:00 GMT", \
+    b"Tuesday, 14-Nov-23 22:13:20 GMT"
+
 
 
 def test_if_match_mismatch_is_412(text_file):
@@ -188,7 +199,11 @@ def test_if_match_takes_precedence_over_if_unmodified_since(text_file):
     assert result.status == 200
 
 
-@pytest.mark.parametrize("value, status", [(EARLIER, 412), (LATER, 200), (EXACT, 200), (b"not a date", 200)])
+@pytest.mark.parametrize("value, status", [
+    (EARLIER, 412), (LATER, 200), (EXACT, 200), (b"not a date", 200),
+    (EARLIER_ASCTIME, 412), (LATER_ASCTIME, 200), (EXACT_ASCTIME, 200),
+    (EARLIER_850, 412), (LATER_850, 200), (EXACT_850, 200),
+])
 def test_if_unmodified_since(text_file, value, status):
     assert plan_for(text_file, (b"if-unmodified-since", value)).status == status
 
@@ -218,7 +233,11 @@ def test_if_none_match_makes_if_modified_since_ignored(text_file):
     assert result.status == 200
 
 
-@pytest.mark.parametrize("value, status", [(LATER, 304), (EXACT, 304), (EARLIER, 200), (b"yesterday", 200)])
+@pytest.mark.parametrize("value, status", [
+    (LATER, 304), (EXACT, 304), (EARLIER, 200), (b"yesterday", 200),
+    (LATER_ASCTIME, 304), (EXACT_ASCTIME, 304), (EARLIER_ASCTIME, 200),
+    (LATER_850, 304), (EXACT_850, 304), (EARLIER_850, 200),
+])
 def test_if_modified_since(text_file, value, status):
     assert plan_for(text_file, (b"if-modified-since", value)).status == status
     assert plan_for(text_file, (b"if-modified-since", value), method=b"HEAD").status == status
@@ -238,8 +257,12 @@ def test_if_none_match_mismatch_still_serves_ranges(text_file):
     (b'"other"', 200),  # it changed: the whole file
     (b"W/TAG", 200),  # If-Range needs a strong match (RFC 9110 13.1.5)
     (EXACT, 206),  # the date is exactly Last-Modified
+    (EXACT_ASCTIME, 206),  # in whichever form it is written
+    (EXACT_850, 206),
     (EARLIER, 200),
     (LATER, 200),
+    (LATER_ASCTIME, 200),
+    (b"Tue, 14 Nov 2023 22:13:20 +0000", 200),  # not an HTTP-date: no match
 ])
 def test_if_range(text_file, if_range, status):
     value = if_range.replace(b"TAG", tag_of(text_file))
@@ -252,6 +275,40 @@ def test_empty_file_is_200_with_no_parts(tmp_path):
     path.write_bytes(b"")
     result = plan_for(path)
     assert (result.status, result.parts, header(result, b"content-length")) == (200, (), b"0")
+
+
+# --- HTTP dates -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    b"Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+    b"Sunday, 06-Nov-94 08:49:37 GMT",  # rfc850-date
+    b"Sun Nov  6 08:49:37 1994",  # asctime-date, the day padded with a space
+    b"Sun Nov 06 08:49:37 1994",  # ... or written with two digits
+])
+def test_the_three_date_forms(value):
+    assert static.parse_http_date(value, this_year=2026) == 784111777
+
+
+@pytest.mark.parametrize("value, this_year, year", [
+    (b"Monday, 01-Jan-24 00:00:00 GMT", 2026, 2024),
+    (b"Thursday, 01-Jan-70 00:00:00 GMT", 2026, 2070),  # 44 years ahead: still this century
+    (b"Friday, 01-Jan-99 00:00:00 GMT", 2026, 1999),  # 73 years ahead: the most recent past 99
+    (b"Friday, 01-Jan-99 00:00:00 GMT", 2060, 2099),
+])
+def test_a_two_digit_year_is_placed_within_fifty_years(value, this_year, year):
+    seconds = static.parse_http_date(value, this_year=this_year)
+    assert time.gmtime(seconds).tm_year == year
+
+
+@pytest.mark.parametrize("value", [
+    b"", b"yesterday", b"Sun, 06 Nov 1994 08:49:37", b"Sun, 06 Nov 1994 08:49:37 +0000", b"Sun, 6 Nov 1994 08:49:37 GMT",
+    b"sun, 06 nov 1994 08:49:37 GMT",  # the names are case-sensitive
+    b"Sun, 30 Feb 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 24:00:00 GMT", b"Sun, 06 Nov 1994 08:60:00 GMT",
+    b"Sun,  06 Nov 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 08:49:37 GMT ", b"Sun Nov  6 08:49:37 94",
+    b"Sun, 06-Nov-94 08:49:37 GMT",  # rfc850 needs the full day name
+])
+def test_what_is_not_a_date(value):
+    assert static.parse_http_date(value, this_year=2026) is None
 
 
 # --- locate ----------------------------------------------------------------------
@@ -411,6 +468,7 @@ def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
     (b"*", ".br", b"br"),
     (b"br;q=0, *", ".gz", b"gzip"),
     (b"gzip;q=0", "", None),  # q=0 means not acceptable
+    (b"gzip;q=abc", "", None),  # a q-value that is no number: not acceptable either
     (b"*;q=0", "", None),
     (b"identity;q=1, gzip;q=0.5", "", None),  # the plain file is preferred
     (b"deflate", "", None),
@@ -439,10 +497,16 @@ def test_precompressed_can_be_switched_off(site):
     assert (found.path, found.encoding, found.vary) == (str(site / "app.js"), None, False)
 
 
-def test_accepted_encodings():
-    assert static.accepted_encodings(b"gzip;q=0.5, br;q=0, *") == {b"gzip"}
-    assert static.accepted_encodings(b"gzip;q=abc") == set()
-    assert static.accepted_encodings(None) == set()
+@pytest.mark.parametrize("url, kind", [
+    # A compressed file asked for by name is what it is, not what it unpacks to: a browser
+    # given text/javascript and no Content-Encoding would run gzip bytes.
+    ("/static/app.js.gz", b"application/gzip"),
+    ("/static/app.js.br", b"application/x-brotli"),
+    ("/static/only-gz.css.gz", b"application/gzip"),
+])
+def test_a_compressed_file_asked_for_by_name(site, url, kind):
+    found = find(site, url, b"gzip, br")
+    assert (found.content_type, found.encoding) == (kind, None)
 
 
 # --- the rest ------------------------------------------------------------------------
@@ -456,6 +520,14 @@ def test_accepted_encodings():
     ("a.png", b"image/png"),
     ("a.woff2", b"font/woff2"),
     ("a.unknown-extension", b"application/octet-stream"),
+    ("app.js.gz", b"application/gzip"),  # a compressed file is what it is, not what it unpacks to
+    ("notes.txt.gz", b"application/gzip"),
+    ("x.tar.gz", b"application/gzip"),
+    ("x.tgz", b"application/gzip"),
+    ("app.js.br", b"application/x-brotli"),
+    ("x.tar.zst", b"application/zstd"),
+    ("x.tar.xz", b"application/x-xz"),
+    ("x.tar", b"application/x-tar"),
     ("noextension", b"application/octet-stream"),
 ])
 def test_content_type(name, kind):
