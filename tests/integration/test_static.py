@@ -1,5 +1,6 @@
 """Static files through the real proxy: validators, 304, ranges, precompressed siblings, HEAD, 405,
-traversal attempts, dot segments, and a route that serves files and forwards the rest (try_files)."""
+traversal attempts, dot segments, a route that serves files and forwards the rest (try_files), and the
+open-file cache serving a changed file fresh."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of
+from tests.helpers import ProxyProcess, RecordingUpstream, proxy_config, raw_request, status_of, wait_until
 
 SECRET = b"SECRET-NEXT-TO-THE-STATIC-FOLDER"
 BIG = os.urandom(1024 * 1024 + 17)  # bigger than one read chunk, odd length
@@ -261,3 +262,63 @@ def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):
     assert get(site, "/api/things").content == b"ok"
     assert [raw.split(b" ", 2)[1] for raw in upstream.received[before:]] == [b"/", b"/api/things"]
 
+
+# --- the open-file cache ----------------------------------------------------------
+
+def cache_proxy(folder, valid: float) -> tuple[ProxyProcess, object]:
+    static = folder / "static"
+    static.mkdir()
+    (static / "page.txt").write_bytes(b"first\n")
+    proxy = ProxyProcess(folder, proxy_config(static="static", server=f"open_file_cache_valid = {valid}",
+                                              log='access = "off"'))
+    return proxy, static / "page.txt"
+
+
+def test_a_changed_file_is_served_fresh_once_open_file_cache_valid_has_passed(tmp_path):
+    valid = 1.0
+    proxy, page = cache_proxy(tmp_path, valid)
+    try:
+        url = proxy.url + "/page.txt"
+        loaded = time.monotonic()
+        assert requests.get(url).content == b"first\n"  # now in the cache, entered no earlier than `loaded`
+        page.write_bytes(b"second, and longer\n")
+        right_after = requests.get(url)
+        if time.monotonic() < loaded + valid - 0.05:
+            # Answered within the interval of the entry: from the cache, the old bytes and their length.
+            assert (right_after.content, right_after.headers["Content-Length"]) == (b"first\n", "6")
+        wait_until(lambda: requests.get(url).content == b"second, and longer\n", timeout=15,
+                   what="the changed file to be served")
+        fresh = requests.get(url)
+        assert fresh.headers["Content-Length"] == "19"
+        assert requests.get(url, headers={"If-None-Match": fresh.headers["ETag"]}).status_code == 304
+    finally:
+        proxy.stop()
+
+
+def test_within_the_interval_small_files_come_from_memory_and_large_ones_are_checked(tmp_path):
+    proxy, page = cache_proxy(tmp_path, 3600)
+    big = page.parent / "big.bin"
+    big.write_bytes(b"a" * 100_000)  # more than 64 KiB: the cache keeps its facts, not its bytes
+    try:
+        assert requests.get(proxy.url + "/page.txt").content == b"first\n"
+        assert requests.get(proxy.url + "/big.bin").content == b"a" * 100_000
+        page.write_bytes(b"second, and longer\n")
+        big.write_bytes(b"b" * 150_000)
+        assert requests.get(proxy.url + "/page.txt").content == b"first\n"  # an hour has not passed
+        # The opened file is not what the entry describes: it is answered for what was opened.
+        response = requests.get(proxy.url + "/big.bin")
+        assert (response.content, response.headers["Content-Length"]) == (b"b" * 150_000, "150000")
+    finally:
+        proxy.stop()
+
+
+def test_with_open_file_cache_valid_0_a_changed_file_is_served_at_once(tmp_path):
+    proxy, page = cache_proxy(tmp_path, 0)
+    try:
+        url = proxy.url + "/page.txt"
+        for n in range(5):
+            body = b"version %d%s\n" % (n, b"!" * n)
+            page.write_bytes(body)
+            assert requests.get(url).content == body
+    finally:
+        proxy.stop()

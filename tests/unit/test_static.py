@@ -60,27 +60,42 @@ def test_parse_range_invalid_is_ignored(header):
 
 # --- plan: ranges --------------------------------------------------------------------
 
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "alphabet.txt"
+class SamplePath(type(Path())):
+    cached = False  # True: plans are made from a Variant holding the file's bytes, as the cache's do
+
+
+@pytest.fixture(params=["opened", "cached"])
+def text_file(request, tmp_path):
+    """The alphabet on disk, planned for with and without its bytes in the Variant."""
+    path = SamplePath(tmp_path / "alphabet.txt")
     path.write_bytes(ALPHABET)
     os.utime(path, (MTIME, MTIME))
+    path.cached = request.param == "cached"
     return path
 
 
-def located(path: Path, vary: bool = False) -> static.Located:
-    return static.Located(str(path), static.content_type(path.name), None, vary)
+def variant_of(path: Path, *, cached: bool | None = None, cache_control: str = "public, max-age=60"
+               ) -> static.Variant:
+    cached = getattr(path, "cached", False) if cached is None else cached  # a plain Path: opened
+    route = Route(prefix="/", static=path.parent.resolve(), cache_control=cache_control)
+    entry = static.lookup(route, "/" + path.name, body_budget=1 << 20 if cached else 0)
+    return entry.variants[0]
 
 
-def plan_for(path: Path, *headers: tuple[bytes, bytes], method: bytes = b"GET", **kw) -> static.Plan:
-    return static.plan(os.stat(path), located(path, **kw), method, list(headers), "public, max-age=60")
+def plan_for(path: Path, *headers: tuple[bytes, bytes], method: bytes = b"GET") -> static.Plan:
+    return static.plan(variant_of(path), method, list(headers))
 
 
 def body_of(result: static.Plan, path: Path) -> bytes:
+    """The body the parts describe; where the plan carries the body itself, it must be the same."""
     data = path.read_bytes()
     out = b""
     for part in result.parts:
         out += part if type(part) is bytes else data[part[0]:part[0] + part[1]]
+    if getattr(path, "cached", False):
+        assert result.body == out
+    else:
+        assert result.body is None
     return out
 
 
@@ -100,6 +115,12 @@ def test_plan_without_range_sends_the_file(text_file):
     assert header(result, b"last-modified") == b"Tue, 14 Nov 2023 22:13:20 GMT"
     assert re.fullmatch(rb'"[0-9a-f]+-1a"', header(result, b"etag"))
     assert header(result, b"cache-control") == b"public, max-age=60"
+    assert header(result, b"vary") is None  # no sibling: the answer does not depend on Accept-Encoding
+
+
+def test_head_needs_no_file(text_file):
+    result = plan_for(text_file, method=b"HEAD")
+    assert (result.status, result.body, header(result, b"content-length")) == (200, b"", b"26")
 
 
 def test_single_range_is_206_with_content_range(text_file):
@@ -147,14 +168,16 @@ def test_sixteen_disjoint_ranges_are_still_served(text_file):
 def test_unsatisfiable_range_is_416_with_the_length(text_file):
     result = plan_for(text_file, (b"range", b"bytes=100-"))
     assert result.status == 416
-    assert result.headers == [(b"content-range", b"bytes */26")]
-    assert result.parts == ()
+    assert result.headers == ((b"content-range", b"bytes */26"),)
+    assert (result.parts, result.body) == ((), b"")
 
 
 @pytest.mark.parametrize("spec", [b"bytes=5-2", b"lines=0-1", b"bytes=x", b"bytes = 0-4", b"bytes =0-4",
                                   b"bytes=0 - 4"])
 def test_invalid_range_is_ignored(text_file, spec):
-    assert plan_for(text_file, (b"range", spec)).status == 200
+    result = plan_for(text_file, (b"range", spec))
+    assert result.status == 200
+    assert body_of(result, text_file) == ALPHABET
 
 
 def test_range_is_ignored_on_head(text_file):
@@ -164,7 +187,7 @@ def test_range_is_ignored_on_head(text_file):
 # --- plan: preconditions, in RFC 9110 13.2.2 order ------------------------------------
 
 def tag_of(path: Path) -> bytes:
-    return static.etag(os.stat(path))
+    return variant_of(path).etag
 
 
 LATER = b"Wed, 15 Nov 2023 00:00:00 GMT"
@@ -175,7 +198,6 @@ LATER_ASCTIME, EARLIER_ASCTIME, EXACT_ASCTIME = b"Wed Nov 15 00:00:00 2023", b"M
     b"Tue Nov 14 22:13:20 2023"
 LATER_850, EARLIER_850, EXACT_850 = b"Wednesday, 15-Nov-23 00:00:00 GMT", b"Monday, 13-Nov-23 00:00:00 GMT", \
     b"Tuesday, 14-Nov-23 22:13:20 GMT"
-
 
 
 def test_if_match_mismatch_is_412(text_file):
@@ -210,7 +232,8 @@ def test_if_unmodified_since(text_file, value, status):
 
 @pytest.mark.parametrize("value", [b"TAG", b"W/TAG", b'"a", TAG', b"*"])
 def test_if_none_match_compares_weakly_and_gives_304(text_file, value):
-    result = plan_for(text_file, (b"if-none-match", value.replace(b"TAG", tag_of(text_file))), vary=True)
+    (text_file.parent / "alphabet.txt.gz").write_bytes(b"gz")  # a sibling, so the answer has Vary
+    result = plan_for(text_file, (b"if-none-match", value.replace(b"TAG", tag_of(text_file))))
     assert result.status == 304
     assert result.parts == ()
     names = {n for n, _ in result.headers}
@@ -275,6 +298,12 @@ def test_empty_file_is_200_with_no_parts(tmp_path):
     path.write_bytes(b"")
     result = plan_for(path)
     assert (result.status, result.parts, header(result, b"content-length")) == (200, (), b"0")
+    assert result.body == b""  # nothing to read, so nothing to open
+
+
+def test_304_and_412_need_no_file(text_file):
+    assert plan_for(text_file, (b"if-none-match", b"*")).body == b""
+    assert plan_for(text_file, (b"if-match", b'"other"')).body == b""
 
 
 # --- HTTP dates -----------------------------------------------------------------------
@@ -350,8 +379,14 @@ def route(root: Path, prefix: str = "/static/", **kw) -> Route:
     return Route(prefix=prefix, static=root.resolve(), **kw)
 
 
-def find(root: Path, url: str, accept: bytes | None = None, query: bytes = b"", **kw):
-    return static.locate(route(root, **kw), normalize_path(url.encode()), accept, query)
+def find(root: Path, url: str, query: bytes = b"", **kw):
+    return static.locate(route(root, **kw), normalize_path(url.encode()), query)
+
+
+def path_of(root: Path, url: str, **kw) -> str:
+    found = find(root, url, **kw)
+    assert type(found) is static.Located, found
+    return found.files[0].path
 
 
 def refused(root: Path, url: str, **kw) -> ClientError:
@@ -363,11 +398,13 @@ def refused(root: Path, url: str, **kw) -> ClientError:
 
 def test_a_file(site):
     found = find(site, "/static/hello.txt")
-    assert found == static.Located(str(site / "hello.txt"), b"text/plain; charset=utf-8", None, False)
+    info = os.stat(site / "hello.txt")
+    assert found == static.Located((static.OnDisk(str(site / "hello.txt"), None, (
+        info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)),))
 
 
 def test_a_folder_with_its_index(site):
-    assert find(site, "/static/sub/").path == str(site / "sub" / "index.html")
+    assert path_of(site, "/static/sub/") == str(site / "sub" / "index.html")
 
 
 def test_a_folder_without_trailing_slash_is_redirected_with_its_query(site):
@@ -408,11 +445,11 @@ def test_dotfiles_are_404(site, url):
 def test_a_symlink_to_a_dotfile_is_404(site):
     (site / "config").symlink_to(site / ".env")
     assert refused(site, "/static/config").status == 404
-    assert find(site, "/static/config", dotfiles=True).path == str(site / ".env")
+    assert path_of(site, "/static/config", dotfiles=True) == str(site / ".env")
 
 
 def test_dotfiles_can_be_allowed(site):
-    assert find(site, "/static/.env", dotfiles=True).path == str(site / ".env")
+    assert path_of(site, "/static/.env", dotfiles=True) == str(site / ".env")
 
 
 @pytest.mark.parametrize("url", ["/static/escape.txt", "/static/escape-dir/file.txt", "/static/escape-dir/",
@@ -422,7 +459,7 @@ def test_symlinks_out_of_the_folder_missing_and_special_files_are_404(site, url)
 
 
 def test_a_symlink_inside_the_folder_is_served_as_its_target(site):
-    assert find(site, "/static/link.txt").path == str(site / "hello.txt")
+    assert path_of(site, "/static/link.txt") == str(site / "hello.txt")
 
 
 def test_an_index_that_leaves_the_folder_is_no_index(site):
@@ -430,8 +467,8 @@ def test_an_index_that_leaves_the_folder_is_no_index(site):
 
 
 def test_a_precompressed_sibling_that_leaves_the_folder_is_not_used(site):
-    found = find(site, "/static/lib.js", b"gzip")
-    assert (found.path, found.encoding) == (str(site / "lib.js"), None)
+    found = find(site, "/static/lib.js")
+    assert [f.path for f in found.files] == [str(site / "lib.js")]
 
 
 def test_the_root_itself_has_no_index_here(site):
@@ -454,10 +491,14 @@ def test_a_path_ending_in_a_slash_names_a_folder_never_a_file(site, url):
     ("/static/sub/x/..", "sub/index.html"),
 ])
 def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
-    assert find(site, url).path == str(site / file)
+    assert path_of(site, url) == str(site / file)
 
 
 # --- precompressed variants ---------------------------------------------------------
+
+def choose(root: Path, url: str, accept: bytes | None, **kw) -> static.Variant:
+    return static.lookup(route(root, **kw), url).choose(accept)
+
 
 @pytest.mark.parametrize("accept, suffix, coding", [
     (b"gzip", ".gz", b"gzip"),
@@ -465,6 +506,7 @@ def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
     (b"gzip, br", ".br", b"br"),  # equal weights: the server's order (br first)
     (b"br;q=0.5, gzip", ".gz", b"gzip"),  # the client prefers gzip
     (b"br;q=0, gzip;q=0.1", ".gz", b"gzip"),
+    (b"br; q=0, gzip", ".gz", b"gzip"),
     (b"*", ".br", b"br"),
     (b"br;q=0, *", ".gz", b"gzip"),
     (b"gzip;q=0", "", None),  # q=0 means not acceptable
@@ -476,25 +518,29 @@ def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
     (None, "", None),
 ])
 def test_precompressed_choice_follows_q_values(site, accept, suffix, coding):
-    found = find(site, "/static/app.js", accept)
-    assert found.path == str(site / "app.js") + suffix
-    assert found.encoding == coding
-    assert found.vary  # siblings exist: the answer depends on Accept-Encoding
-    assert found.content_type == b"text/javascript; charset=utf-8"  # the type of the original
+    variant = choose(site, "/static/app.js", accept)
+    assert variant.path == str(site / "app.js") + suffix
+    assert variant.encoding == coding
+    assert (b"vary", b"Accept-Encoding") in variant.headers  # siblings exist: the answer depends on it
+    assert variant.content_type == b"text/javascript; charset=utf-8"  # the type of the original
+    assert dict(variant.headers).get(b"content-encoding") == coding
+    assert dict(variant.headers)[b"content-length"] == b"%d" % os.path.getsize(variant.path)
 
 
 def test_only_the_siblings_that_exist_are_offered(site):
-    found = find(site, "/static/only-gz.css", b"br, gzip;q=0.5")
-    assert (found.path, found.encoding) == (str(site / "only-gz.css.gz"), b"gzip")
+    variant = choose(site, "/static/only-gz.css", b"br, gzip;q=0.5")
+    assert (variant.path, variant.encoding) == (str(site / "only-gz.css.gz"), b"gzip")
 
 
 def test_no_sibling_means_no_vary(site):
-    assert find(site, "/static/hello.txt", b"gzip").vary is False
+    variant = choose(site, "/static/hello.txt", b"gzip")
+    assert b"vary" not in dict(variant.headers)
 
 
 def test_precompressed_can_be_switched_off(site):
-    found = find(site, "/static/app.js", b"br, gzip", precompressed=False)
-    assert (found.path, found.encoding, found.vary) == (str(site / "app.js"), None, False)
+    variant = choose(site, "/static/app.js", b"br, gzip", precompressed=False)
+    assert (variant.path, variant.encoding) == (str(site / "app.js"), None)
+    assert b"vary" not in dict(variant.headers)
 
 
 @pytest.mark.parametrize("url, kind", [
@@ -505,8 +551,201 @@ def test_precompressed_can_be_switched_off(site):
     ("/static/only-gz.css.gz", b"application/gzip"),
 ])
 def test_a_compressed_file_asked_for_by_name(site, url, kind):
-    found = find(site, url, b"gzip, br")
-    assert (found.content_type, found.encoding) == (kind, None)
+    variant = choose(site, url, b"gzip, br")
+    assert (variant.content_type, variant.encoding) == (kind, None)
+    assert b"content-encoding" not in dict(variant.headers)
+
+
+# --- the open-file cache --------------------------------------------------------------
+
+@pytest.fixture
+def files(site):
+    return site, route(site), static.OpenFileCache(valid=1.0)
+
+
+def write(path: Path, data: bytes, mtime: int = MTIME) -> None:
+    """Replace a file's bytes; a different length makes a different file whatever the clock's granularity."""
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+
+
+def refused_by(cache: static.OpenFileCache, where: Route, url: str, now: float) -> int:
+    with pytest.raises(ClientError) as info:
+        cache.lookup(where, url, b"", now)
+    return info.value.status
+
+
+def test_a_hit_is_the_same_entry_and_needs_no_disk(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert entry.variants[0].body == b"hello"
+    write(root / "hello.txt", b"changed on disk")
+    assert cache.lookup(where, "/static/hello.txt", b"", 0.999) is entry  # within valid: not looked at
+    assert static.plan(entry.choose(None), b"GET", []).body == b"hello"
+    assert repr(cache) == "<OpenFileCache 1/10000 entries 5/67108864 bytes valid=1s>"
+
+
+def test_a_changed_file_is_served_fresh_once_the_interval_has_passed(files):
+    root, where, cache = files
+    old = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    write(root / "hello.txt", b"hello, again")
+    new = cache.lookup(where, "/static/hello.txt", b"", 1.0)
+    assert new is not old
+    variant = new.choose(None)
+    assert variant.body == b"hello, again"
+    assert variant.etag != old.choose(None).etag
+    assert dict(variant.headers)[b"content-length"] == b"12"
+    assert cache.cached_bytes == 12
+
+
+def test_an_unchanged_file_keeps_its_entry_and_bytes(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    body = entry.variants[0].body
+    for now in (1.0, 2.5, 100.0):  # each one past the interval: re-stat, same facts
+        assert cache.lookup(where, "/static/hello.txt", b"", now) is entry
+    assert entry.variants[0].body is body
+    assert cache.cached_bytes == 5
+    os.remove(root / "hello.txt")  # and it was looked at: a file gone is a 404 once the interval passed
+    assert cache.lookup(where, "/static/hello.txt", b"", 100.5) is entry
+    assert refused_by(cache, where, "/static/hello.txt", 101.0) == 404
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_still_seen(files):
+    root, where, cache = files
+    cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    before = os.stat(root / "hello.txt")
+    (root / "hello.txt").write_bytes(b"HELLO")
+    os.utime(root / "hello.txt", ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
+    assert cache.lookup(where, "/static/hello.txt", b"", 1.0).variants[0].body == b"HELLO"
+
+
+def test_the_revalidation_repeats_every_check(files):
+    root, where, cache = files
+    cache.lookup(where, "/static/link.txt", b"", 0.0)
+    os.remove(root / "link.txt")
+    os.symlink("../secret.txt", root / "link.txt")  # now it leads out of the folder
+    assert refused_by(cache, where, "/static/link.txt", 1.0) == 404
+    assert len(cache) == 0 and cache.cached_bytes == 0
+
+    cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    os.remove(root / "hello.txt")
+    os.symlink(".env", root / "hello.txt")  # a dotfile behind a plain name
+    assert refused_by(cache, where, "/static/hello.txt", 1.0) == 404
+
+    cache.lookup(where, "/static/lib.js", b"", 0.0)
+    os.remove(root / "lib.js")
+    os.mkdir(root / "lib.js")  # a folder now
+    assert cache.lookup(where, "/static/lib.js", b"", 1.0) == static.Redirect(b"/static/lib.js/")
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("url", ["/static/escape.txt", "/static/.env", "/static/hello.txt/", "/static/missing"])
+def test_what_locate_refuses_the_cache_refuses_every_time(files, url):
+    _, where, cache = files
+    assert refused_by(cache, where, url, 0.0) == 404
+    assert refused_by(cache, where, url, 0.5) == 404
+    assert len(cache) == 0  # errors are not kept
+
+
+def test_zero_turns_the_cache_off(site):
+    cache = static.OpenFileCache(valid=0)
+    where = route(site)
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert entry.variants[0].body is None  # not read: the server opens the file
+    write(site / "hello.txt", b"changed at once")
+    fresh = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert fresh.variants[0].size == 15
+    assert len(cache) == 0 and cache.cached_bytes == 0
+
+
+def test_least_recently_used_entries_go_first_when_there_are_too_many(site):
+    cache = static.OpenFileCache(valid=10, max_entries=2)
+    where = route(site)
+    hello = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    cache.lookup(where, "/static/app.js", b"", 0.0)
+    assert cache.lookup(where, "/static/hello.txt", b"", 1.0) is hello  # hello is now the most recent
+    cache.lookup(where, "/static/lib.js", b"", 2.0)  # app.js goes
+    assert len(cache) == 2
+    assert cache.lookup(where, "/static/hello.txt", b"", 3.0) is hello
+    assert cache.cached_bytes == len(b"hello") + len(b"lib")
+
+
+def test_least_recently_used_entries_go_first_when_they_hold_too_many_bytes(site):
+    for name in "abc":
+        write(site / f"{name}.bin", name.encode() * 4096)
+    cache = static.OpenFileCache(valid=10, max_bytes=10000)
+    where = route(site)
+    a = cache.lookup(where, "/static/a.bin", b"", 0.0)
+    cache.lookup(where, "/static/b.bin", b"", 0.0)
+    assert cache.cached_bytes == 8192
+    cache.lookup(where, "/static/c.bin", b"", 0.0)  # 12288 > 10000: a goes
+    assert len(cache) == 2 and cache.cached_bytes == 8192
+    assert cache.lookup(where, "/static/a.bin", b"", 1.0) is not a
+
+
+def test_files_that_do_not_fit_are_kept_without_their_bytes(site):
+    write(site / "large.bin", b"x" * (static.SMALL_FILE + 1))
+    write(site / "medium.bin", b"m" * 20000)
+    cache = static.OpenFileCache(valid=10, max_bytes=10000)
+    where = route(site)
+    for url in ("/static/large.bin", "/static/medium.bin"):
+        entry = cache.lookup(where, url, b"", 0.0)
+        assert entry.variants[0].body is None
+        assert static.plan(entry.variants[0], b"GET", []).body is None  # the server opens it
+        assert cache.lookup(where, url, b"", 1.0) is entry
+    assert (len(cache), cache.cached_bytes) == (2, 0)
+
+
+def test_one_entry_serves_every_accept_encoding(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/app.js", b"", 0.0)
+    bodies = {accept: static.plan(entry.choose(accept), b"GET", []).body
+              for accept in (None, b"gzip", b"br, gzip", b"br;q=0")}
+    assert bodies == {None: b"plain", b"gzip": b"gz", b"br, gzip": b"br", b"br;q=0": b"plain"}
+    assert len(cache) == 1 and cache.cached_bytes == len(b"plain" + b"gz" + b"br")
+
+
+def test_a_sibling_added_later_appears_after_the_interval(files):
+    root, where, cache = files
+    assert len(cache.lookup(where, "/static/hello.txt", b"", 0.0).variants) == 1
+    write(root / "hello.txt.gz", b"gzipped")
+    variant = cache.lookup(where, "/static/hello.txt", b"", 1.0).choose(b"gzip")
+    assert (variant.encoding, variant.body) == (b"gzip", b"gzipped")
+    assert dict(variant.headers)[b"vary"] == b"Accept-Encoding"
+
+
+def test_ranges_and_conditionals_on_cached_bytes(files):
+    root, where, cache = files
+    write(root / "alphabet.txt", ALPHABET)
+    variant = cache.lookup(where, "/static/alphabet.txt", b"", 0.0).choose(None)
+    assert variant.body == ALPHABET
+    one = static.plan(variant, b"GET", [(b"range", b"bytes=-3")])
+    assert (one.status, one.body) == (206, b"xyz")
+    several = static.plan(variant, b"GET", [(b"range", b"bytes=0-1,4-5")])
+    assert several.status == 206 and len(several.body) == several.content_length
+    assert b"\r\n\r\nab\r\n" in several.body and b"\r\n\r\nef\r\n" in several.body
+    fresh = static.plan(variant, b"GET", [(b"if-none-match", variant.etag)])
+    assert (fresh.status, fresh.body, fresh.headers) == (304, b"", variant.validators)
+    newer = static.plan(variant, b"GET", [(b"range", b"bytes=0-0"), (b"if-range", b'"older"')])
+    assert (newer.status, newer.body) == (200, ALPHABET)
+
+
+def test_a_variant_tells_whether_it_describes_an_opened_file(files):
+    root, where, cache = files
+    write(root / "big.bin", b"b" * (static.SMALL_FILE + 1))
+    variant = cache.lookup(where, "/static/big.bin", b"", 0.0).choose(None)
+    with open(variant.path, "rb") as fh:
+        assert variant.matches(os.fstat(fh.fileno()))
+    write(root / "big.bin", b"c" * (static.SMALL_FILE + 2))
+    with open(variant.path, "rb") as fh:
+        info = os.fstat(fh.fileno())
+    assert not variant.matches(info)
+    restated = variant.restated(info)
+    assert restated.matches(info)
+    assert dict(restated.headers)[b"content-length"] == b"%d" % (static.SMALL_FILE + 2)
+    assert restated.validators[2:] == variant.validators[2:]  # the route's Cache-Control and Vary stay
+    assert restated.etag != variant.etag
 
 
 # --- the rest ------------------------------------------------------------------------
