@@ -86,8 +86,8 @@ def _convert_count(value: Any, ctx: Context) -> int:
     return value
 
 
-def _convert_seconds(value: Any, ctx: Context) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+def _convert_seconds(value: Any, ctx: Context, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero):
         raise Invalid
     return float(value)
 
@@ -271,6 +271,7 @@ BOOL = Kind("true or false", _convert_bool)
 STRING = Kind("a string", _convert_str)
 COUNT = Kind("a whole number >= 0", _convert_count)
 SECONDS = Kind("a number of seconds > 0", _convert_seconds)
+SECONDS_OR_ZERO = Kind("a number of seconds >= 0", lambda v, c: _convert_seconds(v, c, zero=True))
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
@@ -413,6 +414,16 @@ class ServerSettings:
     pid_file: str = setting(
         "", PID_FILE, "File the master process writes its pid to at start and removes at exit (nginx's pid): "
         "where to send SIGHUP (reload) or SIGTERM (stop). The status page shows the same pid as master_pid.")
+    open_file_cache_valid: float = setting(
+        1.0, SECONDS_OR_ZERO,
+        "Static files (nginx open_file_cache): what a path resolved to, its headers and the bytes of files up to "
+        "64 KiB are kept per worker and trusted this many seconds; then the file is checked again (and served "
+        "fresh if it changed). 0 = no cache: every request looks the file up.")
+    open_file_cache_entries: int = setting(
+        10000, COUNT, "Paths the static file cache keeps per worker; the least recently used go first.")
+    open_file_cache_bytes: int = setting(
+        64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
+        "used entries go first.", shown='"64m"')
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,13 @@
 
 A dry run through the same sans-IO code the server uses: the request is
 built as bytes and fed to ``ClientConnection`` (so every check applies), the
-router picks a route, ``static.locate`` finds the file, the balancer picks a
+router picks a route, ``static.lookup`` finds the file, the balancer picks a
 server, and ``upstream_request_headers`` writes the headers the app tier
 would receive. For teaching, and for debugging a configuration.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h11
@@ -118,7 +117,7 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
 def _explain_static(route, head) -> tuple[str, bool]:
     """One line about the file; True when the file answers the request (no forwarding)."""
     try:
-        found = static.locate(route, head.path, head.get(b"accept-encoding"), head.query)
+        found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
         where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
         if route.upstream and exc.status == 404:
@@ -128,10 +127,10 @@ def _explain_static(route, head) -> tuple[str, bool]:
         return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", True
     if type(found) is static.Listing:
         return f"answer:  200 listing of {found.folder} (autoindex)", True
-    info = os.stat(found.path)
-    plan = static.plan(info, found, head.method, head.headers, route.cache_control)
-    encoding = f", Content-Encoding {found.encoding.decode()}" if found.encoding else ""
-    return (f"file:    {found.path} ({found.content_type.decode()}{encoding}, {info.st_size} bytes) "
+    variant = found.choose(head.get(b"accept-encoding"))
+    plan = static.plan(variant, head.method, head.headers)
+    encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
+    return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
             f"-> {plan.status} from the proxy, the app tier is not involved"), True
 
 

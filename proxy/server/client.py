@@ -33,7 +33,6 @@ log = logging.getLogger("proxy")
 DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
 LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
-SMALL_FILE = 64 * 1024  # static bodies up to this size are written together with their head
 PIPELINE_TURN = 16  # requests on one connection before it lets the others have the loop
 
 
@@ -327,8 +326,8 @@ class ClientHandler:
     async def _serve_static(self, route, head: RequestHead, exchange: Exchange) -> None:
         exchange.handler = "static"
         runtime = self.runtime
-        accept_encoding = head.get(b"accept-encoding")
-        found = runtime.files.locate(route, head.path, accept_encoding, head.query, runtime.loop.time())
+        files = runtime.files
+        found = files.lookup(route, head.path, head.query, runtime.loop.time())
         if type(found) is static.Redirect:
             self.respond(exchange, 301, error_page(301, self.runtime.server_name),
                          [(b"location", found.location), (b"content-type", b"text/html; charset=utf-8")])
@@ -337,39 +336,52 @@ class ClientHandler:
             page = static.listing_page(found.folder, found.url_path, route.dotfiles)
             self.respond(exchange, 200, page, [(b"content-type", b"text/html; charset=utf-8")])
             return
+        variant = found.choose(head.get(b"accept-encoding"))
+        plan = static.plan(variant, head.method, head.headers)
+        fd = None
         try:
-            fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            runtime.files.forget(route, head.path, accept_encoding)
-            raise ClientError("no such file", 404, keep_alive=True) from None
-        except OSError:
-            runtime.files.forget(route, head.path, accept_encoding)
-            raise ClientError("cannot open file", 403, keep_alive=True) from None
-        try:
-            info = os.fstat(fd)
-            plan = static.plan(info, found, head.method, head.headers, route.cache_control)
+            if plan.body is None:  # the bytes are not cached: open the file
+                try:
+                    fd = os.open(variant.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    files.forget(route, head.path)
+                    raise ClientError("no such file", 404, keep_alive=True) from None
+                except OSError:
+                    files.forget(route, head.path)
+                    raise ClientError("cannot open file", 403, keep_alive=True) from None
+                info = os.fstat(fd)
+                if not variant.matches(info):
+                    # Changed since it was looked up: the next request looks it up again, and
+                    # this one is answered for the file actually opened.
+                    files.forget(route, head.path)
+                    variant = variant.restated(info)
+                    plan = static.plan(variant, head.method, head.headers)
             if plan.status == 412:
                 raise ClientError("precondition failed", 412, keep_alive=True)
             if plan.status == 416:
                 self.respond(exchange, 416, error_page(416, self.runtime.server_name),
                              [(b"content-type", b"text/html; charset=utf-8"), *plan.headers])
                 return
-            if head.method == b"GET" and len(plan.parts) == 1 and plan.content_length <= SMALL_FILE:
-                # A small file goes out with its head in one write (one send(2), not two).
+            data = plan.body
+            if data is None and head.method == b"GET" and len(plan.parts) == 1 \
+                    and plan.content_length <= static.SMALL_FILE:
                 offset, length = plan.parts[0]
                 data = os.pread(fd, length, offset)
-                if len(data) == length:
-                    self.channel.write(self.response_head(exchange, plan.status, plan.headers)
-                                       + self.conn.send(h11.Data(data=data)) + self.conn.send(h11.EndOfMessage()))
-                    exchange.body_bytes += length
-                    return
-            self.start_response(exchange, plan.status, plan.headers)
-            if head.method == b"HEAD" or plan.status == 304:
-                self.channel.write(self.conn.send(h11.EndOfMessage()))
+                if len(data) != length:
+                    data = None
+            if data is not None:
+                # A small file goes out with its head in one write (one send(2), not two).
+                payload = self.response_head(exchange, plan.status, plan.headers)
+                if data:
+                    payload += self.conn.send(h11.Data(data=data))
+                    exchange.body_bytes += len(data)
+                self.channel.write(payload + self.conn.send(h11.EndOfMessage()))
                 return
+            self.start_response(exchange, plan.status, plan.headers)
             await send_file(self, fd, plan.parts, exchange)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     # --- writing ---
 
@@ -393,7 +405,8 @@ class ClientHandler:
         """The serialised head of our answer (the proxy's own headers added)."""
         now = perf_counter()
         exchange.status = status
-        all_headers = self._base_headers(exchange) + headers
+        all_headers = self._base_headers(exchange)
+        all_headers += headers  # a list or a tuple (static.Plan's are shared, so tuples)
         if self.scheme == b"https" and self.runtime.tls is not None and self.runtime.tls.hsts \
                 and not any(name == b"strict-transport-security" for name, _ in headers):
             all_headers += self.runtime.tls.hsts  # [tls] hsts, unless the app sent its own

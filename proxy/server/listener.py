@@ -47,7 +47,9 @@ class Runtime:
         self.groups = {name: UpstreamGroup(up, loop) for name, up in config.upstreams.items()}
         self.access = AccessLog(config.log.access, config.log.format)
         self.metrics = Metrics()
-        self.files = static.LocateCache()
+        server = config.server
+        self.files = static.OpenFileCache(server.open_file_cache_valid, server.open_file_cache_entries,
+                                          server.open_file_cache_bytes)
         self.clock = Clock()
         self.server_name = config.server.name.encode()
         self.via = b"1.1 " + self.server_name
