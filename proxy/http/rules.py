@@ -34,14 +34,18 @@ no lenient flag; codec.py sets two, named below):
 | Content-Length with Transfer-Encoding         | refuses   | accepts   | 400/502 (lax syntax, 9112 6.1)    |
 | Transfer-Encoding not ending in one "chunked" | refuses   | refuses*  | 400 (transfer_coding_status)      |
 | Transfer-Encoding "gzip, chunked", ",chunked" | accepts   | refuses*  | 501/502 (nginx: only "chunked")   |
+| an empty Transfer-Encoding field              | refuses   | refuses*  | 400 (transfer_coding_status)      |
 | a method llhttp does not know (FOO, PRI)      | refuses   | accepts   | 501 (refused_line; 9110 9.1)      |
 | lower-case or odd method (get, G=T)           | refuses   | token ok  | 400 (refused_line)                |
 | HTTP/1.2, HTTP/3.0 (any one-digit version)    | lenient** | accepts   | 1.x as 1.1, else 505 (9110 2.5)   |
 | "GET /" (HTTP/0.9, no version)                | accepts   | refuses   | 400 (check_request_line)          |
 | two spaces between method and target          | accepts   | refuses   | 400 (check_request_line)          |
 | target bytes >= 0x80 or control bytes         | refuses   | refuses   | 400 (both, nothing to add)        |
+| a target that is no URL ("example.com:80")    | refuses   | accepts   | 400 (split_target, before 4xx/5xx)|
 | Host missing (HTTP/1.1) or given twice        | accepts   | refuses   | 400 (check_request, early)        |
 | Connection: close, HTTP/1.0 keep-alive        | closes*** | closes    | keep_alive computed here          |
+| a 101 without Upgrade or Connection: upgrade  | refuses   | accepts   | 502 (check_response; 9110 15.2.2) |
+| whitespace in a chunk line (RFC 9112 BWS)     | (no body) | some      | 400/502 (chunk_size)              |
 
 ``*`` h11 refuses every Transfer-Encoding but one "chunked" (hint 501) at
 the field, before reading the rest; the h11 engine then parses the head
@@ -194,6 +198,8 @@ def transfer_coding_status(values: list[bytes]) -> int:
     An empty element after the final chunked ("chunked,") is refused as llhttp does:
     something follows chunked.
     """
+    if not all(value.strip(b" \t") for value in values):
+        return 400  # an empty field: llhttp refuses it while parsing
     codings = [c.strip(b" \t").lower() for value in values for c in value.split(b",")]
     while codings and not codings[0]:
         codings.pop(0)
@@ -286,6 +292,11 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
         raise ClientError("more than one Host")
     if hosts == 0 and version != b"1.0":
         raise ClientError("missing Host")
+    # The target next: llhttp refuses many malformed ones while parsing.
+    origin, raw_path, query, effective_host = split_target(target, host)
+    if origin == b"*" and method != b"OPTIONS":
+        raise ClientError("asterisk-form target is for OPTIONS only")
+    path = "*" if origin == b"*" else normalize_path(raw_path)
     if len(fields) > limits.max_headers:
         raise ClientError("too many header fields", 431)
     if chunked:
@@ -304,11 +315,8 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
         raise ClientError("Connection names a framing header")
     if host and not _valid_host(host):
         raise ClientError("invalid Host header")
+    host = effective_host
 
-    origin, raw_path, query, host = split_target(target, host)
-    if origin == b"*" and method != b"OPTIONS":
-        raise ClientError("asterisk-form target is for OPTIONS only")
-    path = "*" if origin == b"*" else normalize_path(raw_path)
     keep_alive = b"close" not in named and (version != b"1.0" or b"keep-alive" in named)
     upgrade = None
     if b"upgrade" in named and version != b"1.0":
@@ -382,6 +390,10 @@ def check_response(status: int, reason: bytes, version: bytes, fields: list[tupl
     if status == 204:
         length = None
     named = connection_tokens(fields)
+    if status == 101 and (b"upgrade" not in named or not any(name == b"upgrade" for name, _ in fields)):
+        # RFC 9110 section 15.2.2: a 101 MUST say which protocol follows, in Upgrade, and
+        # Upgrade is hop-by-hop, so Connection names it (7.6.1); llhttp refuses it otherwise.
+        raise UpstreamError("invalid response: 101 without Connection: upgrade and Upgrade")
     keep_alive = b"close" not in named and (version != b"1.0" or b"keep-alive" in named)
     # HEAD, 1xx, 204 and 304 end with their head (RFC 9112 section 6.3 rule 1). A 304 may
     # carry the Content-Length of the representation (RFC 9110 sections 8.6 and 15.4.5:

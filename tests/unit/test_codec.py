@@ -167,6 +167,7 @@ FIELD_REFUSALS = [
     (["Host: h", "Transfer-Encoding: chunked,"], 400),
     (["Host: h", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"], 400),
     (["Host: h", "Transfer-Encoding: "], 400),
+    (["Host: h", "Transfer-Encoding: ", "Transfer-Encoding: chunked"], 400),  # llhttp: empty Transfer-Encoding
     (["Host: h", "Transfer-Encoding: gzip, chunked"], 501),  # a coding we do not implement: 6.1
     (["Host: h", "Transfer-Encoding: ,chunked"], 501),
     (["Host: h", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked"], 501),
@@ -533,6 +534,13 @@ def test_101_switches_when_asked(engine):
                               b"Connection: Upgrade\r\n\r\n\x81\x02hi", upgrade=True)
     assert events == [Informational(101, [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]), PAUSED]
     assert parser.take_trailing() == b"\x81\x02hi" and not parser.reusable
+
+
+@pytest.mark.parametrize("fields", [b"Connection: upgrade\r\n", b"Upgrade: websocket\r\n", b""])
+def test_a_101_must_name_its_protocol(engine, fields):
+    # RFC 9110 15.2.2 (Upgrade MUST be sent) and 7.6.1 (so Connection names it).
+    with pytest.raises(UpstreamError):
+        exchange(engine, b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n", upgrade=True)
 
 
 def test_an_upgrade_answered_without_101_stays_http(engine):
