@@ -217,10 +217,23 @@ _HOST_RE = re.compile(
 )
 
 
-def _valid_host(value: bytes) -> bool:
-    # An empty label ("a..b") is not a host name (RFC 1034 section 3.5); nginx refuses it
-    # too, so an app that maps hosts to folders or tenants never sees one.
-    return bool(_HOST_RE.match(value)) and b".." not in value
+class _Memo(dict):
+    """Answers for the values clients repeat (their Host, their Connection), at most 1024 kept."""
+
+    def __init__(self, compute) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key):
+        if len(self) >= 1024:
+            self.clear()
+        value = self[key] = self.compute(key)
+        return value
+
+
+# An empty label ("a..b") is not a host name (RFC 1034 section 3.5); nginx refuses it
+# too, so an app that maps hosts to folders or tenants never sees one.
+_valid_host = _Memo(lambda value: bool(_HOST_RE.match(value)) and b".." not in value).__getitem__
 
 
 def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes]:
@@ -252,6 +265,19 @@ def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes
     return origin, path, query, host
 
 
+# The fields check_request looks at (one set lookup for all the others).
+_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"connection"})
+_NONE: frozenset[bytes] = frozenset()
+_NAMED = _Memo(lambda value: frozenset(connection_tokens([(b"connection", value)])))
+
+
+def connection_named(values: list[bytes]) -> frozenset[bytes]:
+    """The lower-case tokens of the Connection field values (headers.connection_tokens)."""
+    if len(values) == 1:
+        return _NAMED[values[0]]  # "keep-alive", "close", "Upgrade": the same few values
+    return frozenset(connection_tokens([(b"connection", value) for value in values]))
+
+
 def content_length(value: bytes, error: type) -> int:
     """A Content-Length value both engines accept: llhttp refuses 2**64 and over, h11 over 20 digits."""
     if len(value) > 20 or not value.isdigit():
@@ -269,24 +295,30 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
     ``fields`` are (lower-case name, value) in wire order, as both engines report them.
     The 400s come first, then the other statuses in a fixed order.
     """
-    headers: list[tuple[bytes, bytes]] = []
     hosts = 0
     host = b""
     length = None
     chunked: list[bytes] = []
     expect = None
+    connection = []
+    underscored = False
     for name, value in fields:
-        if name == b"host":
-            hosts += 1
-            host = value
-        elif name == b"content-length":
-            length = content_length(value, ClientError)
-        elif name == b"transfer-encoding":
-            chunked.append(value)
-        elif name == b"expect":
-            expect = value
-        if b"_" not in name:
-            headers.append((name, value))  # Gunicorn maps _ and - to the same variable: a spoofing vector.
+        if name in _SPECIAL:
+            if name == b"host":
+                hosts += 1
+                host = value
+            elif name == b"content-length":
+                length = content_length(value, ClientError)
+            elif name == b"transfer-encoding":
+                chunked.append(value)
+            elif name == b"expect":
+                expect = value
+            else:
+                connection.append(value)
+        if b"_" in name:
+            underscored = True
+    # Gunicorn maps _ and - to the same variable: a name with _ is a spoofing vector, dropped.
+    headers = [field for field in fields if b"_" not in field[0]] if underscored else fields
     # RFC 9112 section 3.2 (h11 refuses these while parsing, so they come before the rest).
     if hosts > 1:
         raise ClientError("more than one Host")
@@ -310,7 +342,7 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
         raise ClientError("request body too large", 413)
     if expect is not None and expect.lower() != b"100-continue":
         raise ClientError("unsupported expectation", 417)
-    named = connection_tokens(headers)
+    named = connection_named(connection) if connection else _NONE
     if named & FRAMING:
         raise ClientError("Connection names a framing header")
     if host and not _valid_host(host):
@@ -389,7 +421,7 @@ def check_response(status: int, reason: bytes, version: bytes, fields: list[tupl
         raise UpstreamError("invalid response: Transfer-Encoding other than chunked")
     if status == 204:
         length = None
-    named = connection_tokens(fields)
+    named = connection_named([value for name, value in fields if name == b"connection"])
     if status == 101 and (b"upgrade" not in named or not any(name == b"upgrade" for name, _ in fields)):
         # RFC 9110 section 15.2.2: a 101 MUST say which protocol follows, in Upgrade, and
         # Upgrade is hop-by-hop, so Connection names it (7.6.1); llhttp refuses it otherwise.
