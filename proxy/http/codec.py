@@ -506,8 +506,12 @@ class _Framer:
                     continue
                 raise self._error("the connection closed before the body ended")
             if state is _LENGTH:
-                raw = bytes(buf[:self._left])
-                del buf[:len(raw)]
+                if self._left >= len(buf):  # the usual case: all of it is body (one copy)
+                    raw = bytes(buf)
+                    buf.clear()
+                else:
+                    raw = bytes(buf[:self._left])
+                    del buf[:len(raw)]
                 self._left -= len(raw)
                 last = not self._left
                 data = self._body_part(raw, last, raw)
