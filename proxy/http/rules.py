@@ -30,7 +30,7 @@ no lenient flag; codec.py sets two, named below):
 | control bytes in a reason phrase              | accepts   | accepts   | 502 (check_response)              |
 | two Content-Length fields, even identical     | refuses   | merges    | 400/502 (lax syntax; 9110 8.6 MAY)|
 | Content-Length "5, 5"                         | refuses   | merges    | 400/502 (lax syntax)              |
-| Content-Length >= 2**64 or over 20 digits     | refuses   | 20 digits | 400/502 (check_request/response)  |
+| Content-Length >= 2**64, or over 20 digits   | >= 2**64  | > 20 dig. | 400/502 (content_length)          |
 | Content-Length with Transfer-Encoding         | refuses   | accepts   | 400/502 (lax syntax, 9112 6.1)    |
 | Transfer-Encoding not ending in one "chunked" | refuses   | refuses*  | 400 (transfer_coding_status)      |
 | Transfer-Encoding "gzip, chunked", ",chunked" | accepts   | refuses*  | 501/502 (nginx: only "chunked")   |

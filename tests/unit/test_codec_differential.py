@@ -124,7 +124,9 @@ TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN
 METHODS = [b"GET", b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"PROPFIND", b"M-SEARCH",
            b"QUERY", b"TRACE", b"CONNECT", b"PRI", b"FOO", b"get", b"X_Y"]
 TARGETS = [b"/", b"/a/b?x=1", b"/caf%C3%A9", b"/x%2Fy", b"http://example.com/p?q", b"https://h:8443", b"http://h?q",
-           b"*", b"/a#f", b"//x", b"/a?b?c", b"/%zz", b"example.com:80", b"/\"<>{}|\\^`", b"/~!$&'()*+,;=:@"]
+           b"*", b"/a#f", b"//x", b"/a?b?c", b"/%zz", b"example.com:80", b"/\"<>{}|\\^`", b"/~!$&'()*+,;=:@",
+           b"http://a@b/", b"http://[::1]:80/x", b"http://h:99999/", b"http://%41b/", b"HTTP://H/", b"http:/x",
+           b"h2://x/", b"*x", b"/a%2", b"/..", b"/a/./b", b"http://a b/", b"http://h#f", b"/a?#"]
 VERSIONS = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9"]
 NAMES = [b"Accept", b"User-Agent", b"Connection", b"Upgrade", b"Expect", b"Content-Length", b"Transfer-Encoding",
          b"Host", b"X_Forwarded_For", b"Trailer", b"TE", b"Keep-Alive", b"Cookie", b"X-Custom"]
