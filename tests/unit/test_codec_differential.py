@@ -185,7 +185,8 @@ def valid_requests(draw) -> bytes:
     if draw(st.integers(0, 9)):
         fields.append((b"Host", draw(st.sampled_from([b"example.com", b"h:8080", b"[::1]", b"", b"a..b", b"a b"]))))
     framing, body = draw(framed(["none", "none", "length", "chunked", "both"],
-                                [b"chunked", b"chunked", b"Chunked", b" chunked", b"gzip, chunked", b"chunked, chunked"]))
+                                [b"chunked", b"chunked", b"Chunked", b" chunked", b"gzip, chunked",
+                                 b"chunked, chunked"]))
     fields += framing
     for _ in range(draw(st.integers(0, 6))):
         fields.append((draw(st.one_of(st.sampled_from(NAMES), tokens)), draw(st.sampled_from(VALUES))))
@@ -243,7 +244,8 @@ cuts = st.lists(st.integers(0, 600), max_size=6)
 def valid_responses(draw) -> bytes:
     out = b""
     for _ in range(draw(st.integers(0, 2))):
-        out += draw(st.sampled_from([b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"]))
+        out += draw(st.sampled_from([b"HTTP/1.1 100 Continue\r\n\r\n",
+                                     b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"]))
     status = draw(st.sampled_from([200, 200, 201, 204, 301, 304, 404, 500, 101, 102, 199, 600, 99]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0"]))
     reason = draw(st.sampled_from([b"OK", b"", b"Not Found", b"caf\xe9", b"A\tB"]))
