@@ -331,6 +331,15 @@ def _convert_event_loop(value: Any, ctx: Context) -> str:
     return value
 
 
+def _convert_http_engine(value: Any, ctx: Context) -> str:
+    from .http.codec import ENGINES
+
+    if value != "auto" and value not in ENGINES:
+        raise Invalid
+    return value
+
+
+HTTP_ENGINE = Kind('one of "auto", "llhttp", "h11"', _convert_http_engine)
 EVENT_LOOP = Kind('one of "auto", "asyncio", "uvloop"', _convert_event_loop)
 WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU core', _convert_workers)
 WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
@@ -404,6 +413,10 @@ class ServerSettings:
     event_loop: str = setting(
         "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop (a dependency; TLS included) when it '
         'can be imported, asyncio otherwise.')
+    http_engine: str = setting(
+        "auto", HTTP_ENGINE,
+        'The HTTP/1.1 parser: "llhttp" (C, through httptools; what "auto" means) or "h11" (pure Python, the '
+        "reference both are tested against). Both refuse the same requests with the same statuses.")
     max_connections: int = setting(
         4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
         "and closed. The open-files limit is raised to its hard limit at start.")
