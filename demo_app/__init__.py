@@ -155,7 +155,7 @@ def create_app(tally_folder: str | None = None) -> Flask:
         """Sleeps ``seconds`` (at most MAX_SLOW_SECONDS): longer than the proxy's read_timeout -> 504."""
         seconds = _number("seconds", 1.0, 0.0, MAX_SLOW_SECONDS)
         time.sleep(seconds)
-        return jsonify(slept=seconds, worker_pid=os.getpid())
+        return jsonify(slept=seconds, worker_pid=os.getpid(), hostname=socket.gethostname())
 
     @app.get("/api/stream")
     def stream():
