@@ -57,7 +57,14 @@ swarm-up:
 	  docker stack deploy --resolve-image never $(foreach f,$(SWARM_FILES),-c $(f)) $(SWARM_STACK)
 	@echo "==> deployed; 'docker stack services $(SWARM_STACK)' shows the replicas starting; then http://127.0.0.1:$${TWOTIER_PORT:-8080}/"
 
+# The services first, the networks once the services' containers are gone (a minute
+# at most): removed together, the networks can linger on the node for a minute, and
+# a stack deployed meanwhile on the same subnets could not start its tasks.
 swarm-down:
+	docker stack services -q $(SWARM_STACK) | xargs -r docker service rm
+	@for i in $$(seq 60); do \
+	  [ -z "$$(docker ps -aq --filter label=com.docker.stack.namespace=$(SWARM_STACK))" ] && break; sleep 1; \
+	done
 	docker stack rm $(SWARM_STACK)
 
 clean:

@@ -497,7 +497,9 @@ def test_make_swarm_up_builds_the_images_the_stack_names_then_deploys_it():
     assert "docker stack deploy --resolve-image never -c deploy/stack.yml -c more.yml demo" in result.stdout
     assert "TWOTIER_STACK=demo TWOTIER_PROXY_TOML_VERSION=$(sha256sum deploy/swarm/proxy.toml" in result.stdout
     down = run(["make", "-n", "--no-print-directory", "swarm-down", "SWARM_STACK=demo"], cwd=ROOT, env=env)
-    assert down.stdout.strip() == "docker stack rm demo"
+    commands = down.stdout.splitlines()
+    assert commands[0] == "docker stack services -q demo | xargs -r docker service rm"
+    assert commands[-1] == "docker stack rm demo"
 
 
 def test_stack_environment_overrides_reach_port_tag_subnet_and_config_name():
