@@ -22,7 +22,7 @@ BUILD_SECONDS = 900.0     # a first build downloads every dependency
 COMMAND_SECONDS = 120.0
 DEFAULT_BASE = "python:3.12-slim"
 # A Python base built on the machine itself, where no container registry is reachable (README.md, Docker:
-# a local base image); used when it is there and the default base is not.
+# another base image); used when it is there and the default base is not.
 LOCAL_BASE = "local/python:3.11-bookworm"
 
 
