@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 from flask import Flask, Response, jsonify, request, stream_with_context, url_for
 from flask_sock import Sock
@@ -53,10 +54,40 @@ def _number(name: str, default: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def create_app() -> Flask:
-    """The application factory: a fresh app per call (tests make their own)."""
+class Tally:
+    """The POSTs one worker process received: a counter, and optionally a record that outlives the process.
+
+    With ``folder`` set, each POST's request id is appended to a file of its own
+    per container and process before the answer is sent, so what a process
+    received can still be read after it is killed or its container removed
+    (tests/e2e/test_swarm.py counts lost and duplicated POSTs from these files:
+    a POST the proxy sent twice would be there twice).
+    """
+
+    def __init__(self, folder: str | None) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+        self.path = os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.ids") if folder else None
+
+    def add(self, request_id: str) -> int:
+        with self.lock:
+            self.count += 1
+            if self.path:
+                # One short line per write on a file opened for appending: a kill cuts between lines, never in one.
+                with open(self.path, "a", encoding="ascii") as record:
+                    record.write(request_id + "\n")
+            return self.count
+
+
+def create_app(tally_folder: str | None = None) -> Flask:
+    """The application factory: a fresh app per call (tests make their own).
+
+    ``tally_folder``: where each process records the request ids of the POSTs to
+    /api/tally it received (wsgi.py takes it from $DEMO_TALLY_DIR); None keeps the count in memory only.
+    """
     app = Flask(__name__, static_folder=None)
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    tally = Tally(tally_folder)
 
     @app.get("/api/whoami")
     def whoami():
@@ -99,12 +130,32 @@ def create_app() -> Flask:
         return jsonify(fields=form, files=files, content_length=request.content_length,
                        read_ms=round((time.perf_counter() - started) * 1000, 3), worker_pid=os.getpid())
 
+    @app.post("/api/tally")
+    def tally_post():
+        """Counts one POST in this worker process and says which process counted it. Behind the proxy a
+        POST is never sent twice, so over a rolling update the counts add up to the POSTs clients sent."""
+        body = request.get_data()
+        # The proxy always sends one (the client's when well formed); called directly, the app makes one.
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        if not (request_id.isascii() and request_id.isprintable() and " " not in request_id
+                and len(request_id) <= 128):
+            raise BadParameter("X-Request-ID must be at most 128 printable ASCII characters without spaces")
+        count = tally.add(request_id)
+        return jsonify(tally=count, request_id=request_id, bytes=len(body),
+                       sha256=hashlib.sha256(body).hexdigest(), hostname=socket.gethostname(),
+                       worker_pid=os.getpid())
+
+    @app.get("/api/tally")
+    def tally_get():
+        """How many POSTs this worker process has counted since it started."""
+        return jsonify(tally=tally.count, hostname=socket.gethostname(), worker_pid=os.getpid())
+
     @app.get("/api/slow")
     def slow():
         """Sleeps ``seconds`` (at most MAX_SLOW_SECONDS): longer than the proxy's read_timeout -> 504."""
         seconds = _number("seconds", 1.0, 0.0, MAX_SLOW_SECONDS)
         time.sleep(seconds)
-        return jsonify(slept=seconds, worker_pid=os.getpid())
+        return jsonify(slept=seconds, worker_pid=os.getpid(), hostname=socket.gethostname())
 
     @app.get("/api/stream")
     def stream():

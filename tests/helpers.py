@@ -40,6 +40,14 @@ def wait_until(predicate, timeout: float = READY_TIMEOUT, interval: float = 0.02
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def compose_duration(text: str) -> float:
+    """A compose-file duration ("5s", "1m30s", "500ms") in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    found = re.findall(r"([\d.]+)(ms|s|m|h)", text)
+    assert found, f"not a duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in found)
+
+
 def accepting(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):

@@ -14,52 +14,30 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
-import ipaddress
 import json
 import os
-import random
 import secrets
 import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.dockerlib import BUILD_SECONDS, COMMAND_SECONDS, ROOT, base_image, docker, free_subnet, why_no_daemon
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_SECONDS = 900.0     # a first build downloads every dependency
 HEALTHY_SECONDS = 120.0
-COMMAND_SECONDS = 120.0
-DEFAULT_BASE = "python:3.12-slim"
-# A Python base built on the machine itself, where no container registry is reachable (README.md, Docker:
-# another base image); used when it is there and the default base is not.
-LOCAL_BASE = "local/python:3.11-bookworm"
-
-
-def docker(*args: str, timeout: float = COMMAND_SECONDS, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result
 
 
 def why_no_docker() -> str | None:
     """Why this machine cannot run the stack, or None when it can."""
-    if not shutil.which("docker"):
-        return "no docker command on this machine"
-    try:
-        info = docker("info", "--format", "{{.ServerVersion}}", timeout=20, check=False)
-    except subprocess.TimeoutExpired:
-        return "docker info did not answer within 20s"
-    if info.returncode != 0:
-        first = (info.stderr.strip().splitlines() or ["?"])[0]
-        return f"no Docker daemon reachable ({first})"
+    reason = why_no_daemon()
+    if reason:
+        return reason
     if compose_command() is None:
         return "neither `docker compose` nor `docker-compose` is installed"
     return None
@@ -70,32 +48,6 @@ def compose_command() -> list[str] | None:
     if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20, check=False).returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose"] if shutil.which("docker-compose") else None
-
-
-def base_image() -> str:
-    """PYTHON_IMAGE from the environment; else the default base, or the local one if only it is present."""
-    if os.environ.get("PYTHON_IMAGE"):
-        return os.environ["PYTHON_IMAGE"]
-    for image in (DEFAULT_BASE, LOCAL_BASE):
-        if docker("image", "inspect", image, check=False).returncode == 0:
-            return image
-    return DEFAULT_BASE
-
-
-def free_subnet() -> str:
-    """A /24 in 172.30.0.0/16 that no Docker network on this machine overlaps."""
-    ids = docker("network", "ls", "-q").stdout.split()
-    used = []
-    for network in json.loads(docker("network", "inspect", *ids).stdout) if ids else []:
-        for config in (network.get("IPAM") or {}).get("Config") or []:
-            if config.get("Subnet"):
-                used.append(ipaddress.ip_network(config["Subnet"], strict=False))
-    candidates = list(ipaddress.ip_network("172.30.0.0/16").subnets(new_prefix=24))
-    random.shuffle(candidates)
-    for subnet in candidates:
-        if not any(subnet.version == u.version and subnet.overlaps(u) for u in used):
-            return str(subnet)
-    pytest.skip("no free /24 in 172.30.0.0/16 for the backend network")
 
 
 @dataclass

@@ -126,3 +126,49 @@ def test_every_static_file_is_part_of_the_page():
     page = "".join(open(os.path.join(static, name), encoding="utf-8").read()
                    for name in ("index.html", "app.js", "app.css"))
     assert [name for name in files if name != "index.html" and f"/static/{name}" not in page] == []
+
+
+def test_tally_counts_posts_per_process_and_reports_the_body(client):
+    assert client.get("/api/tally").get_json()["tally"] == 0
+    for expected in (1, 2):
+        response = client.post("/api/tally", data=b"hello", headers={"X-Request-ID": f"rid-{expected}"})
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["tally"] == expected
+        assert body["request_id"] == f"rid-{expected}"
+        assert (body["bytes"], body["sha256"]) == (5, hashlib.sha256(b"hello").hexdigest())
+        assert body["worker_pid"] == os.getpid()
+    assert client.get("/api/tally").get_json()["tally"] == 2
+
+
+def test_tally_without_a_request_id_makes_one_and_refuses_an_unprintable_one(client):
+    made = client.post("/api/tally").get_json()["request_id"]
+    assert len(made) == 32
+    refused = client.post("/api/tally", headers={"X-Request-ID": "a b"})
+    assert refused.status_code == 400
+    assert "X-Request-ID" in refused.get_json()["error"]
+    assert client.get("/api/tally").get_json()["tally"] == 1
+
+
+def test_tally_folder_records_every_post_once_per_process(tmp_path):
+    client = create_app(tally_folder=str(tmp_path)).test_client()
+    for rid in ("one", "two", "one"):  # the same id twice is recorded twice: that is how duplicates show
+        assert client.post("/api/tally", headers={"X-Request-ID": rid}).status_code == 200
+    [record] = tmp_path.iterdir()
+    assert record.name.endswith(f"-{os.getpid()}.ids")
+    assert record.read_text().splitlines() == ["one", "two", "one"]
+
+
+def test_wsgi_module_takes_the_tally_folder_from_the_environment(tmp_path, monkeypatch):
+    import importlib
+
+    import demo_app.wsgi
+
+    monkeypatch.setenv("DEMO_TALLY_DIR", str(tmp_path))
+    try:
+        app = importlib.reload(demo_app.wsgi).app
+        assert app.test_client().post("/api/tally", headers={"X-Request-ID": "env"}).status_code == 200
+        assert [p.read_text() for p in tmp_path.iterdir()] == ["env\n"]
+    finally:
+        monkeypatch.delenv("DEMO_TALLY_DIR")
+        importlib.reload(demo_app.wsgi)

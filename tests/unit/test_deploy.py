@@ -3,12 +3,14 @@
 Each check reads the files as data (TOML, YAML, the Dockerfile's instructions)
 and runs the offline validators: ``proxy --check-config``, ``hadolint``, the
 Kubernetes JSON schemas of ``kubernetes-validate``, and, where installed,
-``nginx -t``, ``systemd-analyze verify`` and ``kubectl kustomize``.
+``docker stack config``, ``nginx -t``, ``systemd-analyze verify`` and
+``kubectl kustomize``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,9 +23,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers import compose_duration
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+SWARM = DEPLOY / "swarm"
+STACK_FILE = DEPLOY / "stack.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 BIN = Path(sys.executable).parent
@@ -185,7 +191,8 @@ def check_config_with_static_folder(path: Path, tmp_path: Path) -> subprocess.Co
     return run([*argv, "--config", copy, "--check-config"], cwd=tmp_path)
 
 
-@pytest.mark.parametrize("path", [DEPLOY / "proxy.toml", K8S / "proxy.toml"], ids=["compose", "k8s-configmap"])
+@pytest.mark.parametrize("path", [DEPLOY / "proxy.toml", K8S / "proxy.toml", SWARM / "proxy.toml"],
+                         ids=["compose", "k8s-configmap", "swarm-config"])
 def test_container_proxy_configs_pass_check_config(path, tmp_path):
     result = check_config_with_static_folder(path, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -395,6 +402,184 @@ def test_kustomization_renders_and_validates(tmp_path):
     assert {d["kind"] for d in rendered} == {d["kind"] for d in DOCS}
     for doc in rendered:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+# --- Docker Swarm (deploy/stack.yml) and what it shares with Kubernetes -------------
+
+STACK = interpolate(yaml.safe_load(STACK_FILE.read_text()))
+STACK_SERVICES = STACK["services"]
+# Swarm takes a stopping task out of its service's DNS answers, waits this long,
+# then sends SIGTERM (moby's defaultGossipConvergeDelay, not configurable): the
+# proxy must have dropped the address by then.
+SWARM_DNS_TO_SIGTERM = 2.0
+
+
+@pytest.mark.skipif(not shutil.which("docker") or run(["docker", "stack", "config", "--help"]).returncode != 0,
+                    reason="no docker command with `stack config`: deploy/stack.yml is not rendered")
+def test_stack_file_renders_with_docker_stack_config():
+    """`docker stack config` checks the file against the compose schema and expands it, with no engine needed."""
+    result = run(["docker", "stack", "config", "-c", STACK_FILE], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert rendered["services"]["proxy"]["ports"][0]["published"] == 8080
+    assert rendered["configs"]["proxy_toml"]["file"] == str(SWARM / "proxy.toml")
+
+
+def test_stack_images_and_healthchecks_are_the_compose_files():
+    for name, service in STACK_SERVICES.items():
+        assert service["image"] == SERVICES[name]["image"]
+        assert service["healthcheck"] == SERVICES[name]["healthcheck"]
+        assert service["stop_grace_period"] == SERVICES[name]["stop_grace_period"]
+
+
+def test_stack_proxy_is_one_per_node_on_a_host_port_and_rolls_stop_first():
+    proxy = STACK_SERVICES["proxy"]
+    assert proxy["deploy"]["mode"] == "global"
+    assert proxy["ports"] == [{"target": 8080, "published": "8080", "protocol": "tcp", "mode": "host"}]
+    assert f"0.0.0.0:{proxy['ports'][0]['target']}" in listen(SWARM / "proxy.toml")
+    # The new task needs the port the old one holds: start-first could never start it.
+    assert proxy["deploy"]["update_config"]["order"] == "stop-first"
+    assert proxy["configs"] == [{"source": "proxy_toml", "target": "/etc/twotier/proxy.toml"}]
+    assert STACK["configs"]["proxy_toml"]["file"] == "./swarm/proxy.toml"
+    # Published ports need a network that is not internal (it gives the task its gateway).
+    assert any(not STACK["networks"][n].get("internal") for n in proxy["networks"])
+
+
+def test_stack_app_is_internal_and_reached_through_tasks_dot_app():
+    app = STACK_SERVICES["app"]
+    assert "ports" not in app
+    assert app["networks"] == ["backend"] and STACK["networks"]["backend"]["internal"] is True
+    command = app["command"]
+    port = command[command.index("--bind") + 1].rsplit(":", 1)[1]
+    assert upstream_servers(SWARM / "proxy.toml") == [f"tasks.app:{port}"]
+    subnet = STACK["networks"]["backend"]["ipam"]["config"][0]["subnet"]
+    assert command[command.index("--forwarded-allow-ips") + 1] == subnet
+
+
+@pytest.mark.parametrize("name", ["proxy", "app"])
+def test_stack_services_roll_back_drain_and_have_limits(name):
+    deploy = STACK_SERVICES[name]["deploy"]
+    assert deploy["update_config"]["parallelism"] == 1
+    assert compose_duration(deploy["update_config"]["delay"]) > 0
+    assert deploy["update_config"]["failure_action"] == "rollback"
+    assert deploy["rollback_config"]["order"] == deploy["update_config"]["order"]
+    assert deploy["resources"]["limits"] and deploy["resources"]["reservations"]
+    drain = 30 if name == "app" else tomllib.loads((SWARM / "proxy.toml").read_text())["server"]["grace_period"]
+    assert compose_duration(STACK_SERVICES[name]["stop_grace_period"]) > drain
+
+
+def test_swarm_proxy_drops_a_stopping_task_before_its_sigterm():
+    upstream = tomllib.loads((SWARM / "proxy.toml").read_text())["upstreams"]["app"]
+    assert upstream["resolve_interval"] < SWARM_DNS_TO_SIGTERM
+    # Kubernetes: the preStop hook keeps a terminating pod serving while the proxy re-resolves.
+    pre_stop = int(container_of("twotier-app")["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert tomllib.loads((K8S / "proxy.toml").read_text())["upstreams"]["app"]["resolve_interval"] < pre_stop
+
+
+def test_swarm_proxy_config_differs_from_compose_only_in_how_it_finds_the_app_tier():
+    compose, swarm = (tomllib.loads(p.read_text()) for p in (DEPLOY / "proxy.toml", SWARM / "proxy.toml"))
+    for key in ("servers", "resolve_interval"):
+        swarm["upstreams"]["app"][key] = compose["upstreams"]["app"][key]
+    assert swarm == compose
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="make is not installed")
+def test_make_swarm_up_builds_the_images_the_stack_names_then_deploys_it():
+    """`make -n` prints the commands without running them: no Docker needed."""
+    env = {"PATH": os.environ["PATH"], "TWOTIER_TAG": "t1", "TWOTIER_REGISTRY": "registry.example.com/x/"}
+    result = run(["make", "-n", "--no-print-directory", "swarm-up", "PYTHON_IMAGE=base:1", "SWARM_STACK=demo",
+                  "SWARM_FILES=deploy/stack.yml more.yml"], cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    images = interpolate(yaml.safe_load(STACK_FILE.read_text()), env)["services"]
+    for name, service in images.items():
+        assert (f"docker build --build-arg PYTHON_IMAGE=base:1 -f deploy/Dockerfile --target {name} "
+                f"-t {service['image']} .") in result.stdout
+    assert "docker stack deploy --resolve-image never -c deploy/stack.yml -c more.yml demo" in result.stdout
+    assert "TWOTIER_STACK=demo TWOTIER_PROXY_TOML_VERSION=$(sha256sum deploy/swarm/proxy.toml" in result.stdout
+    down = run(["make", "-n", "--no-print-directory", "swarm-down", "SWARM_STACK=demo"], cwd=ROOT, env=env)
+    commands = down.stdout.splitlines()
+    assert commands[0] == "docker stack services -q demo | xargs -r docker service rm"
+    assert commands[-1] == "docker stack rm demo"
+
+
+def test_stack_environment_overrides_reach_port_tag_subnet_and_config_name():
+    env = {"TWOTIER_PORT": "18080", "TWOTIER_TAG": "e2e", "TWOTIER_BACKEND_SUBNET": "10.9.8.0/24",
+           "TWOTIER_STACK": "demo", "TWOTIER_PROXY_TOML_VERSION": "abc123"}
+    data = interpolate(yaml.safe_load(STACK_FILE.read_text()), env)
+    assert data["services"]["proxy"]["ports"][0]["published"] == "18080"
+    assert data["services"]["app"]["image"] == "twotier-app:e2e"
+    assert data["networks"]["backend"]["ipam"]["config"][0]["subnet"] == "10.9.8.0/24"
+    assert "10.9.8.0/24" in data["services"]["app"]["command"]
+    assert data["configs"]["proxy_toml"]["name"] == "demo_proxy_toml_abc123"
+
+
+def container_of(deployment: str) -> dict:
+    [container] = k8s("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def healthcheck_url(service: dict) -> tuple[str, float]:
+    """The URL a Docker health check fetches and the HTTP timeout it gives urlopen."""
+    command = " ".join(service["healthcheck"]["test"])
+    return re.search(r"urlopen\('([^']+)'", command)[1], float(re.search(r"timeout=([\d.]+)\)", command)[1])
+
+
+def cpus(value: str) -> float:
+    """Docker's "0.25" and Kubernetes' "250m" or "1" as a number of CPUs."""
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def mebibytes(value: str) -> int:
+    """Docker's "256M" (mebibytes) and Kubernetes' "256Mi" as MiB."""
+    match = re.fullmatch(r"(\d+)(M|Mi)", value)
+    assert match, f"give memory in M (Docker) or Mi (Kubernetes): {value!r}"
+    return int(match[1])
+
+
+@pytest.mark.parametrize(("tier", "deployment"), [("app", "twotier-app"), ("proxy", "twotier-proxy")])
+def test_stack_and_k8s_agree_on_the_knobs_they_share(tier, deployment):
+    service = STACK_SERVICES[tier]
+    pod = k8s("Deployment", deployment)["spec"]["template"]["spec"]
+    container = container_of(deployment)
+    health = service["healthcheck"]
+    url, http_timeout = healthcheck_url(service)
+    port = int(url.split(":")[2].split("/")[0])
+    path = "/" + url.split("/", 3)[3]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert (probe["httpGet"]["path"], probe["httpGet"]["port"]) == (path, "http")
+        assert probe["timeoutSeconds"] == http_timeout
+    assert container["ports"][0]["containerPort"] == port
+    # Swarm gives a task traffic once a check passes (readiness) and replaces it after
+    # `retries` failures in a row (liveness), counting from start_period on.
+    assert compose_duration(health["interval"]) == container["readinessProbe"]["periodSeconds"]
+    assert compose_duration(health["interval"]) == container["livenessProbe"]["periodSeconds"]
+    assert health["retries"] == container["livenessProbe"]["failureThreshold"]
+    assert compose_duration(health["start_period"]) == container["livenessProbe"]["initialDelaySeconds"]
+    # Kubernetes counts its preStop wait inside the grace period; Swarm's wait comes before it.
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert compose_duration(service["stop_grace_period"]) == pod["terminationGracePeriodSeconds"] - pre_stop
+    resources = service["deploy"]["resources"]
+    for docker_key, k8s_key in (("limits", "limits"), ("reservations", "requests")):
+        assert cpus(resources[docker_key]["cpus"]) == cpus(container["resources"][k8s_key]["cpu"])
+        assert mebibytes(resources[docker_key]["memory"]) == mebibytes(container["resources"][k8s_key]["memory"])
+
+
+def test_stack_and_k8s_run_the_same_app_tier():
+    app, k8s_app = STACK_SERVICES["app"], k8s("Deployment", "twotier-app")["spec"]
+    assert app["deploy"]["replicas"] == k8s_app["replicas"]
+    # start-first, one at a time == maxSurge 1, maxUnavailable 0.
+    update = app["deploy"]["update_config"]
+    assert (update["order"], update["parallelism"]) == ("start-first", 1)
+    assert k8s_app["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    # The same Gunicorn command, but for whom forwarded headers are trusted from.
+    def without_trust(args):
+        i = args.index("--forwarded-allow-ips")
+        return args[:i] + args[i + 2:]
+    assert without_trust(app["command"]) == without_trust(container_of("twotier-app")["args"])
+    # tasks.app in Swarm is the headless Service in Kubernetes: every replica's own address.
+    assert k8s("Service", "twotier-app")["spec"]["clusterIP"] == "None"
+    [swarm_server], [k8s_server] = upstream_servers(SWARM / "proxy.toml"), upstream_servers(K8S / "proxy.toml")
+    assert swarm_server.rsplit(":", 1)[1] == k8s_server.rsplit(":", 1)[1]
 
 
 # --- nginx.conf and the systemd units -------------------------------------------
