@@ -330,6 +330,12 @@ class ServerSettings:
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
         "", STRING, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+    http_engine: str = setting(
+        "auto", _choice("auto", "llhttp", "h11"), "INTERIM")
+    server_timing: str = setting(
+        "all", _choice("all", "trusted", "off"),
+        'Who gets the Server-Timing header (the proxy\'s and the upstream\'s share of each response, which '
+        'the demo page and browser developer tools show): "all", "trusted" (clients in [status] allow), or "off".')
 
 
 @dataclass(frozen=True)
@@ -438,6 +444,11 @@ class Upstream:
         Kind("a list of " + ", ".join(f'"{n}"' for n in NEXT_UPSTREAM), _convert_next_upstream),
         "When to try the next server: a connection error, a timeout, or these statuses. A request that "
         "was sent is retried only when its method is idempotent.", shown='["error", "timeout"]')
+    queue: int = setting(
+        100, COUNT, "Requests that may wait for a server when every server is at its max_conns (nginx Plus "
+        "queue); more than this get 503 at once.")
+    queue_timeout: float = setting(
+        60.0, SECONDS, "How long a request waits in that queue for a server before it gets 503.")
     resolve_interval: float = setting(5.0, SECONDS, "Seconds between two lookups of a server given by host name.")
     health: Health | None = setting(None, _table(Health, "a table"),
                                     "Active health checks, as an [upstreams.NAME.health] table; none when absent.",

@@ -69,8 +69,22 @@ class Metrics:
         }
 
 
-def process_stats() -> dict:
-    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow."""
+_PROCESS_STATS: list = [0.0, {}]  # when last read, and what
+
+
+def process_stats(max_age: float = 1.0) -> dict:
+    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow.
+
+    Counting descriptors lists /proc/self/fd, which grows with the connections; read at most once
+    a second, so a status page costs the same however many connections are open.
+    """
+    now = time.monotonic()
+    if now - _PROCESS_STATS[0] >= max_age:
+        _PROCESS_STATS[:] = [now, _read_process_stats()]
+    return dict(_PROCESS_STATS[1])
+
+
+def _read_process_stats() -> dict:
     import asyncio
 
     stats = {"open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None}
@@ -90,7 +104,9 @@ def process_stats() -> dict:
 
 
 def worker_view(runtime) -> dict:
-    """One worker's counters and upstream view, as plain data (what it pins on the board)."""
+    """One worker's counters and upstream view, as plain data (what it pins on the board).
+
+    ``runtime`` is the worker (server/worker.py): counters only, nothing that walks its connections."""
     now = runtime.loop.time()
     upstreams = {}
     for name, group in runtime.groups.items():
@@ -117,8 +133,8 @@ def worker_view(runtime) -> dict:
         "pid": os.getpid(),
         "published": time.time(),
         "started": runtime.metrics.started,
-        "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy),
-                        "refused_at_max": runtime.refused},
+        "connections": {"open": len(runtime.conns.open), "active": runtime.conns.active,
+                        "refused_at_max": runtime.conns.refused},
         "process": process_stats(),
         "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,

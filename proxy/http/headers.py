@@ -153,3 +153,46 @@ def client_response_headers(
     out.append((b"via", via))
     out += extra
     return out
+
+
+class Stamp:
+    """The headers the proxy adds to every response it sends, built here and nowhere else.
+
+    Server and Date (RFC 9110 sections 10.2.4 and 6.6.1), X-Request-ID (the
+    id the upstream received too, so a line in either tier's log finds the
+    other), Server-Timing (W3C Server Timing: the proxy's share, for the demo
+    page and browser dev tools; ``[server] server_timing`` says who gets it),
+    Strict-Transport-Security on HTTPS when ``[tls] hsts`` is set and the app
+    did not send its own, and ``Connection: close`` when this is the
+    connection's last response. Via is part of relaying an upstream's
+    headers (``client_response_headers``).
+    """
+
+    __slots__ = ("server", "hsts", "timing", "_trusted")
+
+    def __init__(self, server: bytes, *, hsts: str = "", server_timing: str = "all",
+                 trusted=None) -> None:
+        self.server = server
+        self.hsts = ((b"strict-transport-security", hsts.encode()),) if hsts else ()
+        self.timing = server_timing  # "all", "trusted" or "off"
+        self._trusted = trusted  # client_ip -> bool, for "trusted"
+
+    def __repr__(self) -> str:
+        return f"<Stamp {self.server.decode()} hsts={bool(self.hsts)} server_timing={self.timing}>"
+
+    def timing_for(self, client_ip: str) -> bool:
+        if self.timing == "all":
+            return True
+        return self.timing == "trusted" and self._trusted is not None and self._trusted(client_ip)
+
+    def headers(self, exchange, *, date: bytes, https: bool, client_ip: str, close: bool, now: float,
+                present: list[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+        """The proxy's headers for ``exchange``'s response; ``present`` are the headers already chosen."""
+        out = [(b"server", self.server), (b"date", date), (b"x-request-id", exchange.request_id)]
+        if close:
+            out.append((b"connection", b"close"))
+        if https and self.hsts and not any(name == b"strict-transport-security" for name, _ in present):
+            out += self.hsts
+        if self.timing_for(client_ip):
+            out.append((b"server-timing", exchange.server_timing(now)))
+        return out
