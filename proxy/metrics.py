@@ -30,7 +30,7 @@ STATES = ("up", "down", "failed", "draining")
 _SEVERITY = {"draining": 3, "down": 2, "failed": 1, "up": 0}
 
 # Per-server numbers that add up across workers.
-_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "connects")
+_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "active_connections", "connects")
 
 
 class Metrics:
@@ -123,12 +123,13 @@ def worker_view(runtime) -> dict:
                 "requests": peer.requests,
                 "failures": peer.failures,
                 "idle_connections": len(peer.pool.idle),
+                "active_connections": peer.pool.counts["active"],
                 "connects": peer.pool.connects,
                 "last_error": peer.last_error or peer.health.last_error or None,
                 "last_check_seconds_ago": (round(now - peer.health.last_check, 3)
                                            if peer.health.last_check is not None else None),
             })
-        upstreams[name] = {"balance": group.config.balance, "servers": servers}
+        upstreams[name] = {"balance": group.config.balance, "queued": len(group.waiting), "servers": servers}
     return {
         "pid": os.getpid(),
         "published": time.time(),
@@ -205,14 +206,15 @@ def merge(views: list[dict]) -> dict:
             total["count"] += d["count"]
             total["buckets"] = [a + b for a, b in zip(total["buckets"], d["buckets"])]
         for name, group in view["upstreams"].items():
-            merged = upstreams.setdefault(name, {"balance": group["balance"], "servers": {}})
+            merged = upstreams.setdefault(name, {"balance": group["balance"], "queued": 0, "servers": {}})
+            merged["queued"] += group.get("queued", 0)
             for server in group["servers"]:
                 into = merged["servers"].get(server["address"])
                 if into is None:
                     merged["servers"][server["address"]] = {**server, "states": [server["state"]]}
                     continue
                 for key in _SUMMED:
-                    into[key] += server[key]
+                    into[key] = into.get(key, 0) + server.get(key, 0)
                 into["states"].append(server["state"])
                 into["last_error"] = into["last_error"] or server["last_error"]
     for group in upstreams.values():
