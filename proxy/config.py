@@ -252,6 +252,15 @@ def _convert_event_loop(value: Any, ctx: Context) -> str:
     return value
 
 
+def _convert_http_engine(value: Any, ctx: Context) -> str:
+    from .http.codec import ENGINES
+
+    if value != "auto" and value not in ENGINES:
+        raise Invalid
+    return value
+
+
+HTTP_ENGINE = Kind('one of "auto", "llhttp", "h11"', _convert_http_engine)
 EVENT_LOOP = Kind('one of "auto", "asyncio", "uvloop"', _convert_event_loop)
 WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU core', _convert_workers)
 WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
@@ -323,6 +332,10 @@ class ServerSettings:
     event_loop: str = setting(
         "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop when it is installed (the optional '
         'extra twotier[fast]) and no [tls] is configured, asyncio otherwise.')
+    http_engine: str = setting(
+        "auto", HTTP_ENGINE,
+        'The HTTP/1.1 parser: "llhttp" (C, through httptools; what "auto" means) or "h11" (pure Python, the '
+        "reference both are tested against). Both refuse the same requests with the same statuses.")
     max_connections: int = setting(
         4096, COUNT, "Client connections one worker holds at once; beyond it a new connection is answered 503 "
         "and closed. The open-files limit is raised to its hard limit at start.")
@@ -330,8 +343,6 @@ class ServerSettings:
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
         "", STRING, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
-    http_engine: str = setting(
-        "auto", _choice("auto", "llhttp", "h11"), "INTERIM")
     server_timing: str = setting(
         "all", _choice("all", "trusted", "off"),
         'Who gets the Server-Timing header (the proxy\'s and the upstream\'s share of each response, which '

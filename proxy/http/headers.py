@@ -185,12 +185,10 @@ class Stamp:
             return True
         return self.timing == "trusted" and self._trusted is not None and self._trusted(client_ip)
 
-    def headers(self, exchange, *, date: bytes, https: bool, client_ip: str, close: bool, now: float,
+    def headers(self, exchange, *, date: bytes, https: bool, client_ip: str, now: float,
                 present: list[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
         """The proxy's headers for ``exchange``'s response; ``present`` are the headers already chosen."""
         out = [(b"server", self.server), (b"date", date), (b"x-request-id", exchange.request_id)]
-        if close:
-            out.append((b"connection", b"close"))
         if https and self.hsts and not any(name == b"strict-transport-security" for name, _ in present):
             out += self.hsts
         if self.timing_for(client_ip):

@@ -58,7 +58,6 @@ LINGER_BYTES = 1024 * 1024
 DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
 PIPELINE_TURN = 16  # requests answered in one go before the connection lets the others have the loop
 HTML = (b"content-type", b"text/html; charset=utf-8")
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -250,7 +249,7 @@ class ClientProtocol(asyncio.Protocol):
             limits = w.config.limits
             self.body = RequestBody(limits.body_buffer_bytes, w.config.server.temp_dir)
         if head.expect_continue:
-            self.transport.write(CONTINUE)
+            self.transport.write(codec.CONTINUE)
         exchange.route = getattr(getattr(action, "route", None), "prefix", "")
         w.timers.arm(self, w.config.limits.body_timeout)
 
@@ -322,19 +321,15 @@ class ClientProtocol(asyncio.Protocol):
         head = exchange.head
         keep_alive = (keep_alive and head is not None and head.keep_alive and not w.conns.closing
                       and self.parser.requests < w.config.limits.keepalive_requests)
-        framing, keep_alive = codec.response_framing(
+        framing = codec.response_framing(
             head.http_version if head is not None else b"1.1", head.method if head is not None else b"GET",
             keep_alive, status, length)
-        if length is not None and (framing == "length" or (framing == "none" and status not in (204, 304))):
-            headers.append((b"content-length", b"%d" % length))
-        elif framing == "chunked":
-            headers.append((b"transfer-encoding", b"chunked"))
-        self.framing = framing
-        self.keep_alive = keep_alive
+        self.framing = framing.kind
+        self.keep_alive = framing.keep_alive
         exchange.status = status
+        headers += framing.headers
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
-                                client_ip=self.client_ip, close=not keep_alive, now=perf_counter(),
-                                present=headers)
+                                client_ip=self.client_ip, now=perf_counter(), present=headers)
         return codec.response_head(status, reason or reason_phrase(status), added + headers)
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
@@ -448,9 +443,9 @@ class ClientProtocol(asyncio.Protocol):
         body = error_page(reply.status, w.server_name)
         self.framing = "length"
         head = exchange.head
-        headers = [*reply.headers, HTML, (b"content-length", b"%d" % len(body))]
+        headers = [*reply.headers, HTML, (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
-                                client_ip=self.client_ip, close=True, now=perf_counter(), present=headers)
+                                client_ip=self.client_ip, now=perf_counter(), present=headers)
         exchange.status = reply.status
         payload = codec.response_head(reply.status, reason_phrase(reply.status), added + headers)
         if head is None or head.method != b"HEAD":

@@ -73,7 +73,9 @@ def serve_static(client, action) -> None:
             client.respond(416, [HTML, *plan.headers], error_page(416, w.server_name))
             return
         if head.method == b"HEAD" or plan.status == 304:
-            client.respond(plan.status, _without_length(plan.headers), b"", length=plan.content_length)
+            # HEAD gets the length a GET would have; a 304 none (the plan's length is the part sent: 0).
+            client.respond(plan.status, _without_length(plan.headers), b"",
+                           length=plan.content_length if plan.status != 304 else None)
             return
         if len(plan.parts) == 1 and plan.content_length <= SMALL_FILE:
             offset, length = plan.parts[0]

@@ -8,34 +8,9 @@ import pytest
 
 from proxy.errors import UpstreamError
 from proxy.http.outbound import UpstreamProtocol
+from tests.bad_responses import BAD, GOOD, POISON
 from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of
 
-GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
-
-# name -> the raw response the upstream sends; each must become a 502.
-BAD = {
-    "cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "te-and-cl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
-    "cl-conflicting": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
-    "cl-list": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok!",
-    "cl-negative": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok",
-    "te-unknown": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
-    "cr-in-value": b"HTTP/1.1 200 OK\r\nX-Bad: a\rInjected: yes\r\nContent-Length: 2\r\n\r\nok",
-    "lf-in-value": b"HTTP/1.1 200 OK\r\nX-Bad: a\nInjected: yes\r\nContent-Length: 2\r\n\r\nok",
-    "nul-in-value": b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nok",
-    "obs-fold": b"HTTP/1.1 200 OK\r\nX-Bad: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
-    "bare-lf-head": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
-    "space-before-colon": b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
-    "status-no-space": b"HTTP/1.1 200OK\r\nContent-Length: 2\r\n\r\nok",
-    "status-two-digits": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok",
-    "status-over-599": b"HTTP/1.1 999 Custom\r\nContent-Length: 2\r\n\r\nok",
-    "status-under-100": b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok",
-    "version-2": b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    "not-http": b"ICY 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    "garbage": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
-    "unsolicited-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-}
-POISON = GOOD[:-4] + b"okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
 
 
 def respond(raw: bytes) -> bytes:
@@ -146,12 +121,18 @@ def test_protocol_is_not_reusable_with_bytes_left_over():
     assert not protocol.reusable
 
 
-def test_protocol_accepts_obs_text_and_identical_lengths():
-    # RFC 9110 5.5 (obs-text is field content) and 8.6 (identical duplicates may be merged).
-    protocol, events = exchange(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n"
-                                b"Content-Length: 2\r\n\r\nok")
+def test_protocol_accepts_obs_text():
+    # RFC 9110 5.5: obs-text is field content.
+    protocol, events = exchange(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
     assert (b"x-name", b"caf\xe9") in list(events[0].headers)
     assert protocol.reusable
+
+
+def test_protocol_drops_content_length_from_a_204():
+    # RFC 9110 8.6: a server MUST NOT send Content-Length in a 204, so the client must not receive it.
+    protocol, events = exchange(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: b\r\n\r\n")
+    assert events[0].status_code == 204 and list(events[0].headers) == [(b"x-a", b"b")]
+    assert type(events[1]) is h11.EndOfMessage and protocol.reusable
 
 
 def test_protocol_early_close_is_an_error():
