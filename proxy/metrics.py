@@ -48,11 +48,13 @@ class Metrics:
         self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
 
     def observe(self, record: AccessRecord) -> None:
-        route = record.route or "-"
-        self.requests[route, record.status] += 1
-        if record.tunnel:
+        self.count(record.route, record.status, record.request_time, bool(record.tunnel))
+
+    def count(self, route: str, status: int, seconds: float, tunnel: bool = False) -> None:
+        route = route or "-"
+        self.requests[route, status] += 1
+        if tunnel:
             return  # a tunnel's lifetime (minutes) would swamp the request-duration histogram
-        seconds = record.request_time
         self.duration_sum[route] += seconds
         self.duration_count[route] += 1
         for le in BUCKETS:

@@ -114,6 +114,12 @@ class ClientProtocol(asyncio.Protocol):
         w.timers.arm(self, DRAIN_IDLE if w.conns.closing else w.config.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:
+            self.crashed()
+
+    def _received(self, data: bytes) -> None:
         state = self.state
         if state is LINGER:
             self._dropped += len(data)
@@ -133,6 +139,15 @@ class ClientProtocol(asyncio.Protocol):
         if state is BODY:
             self.w.timers.arm(self, self.w.config.limits.body_timeout)
         self._advance()
+
+    def crashed(self) -> None:
+        """A bug in the proxy while serving this connection: logged with its traceback, the connection cut
+        (the worker and every other connection go on)."""
+        log.exception("internal error while serving %s", self.client_ip)
+        exchange = self.exchange
+        if exchange is not None and not exchange.status:
+            exchange.status = 500
+        self.abort()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -408,7 +423,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        self.w.log.write(exchange.record(self.client_ip))
+        self.w.log.write(exchange, self.client_ip)
 
     # --- errors: the edge ---
 

@@ -351,6 +351,16 @@ class Forwarding:
         self.state = DONE
         self.client.fail(error)
 
+    def crashed(self) -> None:
+        """A bug while relaying: both connections are cut, the traceback is logged by the client's side."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.pool.close_conn(conn)
+        if self.state is not DONE:
+            self.state = DONE
+            self.group.finished(self.peer)
+        self.client.crashed()
+
     # --- the client's side ---
 
     def writable(self) -> None:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from typing import Protocol
+
+log = logging.getLogger("proxy")
 
 # Deadlines closer than this together fire in the same timer callback.
 SLACK = 0.005
@@ -90,7 +93,10 @@ class Deadlines:
         for obj in due:
             if obj.deadline and obj.deadline <= now:  # an earlier expiry in this batch may have moved it
                 obj.deadline = 0.0
-                obj.expired()
+                try:
+                    obj.expired()
+                except Exception:  # one connection's bug must not stop the others' timeouts
+                    log.exception("internal error in the timeout of %r", obj)
 
     def _requeue(self, obj: Expiring, when: float) -> None:
         obj.queued = when

@@ -56,7 +56,10 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         if owner is not None:
-            owner.upstream_data(data)
+            try:
+                owner.upstream_data(data)
+            except Exception:
+                owner.crashed()
         else:
             self.pool.close_conn(self)  # bytes nobody asked for: response queue poisoning if reused
 

@@ -18,8 +18,9 @@ import asyncio
 import json
 import logging
 import time
+from time import perf_counter
 
-from ..accesslog import AccessLog, AccessRecord
+from ..accesslog import AccessLog
 from ..config import Address, Config, Status
 from ..http import static
 from ..http.decide import Decider
@@ -102,18 +103,24 @@ class Connections:
 class RequestLog:
     """Every finished request goes here once: counted in the metrics and written to the access log."""
 
-    __slots__ = ("access", "metrics")
+    __slots__ = ("access", "metrics", "writes")
 
-    def __init__(self, access: AccessLog, metrics: Metrics) -> None:
+    def __init__(self, access: AccessLog, metrics: Metrics, writes: bool = True) -> None:
         self.access = access
         self.metrics = metrics
+        self.writes = writes  # False with [log] access = "off": no record is built at all
 
     def __repr__(self) -> str:
         return f"<RequestLog {self.access!r}>"
 
-    def write(self, record: AccessRecord) -> None:
-        self.metrics.observe(record)
-        self.access.write(record)
+    def write(self, exchange, client_ip: str) -> None:
+        now = perf_counter()
+        if self.writes:
+            record = exchange.record(client_ip, now)
+            self.metrics.observe(record)
+            self.access.write(record)
+        else:
+            self.metrics.count(exchange.route, exchange.status, now - exchange.started, exchange.tunnel is not None)
 
 
 class Worker:
@@ -129,7 +136,8 @@ class Worker:
         self.timers = Deadlines(loop)
         self.groups = {name: UpstreamGroup(up, loop, self.timers, config.server.http_engine)
                        for name, up in config.upstreams.items()}
-        self.log = RequestLog(AccessLog(config.log.access, config.log.format), Metrics())
+        self.log = RequestLog(AccessLog(config.log.access, config.log.format), Metrics(),
+                              writes=config.log.access != "off")
         self.files = static.LocateCache()
         self.conns = Connections(loop, config.server.max_connections)
         self.clock = Clock()
