@@ -248,7 +248,8 @@ def _convert_event_loop(value: Any, ctx: Context) -> str:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            raise Invalid("uvloop is not installed (pip install 'twotier[fast]'), or use \"auto\"") from None
+            raise Invalid("uvloop cannot be imported here (it is a dependency of twotier: reinstall twotier), "
+                          'or use "auto"') from None
     return value
 
 
@@ -330,8 +331,8 @@ class ServerSettings:
         1, WORKERS, "Worker processes sharing the listening sockets; a master process restarts any that dies "
         "and replaces them all, gracefully, on SIGHUP.")
     event_loop: str = setting(
-        "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop when it is installed (the optional '
-        'extra twotier[fast]) and no [tls] is configured, asyncio otherwise.')
+        "auto", EVENT_LOOP, 'The workers\' event loop: "auto" takes uvloop (a dependency; TLS included) when it '
+        'can be imported, asyncio otherwise.')
     http_engine: str = setting(
         "auto", HTTP_ENGINE,
         'The HTTP/1.1 parser: "llhttp" (C, through httptools; what "auto" means) or "h11" (pure Python, the '
@@ -672,9 +673,6 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
 
 def _cross_check(config: Config) -> None:
     source = config.path
-    if config.server.event_loop == "uvloop" and config.tls is not None:
-        raise ConfigError(f"{source}: server.event_loop: uvloop's TLS handshake hangs with [[tls.sites]] here; "
-                          'use "auto" (asyncio whenever [tls] is configured) or "asyncio"')
     seen: set[Address] = set()
     for address in config.server.listen:
         if address in seen and address.port != 0:

@@ -7,9 +7,11 @@ Certificates come from trustme at test time; every server listens on
 from __future__ import annotations
 
 import re
+import select
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import trustme
@@ -44,6 +46,50 @@ def peer_certificate(port: int, context: ssl.SSLContext, server_name: str | None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             return tls.getpeercert(binary_form=True)
+
+
+class EagerClient:
+    """A TLS client that sends its whole ClientHello the moment it is connected, before the server has
+    accepted the connection or answered (as browsers and curl do), and finishes the handshake later.
+
+    ``ssl.SSLObject`` over memory buffers, so the test decides when each flight is sent and how long
+    to wait: ``finish`` raises TimeoutError instead of hanging when the server never answers.
+    """
+
+    def __init__(self, port: int, context: ssl.SSLContext, server_name: str | None, send: slice = slice(None)):
+        """``send`` picks the part of the ClientHello to send now (all of it by default)."""
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.hello = self._step()[1]
+        self.sock.sendall(self.hello[send])
+
+    def _step(self) -> tuple[bool, bytes]:
+        try:
+            self.tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        return done, self._outgoing.read()
+
+    def finish(self, timeout: float) -> bytes:
+        """The certificate (DER) the server presented, once the handshake is complete."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+                raise TimeoutError(f"no TLS handshake within {timeout:g} s")
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed by the server during the handshake")
+            self._incoming.write(data)
+            done, flight = self._step()
+            self.sock.sendall(flight)
+            if done:
+                return self.tls.getpeercert(binary_form=True)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def der(cert: trustme.LeafCert) -> bytes:

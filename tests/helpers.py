@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
+EVENT_LOOPS = ("asyncio", "uvloop")  # the values of [server] event_loop that pick a loop; "auto" is uvloop
 
 
 def free_port() -> int:

@@ -337,10 +337,10 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _loop_factory(choice: str, tls: bool = False):
-    """uvloop's loop when asked for, or when "auto" finds it installed and no [tls] is configured
-    (TLS with SNI sites hangs in uvloop's handshake here); else asyncio's."""
-    if choice == "uvloop" or (choice == "auto" and not tls):
+def _loop_factory(choice: str):
+    """uvloop's loop (a dependency) for "uvloop" and "auto"; asyncio's when asked for, or when "auto"
+    cannot import uvloop ("uvloop" then fails at config load instead)."""
+    if choice in ("uvloop", "auto"):
         try:
             import uvloop
         except ImportError:
@@ -389,7 +389,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
         await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
                     tls_sockets=tls_sockets, certificates=certificates)
 
-    new_loop = _loop_factory(cfg.server.event_loop, tls=cfg.tls is not None)
+    new_loop = _loop_factory(cfg.server.event_loop)
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(main())
     return 0

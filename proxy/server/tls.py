@@ -9,10 +9,17 @@ counted in the metrics, and logged once a minute at most
 this worker was started with; a reload (SIGHUP to the master) starts new
 workers with certificates read afresh, and no socket is closed.
 
-``start_tls`` pauses the transport before its first await, and the task that
-calls it runs before any read callback of the new connection (both are
-queued with ``call_soon`` and the task is first), so no byte of the
-ClientHello reaches the holding protocol.
+No byte of the ClientHello may be lost between accepting and ``start_tls``.
+asyncio reads nothing before then: it honours the ``pause_reading()`` in
+``_Holding.connection_made``. uvloop does not: it starts reading right after
+``connection_made`` returns (a pause there is a no-op), and the task that
+calls ``start_tls`` runs a loop turn later, after uvloop has polled the
+socket, so a hello already sent (clients send it at once) reaches
+``_Holding.data_received`` first. Dropped there, the handshake would wait for
+it until header_timeout: the old "uvloop hangs with [[tls.sites]]", where any
+name could lose the race and every connection does when the worker is busy.
+So ``_Holding`` keeps those bytes and pauses, and ``_replay`` hands them to
+the TLS protocol that ``start_tls`` installs, before its handshake starts.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ log = logging.getLogger("proxy")
 # be 1.2 GiB per worker. 32 KiB holds two full TLS records; measured 73 KiB per connection and no loss of
 # throughput (ten 4 MiB messages echoed over wss: 3.9 s against 4.8 s). It is a class attribute of a
 # private module, so test_wss_tunnels_cost_little_memory fails if a Python version stops honouring it.
+# uvloop's TLS protocol has its own fixed 256 KiB buffer (a compile-time constant, no knob), malloc'ed and
+# never zeroed: a quiet connection holds only the pages reads touched (measured 51-60 KiB per wss tunnel),
+# a busy one up to all of it (docs/performance.md, "uvloop and TLS").
 SSL_READ_BUFFER = 32 * 1024
 if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > SSL_READ_BUFFER:
     asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
@@ -69,14 +79,15 @@ class TlsClientProtocol(ClientProtocol):
 
 
 class _Holding(asyncio.Protocol):
-    """Owns a fresh TCP connection on a TLS port for the instant before ``start_tls`` takes it over."""
+    """Owns a fresh TCP connection on a TLS port until ``start_tls`` takes it over, keeping whatever it
+    reads before then (``early``: the start of the ClientHello, under uvloop only)."""
 
-    __slots__ = ("_worker",)
+    __slots__ = ("_worker", "_transport", "early")
 
     def __init__(self, worker) -> None:
         self._worker = worker
-
-    # data_received is never called: see the module docstring.
+        self._transport: asyncio.Transport | None = None
+        self.early = bytearray()
 
     def connection_made(self, transport) -> None:
         worker = self._worker
@@ -84,19 +95,57 @@ class _Holding(asyncio.Protocol):
         if worker.conns.at_capacity(len(edge.handshakes)):
             transport.abort()  # there is no way to say 503 before the handshake
             return
-        # Not one byte of the ClientHello may be read before start_tls owns the transport: asyncio
-        # happens not to read before the task runs, uvloop does (and the bytes would be lost).
-        transport.pause_reading()
-        task = worker.loop.create_task(_handshake(worker, transport))
+        self._transport = transport
+        transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
+        task = worker.loop.create_task(_handshake(worker, transport, self))
         edge.handshakes.add(task)
         task.add_done_callback(edge.handshakes.discard)
 
+    def data_received(self, data: bytes) -> None:
+        # uvloop read the ClientHello before start_tls took the transport: keep it for _replay, and let
+        # the rest (if the hello spans several reads) wait in the kernel until start_tls resumes reading.
+        self.early += data
+        self._transport.pause_reading()
 
-async def _handshake(worker, transport: asyncio.Transport) -> None:
+
+def _replay(transport: asyncio.Transport, holding: _Holding) -> None:
+    """Give the TLS protocol that ``start_tls`` installed the bytes the holding protocol read first.
+
+    Runs from ``call_soon``, queued just before ``start_tls`` is called. Both asyncio and uvloop swap the
+    transport's protocol before ``start_tls`` first suspends, then queue the TLS protocol's
+    ``connection_made`` (which starts the handshake) and the transport's ``resume_reading``, so this runs
+    first: the bytes reach the TLS protocol's incoming buffer before its handshake or any later read does.
+    """
+    protocol = transport.get_protocol()
+    if protocol is holding or transport.is_closing():  # start_tls failed before taking over, or a reset
+        return
+    _feed(protocol, bytes(holding.early))
+    holding.early.clear()
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver bytes to a protocol as a transport would: into its buffers if it is a buffered protocol
+    (the TLS protocols of asyncio and uvloop both are), else through data_received."""
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is None:
+        protocol.data_received(data)
+        return
+    view = memoryview(data)
+    while view:
+        buffer = get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
+
+
+async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) -> None:
     if transport.is_closing():  # reset before this task ran
         worker.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), worker)
         return
     protocol = TlsClientProtocol(worker, b"https")
+    if holding.early:
+        worker.loop.call_soon(_replay, transport, holding)
     try:
         tls_transport = await worker.loop.start_tls(
             transport, protocol, worker.tls.default, server_side=True,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import trustme
 
-from tests.helpers import GunicornProcess
+from tests.helpers import EVENT_LOOPS, GunicornProcess
+
+
+@pytest.fixture(params=EVENT_LOOPS)
+def event_loop(request) -> str:
+    """The proxy workers' [server] event_loop: a test that takes this runs once on each loop."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -127,8 +127,6 @@ def rss_of(proxy) -> int:
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("sendfile", ["false", "true"])
 def test_a_1gib_file_to_100_slow_readers_keeps_memory_bounded(start_proxy, tmp_path, sendfile, event_loop):
-    if event_loop == "uvloop":
-        pytest.importorskip("uvloop", reason="uvloop is optional (twotier[fast])")
     _raise_fd_limit(400)
     www = tmp_path / "www"
     www.mkdir()

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
 
-from tests.edge import client_context, der, https_port, peer_certificate, write_cert
-from tests.helpers import ROOT, ProxyProcess, wait_until
+from tests.edge import EagerClient, client_context, der, https_port, peer_certificate, worker_pid, write_cert
+from tests.helpers import EVENT_LOOPS, ROOT, ProxyProcess, wait_until
 
 
-def tls_config(certificate: str, key: str, *, upstream: str = "", static: str = "", extra: str = "",
+def tls_config(certificate: str, key: str, *, event_loop: str, upstream: str = "", static: str = "", extra: str = "",
                workers: int = 1) -> str:
-    """A proxy.toml with a plain and a TLS listener (ports chosen at run time), [status], and one route."""
+    """A proxy.toml with a plain and a TLS listener (ports chosen at run time), [status], and one route;
+    ``extra`` goes at the end of [tls] (and may open tables of its own)."""
     route = 'upstream = "app"' if upstream else f'static = "{static}"'
     backend = f'[upstreams.app]\nservers = ["{upstream}"]' if upstream else ""
     return f"""
 [server]
 listen = ["127.0.0.1:0"]
 workers = {workers}
+event_loop = "{event_loop}"
 [tls]
 listen = ["127.0.0.1:0"]
 certificate = "{certificate}"
@@ -38,9 +42,9 @@ prefix = "/"
 """
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, ca, ws_gunicorn):
-    """A proxy with [tls] (a default certificate and two SNI sites), redirect_http and HSTS."""
+@pytest.fixture(scope="module", params=EVENT_LOOPS)
+def site(request, tmp_path_factory, ca, ws_gunicorn):
+    """A proxy with [tls] (a default certificate and two SNI sites), redirect_http and HSTS, on each event loop."""
     folder = tmp_path_factory.mktemp("tls")
     default = ca.issue_cert("localhost", "127.0.0.1")
     api = ca.issue_cert("api.example.test")
@@ -48,7 +52,8 @@ def site(tmp_path_factory, ca, ws_gunicorn):
     write_cert(default, folder, "default")
     write_cert(api, folder, "api")
     write_cert(wild, folder, "wild")
-    proxy = ProxyProcess(folder, tls_config("default.pem", "default.key", upstream=ws_gunicorn.address, extra="""
+    proxy = ProxyProcess(folder, tls_config("default.pem", "default.key", event_loop=request.param,
+                                            upstream=ws_gunicorn.address, extra="""
 redirect_http = true
 hsts = "max-age=31536000"
 [[tls.sites]]
@@ -104,6 +109,13 @@ def test_status_page_is_not_redirected(site):
     assert status["tunnels"]["open"] == 0
 
 
+def _no_verify() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 @pytest.mark.parametrize("server_name, expected", [
     ("localhost", "default"),
     ("api.example.test", "api"),
@@ -113,10 +125,7 @@ def test_status_page_is_not_redirected(site):
     (None, "default"),
 ])
 def test_sni_chooses_the_certificate(site, server_name, expected):
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    assert peer_certificate(site.tls_port, context, server_name) == der(site.certs[expected])
+    assert peer_certificate(site.tls_port, _no_verify(), server_name) == der(site.certs[expected])
 
 
 def test_sni_site_serves_requests(site, ca):
@@ -129,6 +138,55 @@ def test_sni_site_serves_requests(site, ca):
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b'"url":"https://api.example.test/scheme"' in answer
+
+
+def test_hellos_sent_before_the_worker_runs_are_not_lost(site):
+    """Regression: uvloop starts reading a connection as soon as it is accepted, before start_tls owns
+    it, and the proxy used to drop what it read then, the ClientHello: the handshake waited for bytes
+    that had come and gone until header_timeout (it looked like a hang with [[tls.sites]]). With the
+    worker stopped while clients connect and send their hellos, every hello is in its socket before
+    the worker accepts; each handshake must still complete, with the certificate its name asks for."""
+    worker = worker_pid(site)
+    names = [("api.example.test", "api"), ("localhost", "default"), (None, "default"), ("chat.wild.test", "wild")] * 4
+    before = _tls_status(site)
+    clients: list[EagerClient] = []
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        for name, _ in names:
+            clients.append(EagerClient(site.tls_port, _no_verify(), name))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        presented = [client.finish(timeout=10) for client in clients]  # TimeoutError, not a hang, if lost
+    finally:
+        for client in clients:
+            client.close()
+    assert presented == [der(site.certs[expected]) for _, expected in names]
+    wait_until(lambda: _tls_status(site)["handshakes"] == before["handshakes"] + len(names), timeout=5,
+               what="every handshake counted")
+    assert _tls_status(site)["failures"] == before["failures"]
+
+
+def test_a_handshake_that_never_completes_is_closed_after_header_timeout(tmp_path, ca, start_proxy, event_loop):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    proxy = start_proxy(tls_config("site.pem", "site.key", event_loop=event_loop, static=".",
+                                   extra="[limits]\nheader_timeout = 1.0"))
+    port = https_port(proxy)
+    started = time.monotonic()
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # never says hello
+    half = EagerClient(port, client_context(ca), "localhost", send=slice(0, 100))  # the start of a hello only
+    try:
+        for sock in (silent, half.sock):
+            sock.settimeout(10)
+            try:
+                assert sock.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started > 0.9  # closed by the timeout, not at once
+    finally:
+        silent.close()
+        half.close()
+    wait_until(lambda: _failures(proxy).get("timeout") == 2, timeout=5, what="both counted as timeouts")
 
 
 def _tls11_context() -> ssl.SSLContext:
@@ -182,13 +240,17 @@ def test_tls11_is_refused_by_the_server(site, ca, tmp_path):
     wait_until(lambda: _failures(site).get("version", 0) == before + 1, timeout=5, what="the refusal counted")
 
 
+def _tls_status(proxy) -> dict:
+    return requests.get(f"http://127.0.0.1:{proxy.port}/_proxy/status").json()["tls"]
+
+
 def _failures(proxy) -> dict:
-    return requests.get(f"http://127.0.0.1:{proxy.port}/_proxy/status").json()["tls"]["failures"]
+    return _tls_status(proxy)["failures"]
 
 
-def test_failed_handshakes_are_logged_once_and_cost_nothing_else(tmp_path, ca, start_proxy, ws_gunicorn):
+def test_failed_handshakes_are_logged_once_and_cost_nothing_else(tmp_path, ca, start_proxy, ws_gunicorn, event_loop):
     write_cert(ca.issue_cert("localhost"), tmp_path, "site")
-    proxy = start_proxy(tls_config("site.pem", "site.key", upstream=ws_gunicorn.address))
+    proxy = start_proxy(tls_config("site.pem", "site.key", event_loop=event_loop, upstream=ws_gunicorn.address))
     port = https_port(proxy)
     flood = 40
     for _ in range(flood):  # plain HTTP to the TLS port, as a misconfigured client or a scanner sends it
@@ -204,9 +266,9 @@ def test_failed_handshakes_are_logged_once_and_cost_nothing_else(tmp_path, ca, s
         assert requests.get(f"https://localhost:{port}/plain", verify=ca_file).text == "plain\n"
 
 
-def test_handshakes_in_progress_count_against_max_connections(tmp_path, ca, start_proxy):
+def test_handshakes_in_progress_count_against_max_connections(tmp_path, ca, start_proxy, event_loop):
     write_cert(ca.issue_cert("localhost"), tmp_path, "site")
-    proxy = start_proxy(tls_config("site.pem", "site.key", static=".", extra="", workers=1)
+    proxy = start_proxy(tls_config("site.pem", "site.key", event_loop=event_loop, static=".", workers=1)
                         .replace("workers = 1", "workers = 1\nmax_connections = 6"))
     port = https_port(proxy)
     proxy.wait_for_line("is accepting connections")  # so the five below are the first it takes
@@ -225,11 +287,11 @@ def test_handshakes_in_progress_count_against_max_connections(tmp_path, ca, star
     assert counts["connections"]["refused_at_max"] >= 11
 
 
-def test_sighup_reloads_the_certificate(tmp_path, ca, start_proxy):
+def test_sighup_reloads_the_certificate(tmp_path, ca, start_proxy, event_loop):
     first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
     write_cert(first, tmp_path, "site")
     # Two workers: the master builds the contexts once per generation and the forked workers share them.
-    proxy = start_proxy(tls_config("site.pem", "site.key", static=".", workers=2))
+    proxy = start_proxy(tls_config("site.pem", "site.key", event_loop=event_loop, static=".", workers=2))
     port = https_port(proxy)
     wait_until(lambda: _count(proxy, "is accepting connections") == 2, what="both workers to accept")
     context = client_context(ca)
@@ -305,7 +367,7 @@ def test_gencert_makes_a_certificate_the_proxy_serves(tmp_path, start_proxy):
     result = run_proxy("gencert", "--out", str(tmp_path / "certs"), "localhost", "127.0.0.1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert oct((tmp_path / "certs" / "key.pem").stat().st_mode & 0o777) == "0o600"
-    proxy = start_proxy(tls_config("certs/cert.pem", "certs/key.pem", static="certs"))
+    proxy = start_proxy(tls_config("certs/cert.pem", "certs/key.pem", event_loop="auto", static="certs"))
     port = https_port(proxy)
     for host in ("localhost", "127.0.0.1"):  # both names are in the certificate, which verifies as its own anchor
         response = requests.get(f"https://{host}:{port}/cert.pem", verify=str(tmp_path / "certs" / "cert.pem"))

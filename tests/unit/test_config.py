@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,14 +163,12 @@ def test_status_is_off_unless_configured(tmp_path):
     assert load_text(tmp_path, "[status]\n").status.allows("::1")
 
 
-def test_event_loop_choice(tmp_path):
+def test_event_loop_choice(tmp_path, monkeypatch):
     assert load_text(tmp_path, '[server]\nevent_loop = "asyncio"\n').server.event_loop == "asyncio"
+    assert load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n').server.event_loop == "uvloop"  # a dependency
     with pytest.raises(ConfigError, match='server.event_loop: expected one of "auto", "asyncio", "uvloop"'):
         load_text(tmp_path, '[server]\nevent_loop = "trio"\n')
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="uvloop is not installed"):
-            load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n')
-    else:
-        assert load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n').server.event_loop == "uvloop"
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a platform uvloop has no build for
+    with pytest.raises(ConfigError, match="uvloop cannot be imported here .*reinstall twotier.*or use \"auto\""):
+        load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n')
+    assert load_text(tmp_path, '[server]\nevent_loop = "auto"\n').server.event_loop == "auto"

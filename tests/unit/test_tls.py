@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import trustme
 from proxy import config, tls
 from proxy.config import Address, ConfigError
 from proxy.gencert import openssl_command, subject_alt_names
+from proxy.server.tls import _feed
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,47 @@ def test_tls_section_loads_with_defaults(tmp_path, ca):
     assert cfg.tls.min_version == "TLSv1.2" and not cfg.tls.redirect_http and cfg.tls.hsts == ""
     assert cfg.tls.certificate == tmp_path / "a.pem"
     assert load(tmp_path, "").tls is None
+
+
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio", "uvloop"])
+def test_tls_runs_on_every_event_loop(tmp_path, ca, event_loop):
+    write(tmp_path, "a", ca.issue_cert("localhost"))
+    write(tmp_path, "b", ca.issue_cert("api.example.test"))
+    cfg = load(tmp_path, f'[server]\nevent_loop = "{event_loop}"\n[tls]\ncertificate = "a.pem"\nkey = "a.key"\n'
+                         '[[tls.sites]]\nnames = ["api.example.test"]\ncertificate = "b.pem"\nkey = "b.key"\n')
+    assert cfg.server.event_loop == event_loop and len(cfg.tls.sites) == 1
+
+
+class _SmallBuffers(asyncio.BufferedProtocol):
+    """A buffered protocol whose buffer is smaller than what is fed to it, as asyncio's TLS protocol's can be."""
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.received = bytearray()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += self.buffer[:nbytes]
+
+
+class _Plain(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+@pytest.mark.parametrize("protocol", [_SmallBuffers(7), _SmallBuffers(4096), _Plain()],
+                         ids=["7-byte buffer", "4 KiB buffer", "data_received"])
+def test_bytes_read_before_the_handshake_are_fed_in_order(protocol):
+    # What server/tls.py hands to the TLS protocol that start_tls installed: the whole of it, in order,
+    # whatever the size of the buffers that protocol offers.
+    data = bytes(range(256)) * 3
+    _feed(protocol, data)
+    assert protocol.received == data
 
 
 def test_key_may_live_in_the_certificate_file(tmp_path, ca):
