@@ -203,13 +203,34 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
 
     route = router.match("/static/small.bin")
 
-    def static_decide():
-        found = static.locate(route, "/static/small.bin", None, b"")
-        fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+    static_headers = [(b"host", b"127.0.0.1:8080")]
+
+    def static_uncached():
+        # What every request cost before the cache, and still costs with open_file_cache_valid = 0.
+        variant = static.lookup(route, "/static/small.bin").choose(None)
+        plan = static.plan(variant, b"GET", static_headers)
+        fd = os.open(variant.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            static.plan(os.fstat(fd), found, b"GET", [(b"host", b"x")], "")
+            variant.matches(os.fstat(fd))
+            os.pread(fd, plan.content_length, 0)
         finally:
             os.close(fd)
+
+    files = static.OpenFileCache()
+
+    def static_hit():
+        # A cache hit: the 4 KiB body comes with the plan, no open().
+        variant = files.lookup(route, "/static/small.bin", b"", 0.0).choose(None)
+        return static.plan(variant, b"GET", static_headers).body
+
+    (folder / "static" / "app.js").write_bytes(b"x" * 4096)
+    (folder / "static" / "app.js.gz").write_bytes(b"g" * 1024)
+    (folder / "static" / "app.js.br").write_bytes(b"b" * 900)
+    browser = [(b"host", b"127.0.0.1:8080"), (b"accept-encoding", b"gzip, deflate, br, zstd")]
+
+    def static_hit_precompressed():
+        variant = files.lookup(route, "/static/app.js", b"", 0.0).choose(browser[1][1])
+        return static.plan(variant, b"GET", browser).body
 
     client_headers = [(b"host", b"127.0.0.1:8080")]
     response_headers = [(b"server", b"gunicorn"), (b"date", b"Tue, 25 Nov 2026 12:00:00 GMT"),
@@ -234,7 +255,9 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
         "h11 alone: parse a GET, send a 200 (new Connection)": (h11_server_cycle, 1),
         "inbound: ClientConnection parse + check_head": (inbound_parse, 1),
         "routing.normalize_path + Router.match": (lambda: router.match(routing.normalize_path(b"/static/small.bin")), 1),
-        "static: locate + open + fstat + plan + close": (static_decide, 1),
+        "static, no cache: lookup + plan + open + fstat + pread + close": (static_uncached, 1),
+        "static, OpenFileCache hit + choose + plan (4 KiB body cached)": (static_hit, 1),
+        "static, OpenFileCache hit, br/gz siblings, browser Accept-Encoding": (static_hit_precompressed, 1),
         "headers: upstream_request_headers + client_response_headers": (forward_headers, 1),
         "upstream: UpstreamProtocol request + parse response": (upstream_cycle, 1),
         "request_id (os.urandom(16).hex())": (lambda: headers.request_id(None), 1),

@@ -79,8 +79,8 @@ def _convert_count(value: Any, ctx: Context) -> int:
     return value
 
 
-def _convert_seconds(value: Any, ctx: Context) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+def _convert_seconds(value: Any, ctx: Context, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero):
         raise Invalid
     return float(value)
 
@@ -199,6 +199,7 @@ BOOL = Kind("true or false", _convert_bool)
 STRING = Kind("a string", _convert_str)
 COUNT = Kind("a whole number >= 0", _convert_count)
 SECONDS = Kind("a number of seconds > 0", _convert_seconds)
+SECONDS_OR_ZERO = Kind("a number of seconds >= 0", lambda v, c: _convert_seconds(v, c, zero=True))
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
@@ -348,6 +349,16 @@ class ServerSettings:
         "all", _choice("all", "trusted", "off"),
         'Who gets the Server-Timing header (the proxy\'s and the upstream\'s share of each response, which '
         'the demo page and browser developer tools show): "all", "trusted" (clients in [status] allow), or "off".')
+    open_file_cache_valid: float = setting(
+        1.0, SECONDS_OR_ZERO,
+        "Static files (nginx open_file_cache): what a path resolved to, its headers and the bytes of files up to "
+        "64 KiB are kept per worker and trusted this many seconds; then the file is checked again (and served "
+        "fresh if it changed). 0 = no cache: every request looks the file up.")
+    open_file_cache_entries: int = setting(
+        10000, COUNT, "Paths the static file cache keeps per worker; the least recently used go first.")
+    open_file_cache_bytes: int = setting(
+        64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
+        "used entries go first.", shown='"64m"')
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ send. For teaching, and for debugging a configuration.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .config import Config
@@ -98,7 +97,7 @@ def _reply_line(reply: Reply) -> str:
 def _explain_static(route, head) -> tuple[str, bool]:
     """One line about the file; True when the file answers the request (no forwarding)."""
     try:
-        found = static.locate(route, head.path, head.get(b"accept-encoding"), head.query)
+        found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
         where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
         if route.upstream and exc.status == 404:
@@ -108,10 +107,10 @@ def _explain_static(route, head) -> tuple[str, bool]:
         return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", True
     if type(found) is static.Listing:
         return f"answer:  200 listing of {found.folder} (autoindex)", True
-    info = os.stat(found.path)
-    plan = static.plan(info, found, head.method, head.headers, route.cache_control)
-    encoding = f", Content-Encoding {found.encoding.decode()}" if found.encoding else ""
-    return (f"file:    {found.path} ({found.content_type.decode()}{encoding}, {info.st_size} bytes) "
+    variant = found.choose(head.get(b"accept-encoding"))
+    plan = static.plan(variant, head.method, head.headers)
+    encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
+    return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
             f"-> {plan.status} from the proxy, the app tier is not involved"), True
 
 

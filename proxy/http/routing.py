@@ -1,12 +1,21 @@
 """Request paths: normalisation and longest-prefix route matching.
 
-Strategy: routes are matched on the *decoded* path, the way nginx matches
-locations on its normalised URI, so ``/%73tatic/`` cannot dodge a route for
-``/static/``. The raw target is what gets forwarded upstream (nginx's
-``proxy_pass`` without a URI does the same). Anything whose decoded form is
-ambiguous (NUL, backslash, ``.``/``..`` segments, bytes that are not UTF-8,
-which includes every overlong encoding) is refused with 400 here, before a
-route or the file system ever sees it.
+Strategy: routes are matched on the *decoded, normalised* path, the way nginx
+matches locations on its normalised URI, so ``/%73tatic/`` cannot dodge a
+route for ``/static/``. ``normalize_path`` decodes ``%XX`` once, refuses what
+has no unambiguous decoded form (NUL, backslash, bytes that are not UTF-8,
+which includes every overlong encoding) with 400, merges repeated slashes,
+and then removes ``.`` and ``..`` segments as RFC 3986 section 5.2.4 does;
+a ``..`` that would climb above ``/`` is a 400 (nginx answers the same).
+Because the decoded path is what is normalised, the encoded forms (``%2e%2e``,
+``.%2e``, ``..%2f``) are dot segments like the plain ones, while a double
+encoding (``%252e``) is a literal name.
+
+Routing and every later decision (the static file, the status pages) see only
+this normalised path. The raw target is still what is forwarded upstream,
+as nginx's ``proxy_pass`` without a URI does: the app normalises it by its own
+rules, and a proxy that rewrote targets would change what signed URLs and
+odd-but-legal paths mean.
 """
 
 from __future__ import annotations
@@ -48,10 +57,31 @@ def normalize_path(raw_path: bytes) -> str:
         while "//" in path:
             path = path.replace("//", "/")
     if "/." in path:
-        for segment in path.split("/"):
-            if segment in (".", ".."):
-                raise ClientError("dot segment in path")
+        path = remove_dot_segments(path)
     return path
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on an absolute, slash-merged path; ClientError(400) above ``/``.
+
+    ``/a/./b`` -> ``/a/b``, ``/a/b/..`` -> ``/a/``, ``/a/.`` -> ``/a/`` (a final dot
+    segment leaves its slash, so a folder stays a folder). RFC 3986 would drop a ``..``
+    at the root silently; such a path only comes from a client probing for traversal.
+    """
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for segment in segments:
+        if segment == ".":
+            continue
+        if segment == "..":
+            if not out:
+                raise ClientError("path climbs above /")
+            out.pop()
+        else:
+            out.append(segment)
+    if segments[-1] in (".", "..") and out:
+        out.append("")
+    return "/" + "/".join(out)
 
 
 class Router:

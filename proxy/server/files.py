@@ -28,7 +28,6 @@ log = logging.getLogger("proxy")
 CHUNK_FAST = 128 * 1024
 CHUNK_SLOW = 32 * 1024
 TURN_BYTES = 1024 * 1024  # written in one go before the other connections get the loop
-SMALL_FILE = 64 * 1024  # bodies up to this size are written together with their head
 SENDFILE_STEP = 4 * 1024 * 1024
 SENDFILE_MIN_STEP = 64 * 1024
 HTML = (b"content-type", b"text/html; charset=utf-8")
@@ -43,41 +42,57 @@ def serve_static(client, action) -> None:
     head = exchange.head
     route = action.route
     exchange.handler = "static"
-    accept_encoding = head.get(b"accept-encoding")
+    files = w.files
     try:
-        found = w.files.locate(route, head.path, accept_encoding, head.query, w.loop.time())
+        found = files.lookup(route, head.path, head.query, w.loop.time())
     except ClientError as exc:
         if exc.status == 404 and action.otherwise is not None:
             client.execute(action.otherwise)  # nginx try_files $uri @app
             return
         raise
-    if type(found) is static.Redirect:
+    kind = type(found)
+    if kind is static.Redirect:
         client.respond(301, [(b"location", found.location), HTML], error_page(301, w.server_name))
         return
-    if type(found) is static.Listing:
+    if kind is static.Listing:
         client.respond(200, [HTML], static.listing_page(found.folder, found.url_path, route.dotfiles))
         return
+    variant = found.choose(head.get(b"accept-encoding"))
+    plan = static.plan(variant, head.method, head.headers)
+    status = plan.status
+    if status == 412:
+        raise ClientError("precondition failed", 412, keep_alive=True)
+    if status == 416:
+        client.respond(416, [HTML, *plan.headers], error_page(416, w.server_name))
+        return
+    body = plan.body
+    if body is not None:  # cached bytes, or no body at all (HEAD, 304): one write, no open()
+        # HEAD gets the length a GET would have; a 304 none.
+        client.respond(status, _without_length(plan.headers), body,
+                       length=plan.content_length if status != 304 else None)
+        return
     try:
-        fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(variant.path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        w.files.forget(route, head.path, accept_encoding)
+        files.forget(route, head.path)
         raise ClientError("no such file", 404, keep_alive=True) from None
     except OSError:
-        w.files.forget(route, head.path, accept_encoding)
+        files.forget(route, head.path)
         raise ClientError("cannot open file", 403, keep_alive=True) from None
     try:
-        plan = static.plan(os.fstat(fd), found, head.method, head.headers, route.cache_control)
-        if plan.status == 412:
-            raise ClientError("precondition failed", 412, keep_alive=True)
-        if plan.status == 416:
-            client.respond(416, [HTML, *plan.headers], error_page(416, w.server_name))
-            return
-        if head.method == b"HEAD" or plan.status == 304:
-            # HEAD gets the length a GET would have; a 304 none (the plan's length is the part sent: 0).
-            client.respond(plan.status, _without_length(plan.headers), b"",
-                           length=plan.content_length if plan.status != 304 else None)
-            return
-        if len(plan.parts) == 1 and plan.content_length <= SMALL_FILE:
+        info = os.fstat(fd)
+        if not variant.matches(info):
+            # Changed since it was looked up: the next request looks it up again, and this one
+            # is answered for the file actually opened.
+            files.forget(route, head.path)
+            plan = static.plan(variant.restated(info), head.method, head.headers)
+            if plan.status in (412, 416) or plan.body is not None:
+                os.close(fd)
+                fd = -1
+                client.respond(plan.status, _without_length(plan.headers), plan.body or b"",
+                               length=plan.content_length if plan.status not in (304, 412, 416) else None)
+                return
+        if len(plan.parts) == 1 and plan.content_length <= static.SMALL_FILE:
             offset, length = plan.parts[0]
             data = os.pread(fd, length, offset)
             if len(data) == length:
@@ -94,8 +109,11 @@ def serve_static(client, action) -> None:
             os.close(fd)
 
 
-def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The plan's headers minus Content-Length: the client connection adds it with the framing."""
+def _without_length(headers) -> list[tuple[bytes, bytes]]:
+    """The plan's headers minus Content-Length (its last one when present): the client connection adds
+    the framing itself."""
+    if headers and headers[-1][0] == b"content-length":
+        return list(headers[:-1])
     return [(name, value) for name, value in headers if name != b"content-length"]
 
 

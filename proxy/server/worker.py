@@ -138,7 +138,9 @@ class Worker:
                        for name, up in config.upstreams.items()}
         self.log = RequestLog(AccessLog(config.log.access, config.log.format), Metrics(),
                               writes=config.log.access != "off")
-        self.files = static.LocateCache()
+        server = config.server
+        self.files = static.OpenFileCache(server.open_file_cache_valid, server.open_file_cache_entries,
+                                          server.open_file_cache_bytes)
         self.conns = Connections(loop, config.server.max_connections)
         self.clock = Clock()
         # Edge (TLS): the certificates this process serves: built by the master once per generation and

@@ -44,6 +44,7 @@ CONFIG = """
 """
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
+ALPHABET_MTIME = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT
 READ_TIMEOUT = 5.0
 PACE = 0.002  # between pieces when a case is sent in many reads: lets each piece arrive on its own
 
@@ -60,6 +61,7 @@ def build_site(root) -> None:
     static.mkdir()
     (static / "hello.txt").write_bytes(b"hello, corpus\n")
     (static / "alphabet.txt").write_bytes(b"abcdefghijklmnopqrstuvwxyz")
+    os.utime(static / "alphabet.txt", (ALPHABET_MTIME, ALPHABET_MTIME))  # the date-* cases name this instant
     (static / "caf\u00e9.txt").write_bytes(b"utf-8 name\n")
     (static / ".env").write_bytes(SECRET + b" in a dotfile\n")
     (static / ".git").mkdir()

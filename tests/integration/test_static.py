@@ -1,16 +1,19 @@
 """Static files through the real proxy: validators, 304, ranges, precompressed siblings, HEAD, 405,
-traversal attempts, and a route that serves files and forwards the rest (try_files)."""
+traversal attempts, dot segments, a route that serves files and forwards the rest (try_files), and the
+open-file cache serving a changed file fresh."""
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import os
 import re
+import time
 
 import pytest
 import requests
 
-from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of
+from tests.helpers import ProxyProcess, RecordingUpstream, proxy_config, raw_request, status_of, wait_until
 
 SECRET = b"SECRET-NEXT-TO-THE-STATIC-FOLDER"
 BIG = os.urandom(1024 * 1024 + 17)  # bigger than one read chunk, odd length
@@ -171,20 +174,82 @@ def test_a_folder_redirects_to_its_slash_and_serves_its_index(site):
 
 
 @pytest.mark.parametrize("path, status", [
-    ("/static/../secret.txt", 400),
-    ("/static/%2e%2e/secret.txt", 400),
-    ("/static/..%2fsecret.txt", 400),
+    ("/static/../../secret.txt", 400),  # a ".." that would climb above "/"
+    ("/static/%2e%2e/%2e%2e/secret.txt", 400),
+    ("/static/..%2f..%2fsecret.txt", 400),
+    ("/../secret.txt", 400),
     ("/static/..%5csecret.txt", 400),
     ("/static/%c0%ae%c0%ae/secret.txt", 400),
     ("/static/hello.txt%00", 400),
     ("/static/%252e%252e/secret.txt", 404),
     ("/static/escape", 404),
     ("/static/.env", 404),
+    ("/static/./.env", 404),
 ])
 def test_nothing_outside_the_folder_is_served(site, path, status):
     raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
     assert status_of(raw) == status
     assert SECRET not in raw
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/static/./hello.txt", b"hello\n"),
+    ("/static/sub/../hello.txt", b"hello\n"),
+    ("/static/sub/%2e%2e/hello.txt", b"hello\n"),
+    ("/static/sub/.", b"<p>sub</p>\n"),  # "/static/sub/": the folder's index, no redirect
+    ("/static/../robots.txt", b"User-agent: *\n"),  # "/robots.txt": the "/" route's file
+])
+def test_dot_segments_are_removed_before_routing(site, path, body):
+    raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(raw) == 200
+    assert raw.endswith(b"\r\n\r\n" + body)
+
+
+def test_the_upstream_gets_the_target_as_sent(site):
+    # /static/../secret.txt is /secret.txt: no file under the "/" route, so it is forwarded,
+    # with the raw target (nginx's proxy_pass without a URI does the same).
+    upstream = site.upstream
+    before = len(upstream.received)
+    raw = raw_request(site.port, b"GET /static/%2e%2e/secret.txt?x=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert status_of(raw) == 200 and SECRET not in raw
+    assert upstream.received[before].startswith(b"GET /static/%2e%2e/secret.txt?x=1 HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("path", ["/static/hello.txt/", "/static/hello.txt//", "/static/hello.txt%2f",
+                                  "/static/hello.txt/."])
+def test_a_file_under_a_trailing_slash_is_404(site, path):
+    raw = raw_request(site.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(raw) == 404
+    assert not raw.endswith(b"hello\n")
+
+
+def test_a_compressed_file_asked_for_by_name_is_sent_as_what_it_is(site):
+    response = requests.get(site.url + "/static/app.js.gz", headers={"Accept-Encoding": "gzip"}, stream=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/gzip"
+    assert "Content-Encoding" not in response.headers
+    assert gzip.decompress(response.raw.read()) == SCRIPT
+
+
+def asctime(seconds: float) -> str:
+    """An instant in the obsolete asctime form (RFC 9110 5.6.7): 'Sun Nov  6 08:49:37 1994'."""
+    return time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(seconds))
+
+
+def test_dates_in_the_obsolete_forms_are_understood(site):
+    first = get(site, "/static/hello.txt")
+    modified = email.utils.parsedate_to_datetime(first.headers["Last-Modified"]).timestamp()
+    assert get(site, "/static/hello.txt", **{"If-Modified-Since": asctime(modified + 86400)}).status_code == 304
+    assert get(site, "/static/hello.txt", **{"If-Unmodified-Since": asctime(modified - 86400)}).status_code == 412
+    ranged = get(site, "/static/hello.txt", Range="bytes=0-0", **{"If-Range": asctime(modified)})
+    assert (ranged.status_code, ranged.content) == (206, b"h")
+    rfc850 = time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(modified + 86400))
+    assert get(site, "/static/hello.txt", **{"If-Modified-Since": rfc850}).status_code == 304
+
+
+def test_a_range_with_spaces_the_grammar_does_not_allow_is_ignored(site):
+    response = get(site, "/static/hello.txt", Range="bytes = 0-1")
+    assert (response.status_code, response.content) == (200, b"hello\n")
 
 
 def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):
@@ -196,3 +261,64 @@ def test_files_are_served_and_the_rest_forwarded_on_a_combined_route(site):
     assert (home.status_code, home.content) == (200, b"ok")
     assert get(site, "/api/things").content == b"ok"
     assert [raw.split(b" ", 2)[1] for raw in upstream.received[before:]] == [b"/", b"/api/things"]
+
+
+# --- the open-file cache ----------------------------------------------------------
+
+def cache_proxy(folder, valid: float) -> tuple[ProxyProcess, object]:
+    static = folder / "static"
+    static.mkdir()
+    (static / "page.txt").write_bytes(b"first\n")
+    proxy = ProxyProcess(folder, proxy_config(static="static", server=f"open_file_cache_valid = {valid}",
+                                              log='access = "off"'))
+    return proxy, static / "page.txt"
+
+
+def test_a_changed_file_is_served_fresh_once_open_file_cache_valid_has_passed(tmp_path):
+    valid = 1.0
+    proxy, page = cache_proxy(tmp_path, valid)
+    try:
+        url = proxy.url + "/page.txt"
+        loaded = time.monotonic()
+        assert requests.get(url).content == b"first\n"  # now in the cache, entered no earlier than `loaded`
+        page.write_bytes(b"second, and longer\n")
+        right_after = requests.get(url)
+        if time.monotonic() < loaded + valid - 0.05:
+            # Answered within the interval of the entry: from the cache, the old bytes and their length.
+            assert (right_after.content, right_after.headers["Content-Length"]) == (b"first\n", "6")
+        wait_until(lambda: requests.get(url).content == b"second, and longer\n", timeout=15,
+                   what="the changed file to be served")
+        fresh = requests.get(url)
+        assert fresh.headers["Content-Length"] == "19"
+        assert requests.get(url, headers={"If-None-Match": fresh.headers["ETag"]}).status_code == 304
+    finally:
+        proxy.stop()
+
+
+def test_within_the_interval_small_files_come_from_memory_and_large_ones_are_checked(tmp_path):
+    proxy, page = cache_proxy(tmp_path, 3600)
+    big = page.parent / "big.bin"
+    big.write_bytes(b"a" * 100_000)  # more than 64 KiB: the cache keeps its facts, not its bytes
+    try:
+        assert requests.get(proxy.url + "/page.txt").content == b"first\n"
+        assert requests.get(proxy.url + "/big.bin").content == b"a" * 100_000
+        page.write_bytes(b"second, and longer\n")
+        big.write_bytes(b"b" * 150_000)
+        assert requests.get(proxy.url + "/page.txt").content == b"first\n"  # an hour has not passed
+        # The opened file is not what the entry describes: it is answered for what was opened.
+        response = requests.get(proxy.url + "/big.bin")
+        assert (response.content, response.headers["Content-Length"]) == (b"b" * 150_000, "150000")
+    finally:
+        proxy.stop()
+
+
+def test_with_open_file_cache_valid_0_a_changed_file_is_served_at_once(tmp_path):
+    proxy, page = cache_proxy(tmp_path, 0)
+    try:
+        url = proxy.url + "/page.txt"
+        for n in range(5):
+            body = b"version %d%s\n" % (n, b"!" * n)
+            page.write_bytes(body)
+            assert requests.get(url).content == body
+    finally:
+        proxy.stop()

@@ -28,6 +28,14 @@ def test_defaults_with_an_empty_file(tmp_path):
     assert cfg.routes == ()
 
 
+def test_open_file_cache_settings(tmp_path):
+    defaults = load_text(tmp_path, "").server
+    assert (defaults.open_file_cache_valid, defaults.open_file_cache_entries, defaults.open_file_cache_bytes) == (
+        1.0, 10000, 64 * 1024**2)
+    off = load_text(tmp_path, "[server]\nopen_file_cache_valid = 0\nopen_file_cache_bytes = \"1m\"\n").server
+    assert (off.open_file_cache_valid, off.open_file_cache_bytes) == (0.0, 1024**2)
+
+
 def test_full_example_loads(tmp_path):
     (tmp_path / "static").mkdir()
     cfg = load_text(tmp_path, """
@@ -58,6 +66,9 @@ def test_full_example_loads(tmp_path):
     ("[limits]\nmax_body_bytes = \"lots\"\n", "limits.max_body_bytes: expected a size"),
     ("[limits]\nheader_timeout = -1\n", "limits.header_timeout: expected a number of seconds > 0"),
     ("[limits]\nmax_headers = true\n", "limits.max_headers: expected a whole number"),
+    ("[server]\nopen_file_cache_valid = -1\n", "server.open_file_cache_valid: expected a number of seconds >= 0"),
+    ("[server]\nopen_file_cache_valid = \"1s\"\n", "server.open_file_cache_valid: expected a number of seconds >= 0"),
+    ("[server]\nopen_file_cache_bytes = \"lots\"\n", "server.open_file_cache_bytes: expected a size"),
     ("[log]\nformat = \"xml\"\n", 'log.format: expected one of "combined", "json"'),
     ("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n", "server.listen: 127.0.0.1:8080 is listed twice"),
     ("[[routes]]\nprefix = \"/\"\nupstream = \"nope\"\n", "routes[0].upstream: unknown upstream 'nope'"),

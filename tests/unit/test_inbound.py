@@ -47,6 +47,12 @@ def test_a_plain_request():
     assert head.request_line == "GET /a/b?x=1 HTTP/1.1"
 
 
+def test_the_path_is_normalised_and_the_target_kept_as_sent():
+    # Routing and files see the path without dot segments; the upstream gets the raw target.
+    head = head_of(request("Host: h", line="GET /static/./a/%2e%2e/b.txt?x HTTP/1.1"))
+    assert (head.target, head.path, head.query) == (b"/static/./a/%2e%2e/b.txt?x", "/static/b.txt", b"x")
+
+
 @pytest.mark.parametrize("line, connection, keep_alive", KEEP_ALIVE)
 def test_keep_alive(line, connection, keep_alive):
     headers = ["Host: h"] + ([f"Connection: {connection}"] if connection else [])

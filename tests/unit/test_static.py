@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ MTIME = 1_700_000_000  # 2023-11-14 22:13:20 GMT
     (b"bytes=20-100", [(20, 25)]),  # last-pos past the end is clamped
     (b"bytes=0-1,4-5", [(0, 1), (4, 5)]),
     (b"bytes=0-1 , 4-5,", [(0, 1), (4, 5)]),  # list syntax: OWS and empty elements (RFC 9110 5.6.1)
+    (b"bytes=0-1,\t4-5", [(0, 1), (4, 5)]),
     (b"Bytes=0-0", [(0, 0)]),  # range units are case-insensitive
     (b"bytes=0-99999999999999999999999999", [(0, 25)]),
 ])
@@ -49,6 +51,8 @@ def test_parse_range_unsatisfiable_is_an_empty_list(header, size):
     b"bytes=5-2",  # last-pos before first-pos: invalid (RFC 9110 14.1.1)
     b"bytes=a-b", b"bytes=0x1-2", b"bytes=+1-2", b"bytes=1-2-3", b"bytes=--1", b"bytes=-",
     b"bytes=", b"bytes", b"lines=0-1", b"bytes=0-1,x", b"=0-1",
+    # RFC 9110 14.1.1 has no whitespace around "=" or inside a range (nginx ignores these too)
+    b"bytes = 0-4", b"bytes =0-4", b" bytes=0-4", b"bytes=0 -4", b"bytes=0- 4", b"bytes=- 3",
 ])
 def test_parse_range_invalid_is_ignored(header):
     assert static.parse_range(header, 26) is None
@@ -56,27 +60,42 @@ def test_parse_range_invalid_is_ignored(header):
 
 # --- plan: ranges --------------------------------------------------------------------
 
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "alphabet.txt"
+class SamplePath(type(Path())):
+    cached = False  # True: plans are made from a Variant holding the file's bytes, as the cache's do
+
+
+@pytest.fixture(params=["opened", "cached"])
+def text_file(request, tmp_path):
+    """The alphabet on disk, planned for with and without its bytes in the Variant."""
+    path = SamplePath(tmp_path / "alphabet.txt")
     path.write_bytes(ALPHABET)
     os.utime(path, (MTIME, MTIME))
+    path.cached = request.param == "cached"
     return path
 
 
-def located(path: Path, vary: bool = False) -> static.Located:
-    return static.Located(str(path), static.content_type(path.name), None, vary)
+def variant_of(path: Path, *, cached: bool | None = None, cache_control: str = "public, max-age=60"
+               ) -> static.Variant:
+    cached = getattr(path, "cached", False) if cached is None else cached  # a plain Path: opened
+    route = Route(prefix="/", static=path.parent.resolve(), cache_control=cache_control)
+    entry = static.lookup(route, "/" + path.name, body_budget=1 << 20 if cached else 0)
+    return entry.variants[0]
 
 
-def plan_for(path: Path, *headers: tuple[bytes, bytes], method: bytes = b"GET", **kw) -> static.Plan:
-    return static.plan(os.stat(path), located(path, **kw), method, list(headers), "public, max-age=60")
+def plan_for(path: Path, *headers: tuple[bytes, bytes], method: bytes = b"GET") -> static.Plan:
+    return static.plan(variant_of(path), method, list(headers))
 
 
 def body_of(result: static.Plan, path: Path) -> bytes:
+    """The body the parts describe; where the plan carries the body itself, it must be the same."""
     data = path.read_bytes()
     out = b""
     for part in result.parts:
         out += part if type(part) is bytes else data[part[0]:part[0] + part[1]]
+    if getattr(path, "cached", False):
+        assert result.body == out
+    else:
+        assert result.body is None
     return out
 
 
@@ -96,6 +115,12 @@ def test_plan_without_range_sends_the_file(text_file):
     assert header(result, b"last-modified") == b"Tue, 14 Nov 2023 22:13:20 GMT"
     assert re.fullmatch(rb'"[0-9a-f]+-1a"', header(result, b"etag"))
     assert header(result, b"cache-control") == b"public, max-age=60"
+    assert header(result, b"vary") is None  # no sibling: the answer does not depend on Accept-Encoding
+
+
+def test_head_needs_no_file(text_file):
+    result = plan_for(text_file, method=b"HEAD")
+    assert (result.status, result.body, header(result, b"content-length")) == (200, b"", b"26")
 
 
 def test_single_range_is_206_with_content_range(text_file):
@@ -143,13 +168,16 @@ def test_sixteen_disjoint_ranges_are_still_served(text_file):
 def test_unsatisfiable_range_is_416_with_the_length(text_file):
     result = plan_for(text_file, (b"range", b"bytes=100-"))
     assert result.status == 416
-    assert result.headers == [(b"content-range", b"bytes */26")]
-    assert result.parts == ()
+    assert result.headers == ((b"content-range", b"bytes */26"),)
+    assert (result.parts, result.body) == ((), b"")
 
 
-@pytest.mark.parametrize("spec", [b"bytes=5-2", b"lines=0-1", b"bytes=x"])
+@pytest.mark.parametrize("spec", [b"bytes=5-2", b"lines=0-1", b"bytes=x", b"bytes = 0-4", b"bytes =0-4",
+                                  b"bytes=0 - 4"])
 def test_invalid_range_is_ignored(text_file, spec):
-    assert plan_for(text_file, (b"range", spec)).status == 200
+    result = plan_for(text_file, (b"range", spec))
+    assert result.status == 200
+    assert body_of(result, text_file) == ALPHABET
 
 
 def test_range_is_ignored_on_head(text_file):
@@ -159,12 +187,17 @@ def test_range_is_ignored_on_head(text_file):
 # --- plan: preconditions, in RFC 9110 13.2.2 order ------------------------------------
 
 def tag_of(path: Path) -> bytes:
-    return static.etag(os.stat(path))
+    return variant_of(path).etag
 
 
 LATER = b"Wed, 15 Nov 2023 00:00:00 GMT"
 EARLIER = b"Mon, 13 Nov 2023 00:00:00 GMT"
 EXACT = b"Tue, 14 Nov 2023 22:13:20 GMT"
+# The same instants in the two obsolete forms every recipient MUST accept (RFC 9110 5.6.7).
+LATER_ASCTIME, EARLIER_ASCTIME, EXACT_ASCTIME = b"Wed Nov 15 00:00:00 2023", b"Mon Nov 13 00:00:00 2023", \
+    b"Tue Nov 14 22:13:20 2023"
+LATER_850, EARLIER_850, EXACT_850 = b"Wednesday, 15-Nov-23 00:00:00 GMT", b"Monday, 13-Nov-23 00:00:00 GMT", \
+    b"Tuesday, 14-Nov-23 22:13:20 GMT"
 
 
 def test_if_match_mismatch_is_412(text_file):
@@ -188,14 +221,19 @@ def test_if_match_takes_precedence_over_if_unmodified_since(text_file):
     assert result.status == 200
 
 
-@pytest.mark.parametrize("value, status", [(EARLIER, 412), (LATER, 200), (EXACT, 200), (b"not a date", 200)])
+@pytest.mark.parametrize("value, status", [
+    (EARLIER, 412), (LATER, 200), (EXACT, 200), (b"not a date", 200),
+    (EARLIER_ASCTIME, 412), (LATER_ASCTIME, 200), (EXACT_ASCTIME, 200),
+    (EARLIER_850, 412), (LATER_850, 200), (EXACT_850, 200),
+])
 def test_if_unmodified_since(text_file, value, status):
     assert plan_for(text_file, (b"if-unmodified-since", value)).status == status
 
 
 @pytest.mark.parametrize("value", [b"TAG", b"W/TAG", b'"a", TAG', b"*"])
 def test_if_none_match_compares_weakly_and_gives_304(text_file, value):
-    result = plan_for(text_file, (b"if-none-match", value.replace(b"TAG", tag_of(text_file))), vary=True)
+    (text_file.parent / "alphabet.txt.gz").write_bytes(b"gz")  # a sibling, so the answer has Vary
+    result = plan_for(text_file, (b"if-none-match", value.replace(b"TAG", tag_of(text_file))))
     assert result.status == 304
     assert result.parts == ()
     names = {n for n, _ in result.headers}
@@ -218,7 +256,11 @@ def test_if_none_match_makes_if_modified_since_ignored(text_file):
     assert result.status == 200
 
 
-@pytest.mark.parametrize("value, status", [(LATER, 304), (EXACT, 304), (EARLIER, 200), (b"yesterday", 200)])
+@pytest.mark.parametrize("value, status", [
+    (LATER, 304), (EXACT, 304), (EARLIER, 200), (b"yesterday", 200),
+    (LATER_ASCTIME, 304), (EXACT_ASCTIME, 304), (EARLIER_ASCTIME, 200),
+    (LATER_850, 304), (EXACT_850, 304), (EARLIER_850, 200),
+])
 def test_if_modified_since(text_file, value, status):
     assert plan_for(text_file, (b"if-modified-since", value)).status == status
     assert plan_for(text_file, (b"if-modified-since", value), method=b"HEAD").status == status
@@ -238,8 +280,12 @@ def test_if_none_match_mismatch_still_serves_ranges(text_file):
     (b'"other"', 200),  # it changed: the whole file
     (b"W/TAG", 200),  # If-Range needs a strong match (RFC 9110 13.1.5)
     (EXACT, 206),  # the date is exactly Last-Modified
+    (EXACT_ASCTIME, 206),  # in whichever form it is written
+    (EXACT_850, 206),
     (EARLIER, 200),
     (LATER, 200),
+    (LATER_ASCTIME, 200),
+    (b"Tue, 14 Nov 2023 22:13:20 +0000", 200),  # not an HTTP-date: no match
 ])
 def test_if_range(text_file, if_range, status):
     value = if_range.replace(b"TAG", tag_of(text_file))
@@ -252,6 +298,46 @@ def test_empty_file_is_200_with_no_parts(tmp_path):
     path.write_bytes(b"")
     result = plan_for(path)
     assert (result.status, result.parts, header(result, b"content-length")) == (200, (), b"0")
+    assert result.body == b""  # nothing to read, so nothing to open
+
+
+def test_304_and_412_need_no_file(text_file):
+    assert plan_for(text_file, (b"if-none-match", b"*")).body == b""
+    assert plan_for(text_file, (b"if-match", b'"other"')).body == b""
+
+
+# --- HTTP dates -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    b"Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+    b"Sunday, 06-Nov-94 08:49:37 GMT",  # rfc850-date
+    b"Sun Nov  6 08:49:37 1994",  # asctime-date, the day padded with a space
+    b"Sun Nov 06 08:49:37 1994",  # ... or written with two digits
+])
+def test_the_three_date_forms(value):
+    assert static.parse_http_date(value, this_year=2026) == 784111777
+
+
+@pytest.mark.parametrize("value, this_year, year", [
+    (b"Monday, 01-Jan-24 00:00:00 GMT", 2026, 2024),
+    (b"Thursday, 01-Jan-70 00:00:00 GMT", 2026, 2070),  # 44 years ahead: still this century
+    (b"Friday, 01-Jan-99 00:00:00 GMT", 2026, 1999),  # 73 years ahead: the most recent past 99
+    (b"Friday, 01-Jan-99 00:00:00 GMT", 2060, 2099),
+])
+def test_a_two_digit_year_is_placed_within_fifty_years(value, this_year, year):
+    seconds = static.parse_http_date(value, this_year=this_year)
+    assert time.gmtime(seconds).tm_year == year
+
+
+@pytest.mark.parametrize("value", [
+    b"", b"yesterday", b"Sun, 06 Nov 1994 08:49:37", b"Sun, 06 Nov 1994 08:49:37 +0000", b"Sun, 6 Nov 1994 08:49:37 GMT",
+    b"sun, 06 nov 1994 08:49:37 GMT",  # the names are case-sensitive
+    b"Sun, 30 Feb 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 24:00:00 GMT", b"Sun, 06 Nov 1994 08:60:00 GMT",
+    b"Sun,  06 Nov 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 08:49:37 GMT ", b"Sun Nov  6 08:49:37 94",
+    b"Sun, 06-Nov-94 08:49:37 GMT",  # rfc850 needs the full day name
+])
+def test_what_is_not_a_date(value):
+    assert static.parse_http_date(value, this_year=2026) is None
 
 
 # --- locate ----------------------------------------------------------------------
@@ -293,8 +379,14 @@ def route(root: Path, prefix: str = "/static/", **kw) -> Route:
     return Route(prefix=prefix, static=root.resolve(), **kw)
 
 
-def find(root: Path, url: str, accept: bytes | None = None, query: bytes = b"", **kw):
-    return static.locate(route(root, **kw), normalize_path(url.encode()), accept, query)
+def find(root: Path, url: str, query: bytes = b"", **kw):
+    return static.locate(route(root, **kw), normalize_path(url.encode()), query)
+
+
+def path_of(root: Path, url: str, **kw) -> str:
+    found = find(root, url, **kw)
+    assert type(found) is static.Located, found
+    return found.files[0].path
 
 
 def refused(root: Path, url: str, **kw) -> ClientError:
@@ -306,11 +398,13 @@ def refused(root: Path, url: str, **kw) -> ClientError:
 
 def test_a_file(site):
     found = find(site, "/static/hello.txt")
-    assert found == static.Located(str(site / "hello.txt"), b"text/plain; charset=utf-8", None, False)
+    info = os.stat(site / "hello.txt")
+    assert found == static.Located((static.OnDisk(str(site / "hello.txt"), None, (
+        info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)),))
 
 
 def test_a_folder_with_its_index(site):
-    assert find(site, "/static/sub/").path == str(site / "sub" / "index.html")
+    assert path_of(site, "/static/sub/") == str(site / "sub" / "index.html")
 
 
 def test_a_folder_without_trailing_slash_is_redirected_with_its_query(site):
@@ -342,7 +436,8 @@ def test_autoindex_lists_the_folder(site):
     assert find(site, "/static/empty/", autoindex=True) == static.Listing(str(site / "empty"), "/static/empty/")
 
 
-@pytest.mark.parametrize("url", ["/static/.env", "/static/.git/config", "/static/.git/", "/static/%2eenv"])
+@pytest.mark.parametrize("url", ["/static/.env", "/static/.git/config", "/static/.git/", "/static/%2eenv",
+                                 "/static/sub/../.env", "/static/./.env"])
 def test_dotfiles_are_404(site, url):
     assert refused(site, url).status == 404
 
@@ -350,11 +445,11 @@ def test_dotfiles_are_404(site, url):
 def test_a_symlink_to_a_dotfile_is_404(site):
     (site / "config").symlink_to(site / ".env")
     assert refused(site, "/static/config").status == 404
-    assert find(site, "/static/config", dotfiles=True).path == str(site / ".env")
+    assert path_of(site, "/static/config", dotfiles=True) == str(site / ".env")
 
 
 def test_dotfiles_can_be_allowed(site):
-    assert find(site, "/static/.env", dotfiles=True).path == str(site / ".env")
+    assert path_of(site, "/static/.env", dotfiles=True) == str(site / ".env")
 
 
 @pytest.mark.parametrize("url", ["/static/escape.txt", "/static/escape-dir/file.txt", "/static/escape-dir/",
@@ -364,7 +459,7 @@ def test_symlinks_out_of_the_folder_missing_and_special_files_are_404(site, url)
 
 
 def test_a_symlink_inside_the_folder_is_served_as_its_target(site):
-    assert find(site, "/static/link.txt").path == str(site / "hello.txt")
+    assert path_of(site, "/static/link.txt") == str(site / "hello.txt")
 
 
 def test_an_index_that_leaves_the_folder_is_no_index(site):
@@ -372,15 +467,38 @@ def test_an_index_that_leaves_the_folder_is_no_index(site):
 
 
 def test_a_precompressed_sibling_that_leaves_the_folder_is_not_used(site):
-    found = find(site, "/static/lib.js", b"gzip")
-    assert (found.path, found.encoding) == (str(site / "lib.js"), None)
+    found = find(site, "/static/lib.js")
+    assert [f.path for f in found.files] == [str(site / "lib.js")]
 
 
 def test_the_root_itself_has_no_index_here(site):
     assert refused(site, "/static/").status == 403
 
 
+@pytest.mark.parametrize("url", ["/static/hello.txt/", "/static/hello.txt//", "/static/hello.txt%2f",
+                                 "/static/hello.txt/.", "/static/link.txt/", "/static/sub/index.html/"])
+def test_a_path_ending_in_a_slash_names_a_folder_never_a_file(site, url):
+    # RFC 3986 3.3; nginx answers these 404 (open(2) says ENOTDIR).
+    assert refused(site, url).status == 404
+
+
+@pytest.mark.parametrize("url, file", [
+    ("/static/./hello.txt", "hello.txt"),
+    ("/static/sub/../hello.txt", "hello.txt"),
+    ("/static/sub/%2e%2e/hello.txt", "hello.txt"),
+    ("/static/empty/..%2fhello.txt", "hello.txt"),
+    ("/static/sub/.", "sub/index.html"),  # a final dot segment keeps the slash: the folder's index
+    ("/static/sub/x/..", "sub/index.html"),
+])
+def test_dot_segments_are_removed_before_the_file_is_looked_up(site, url, file):
+    assert path_of(site, url) == str(site / file)
+
+
 # --- precompressed variants ---------------------------------------------------------
+
+def choose(root: Path, url: str, accept: bytes | None, **kw) -> static.Variant:
+    return static.lookup(route(root, **kw), url).choose(accept)
+
 
 @pytest.mark.parametrize("accept, suffix, coding", [
     (b"gzip", ".gz", b"gzip"),
@@ -388,9 +506,11 @@ def test_the_root_itself_has_no_index_here(site):
     (b"gzip, br", ".br", b"br"),  # equal weights: the server's order (br first)
     (b"br;q=0.5, gzip", ".gz", b"gzip"),  # the client prefers gzip
     (b"br;q=0, gzip;q=0.1", ".gz", b"gzip"),
+    (b"br; q=0, gzip", ".gz", b"gzip"),
     (b"*", ".br", b"br"),
     (b"br;q=0, *", ".gz", b"gzip"),
     (b"gzip;q=0", "", None),  # q=0 means not acceptable
+    (b"gzip;q=abc", "", None),  # a q-value that is no number: not acceptable either
     (b"*;q=0", "", None),
     (b"identity;q=1, gzip;q=0.5", "", None),  # the plain file is preferred
     (b"deflate", "", None),
@@ -398,31 +518,234 @@ def test_the_root_itself_has_no_index_here(site):
     (None, "", None),
 ])
 def test_precompressed_choice_follows_q_values(site, accept, suffix, coding):
-    found = find(site, "/static/app.js", accept)
-    assert found.path == str(site / "app.js") + suffix
-    assert found.encoding == coding
-    assert found.vary  # siblings exist: the answer depends on Accept-Encoding
-    assert found.content_type == b"text/javascript; charset=utf-8"  # the type of the original
+    variant = choose(site, "/static/app.js", accept)
+    assert variant.path == str(site / "app.js") + suffix
+    assert variant.encoding == coding
+    assert (b"vary", b"Accept-Encoding") in variant.headers  # siblings exist: the answer depends on it
+    assert variant.content_type == b"text/javascript; charset=utf-8"  # the type of the original
+    assert dict(variant.headers).get(b"content-encoding") == coding
+    assert dict(variant.headers)[b"content-length"] == b"%d" % os.path.getsize(variant.path)
 
 
 def test_only_the_siblings_that_exist_are_offered(site):
-    found = find(site, "/static/only-gz.css", b"br, gzip;q=0.5")
-    assert (found.path, found.encoding) == (str(site / "only-gz.css.gz"), b"gzip")
+    variant = choose(site, "/static/only-gz.css", b"br, gzip;q=0.5")
+    assert (variant.path, variant.encoding) == (str(site / "only-gz.css.gz"), b"gzip")
 
 
 def test_no_sibling_means_no_vary(site):
-    assert find(site, "/static/hello.txt", b"gzip").vary is False
+    variant = choose(site, "/static/hello.txt", b"gzip")
+    assert b"vary" not in dict(variant.headers)
 
 
 def test_precompressed_can_be_switched_off(site):
-    found = find(site, "/static/app.js", b"br, gzip", precompressed=False)
-    assert (found.path, found.encoding, found.vary) == (str(site / "app.js"), None, False)
+    variant = choose(site, "/static/app.js", b"br, gzip", precompressed=False)
+    assert (variant.path, variant.encoding) == (str(site / "app.js"), None)
+    assert b"vary" not in dict(variant.headers)
 
 
-def test_accepted_encodings():
-    assert static.accepted_encodings(b"gzip;q=0.5, br;q=0, *") == {b"gzip"}
-    assert static.accepted_encodings(b"gzip;q=abc") == set()
-    assert static.accepted_encodings(None) == set()
+@pytest.mark.parametrize("url, kind", [
+    # A compressed file asked for by name is what it is, not what it unpacks to: a browser
+    # given text/javascript and no Content-Encoding would run gzip bytes.
+    ("/static/app.js.gz", b"application/gzip"),
+    ("/static/app.js.br", b"application/x-brotli"),
+    ("/static/only-gz.css.gz", b"application/gzip"),
+])
+def test_a_compressed_file_asked_for_by_name(site, url, kind):
+    variant = choose(site, url, b"gzip, br")
+    assert (variant.content_type, variant.encoding) == (kind, None)
+    assert b"content-encoding" not in dict(variant.headers)
+
+
+# --- the open-file cache --------------------------------------------------------------
+
+@pytest.fixture
+def files(site):
+    return site, route(site), static.OpenFileCache(valid=1.0)
+
+
+def write(path: Path, data: bytes, mtime: int = MTIME) -> None:
+    """Replace a file's bytes; a different length makes a different file whatever the clock's granularity."""
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+
+
+def refused_by(cache: static.OpenFileCache, where: Route, url: str, now: float) -> int:
+    with pytest.raises(ClientError) as info:
+        cache.lookup(where, url, b"", now)
+    return info.value.status
+
+
+def test_a_hit_is_the_same_entry_and_needs_no_disk(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert entry.variants[0].body == b"hello"
+    write(root / "hello.txt", b"changed on disk")
+    assert cache.lookup(where, "/static/hello.txt", b"", 0.999) is entry  # within valid: not looked at
+    assert static.plan(entry.choose(None), b"GET", []).body == b"hello"
+    assert repr(cache) == "<OpenFileCache 1/10000 entries 5/67108864 bytes valid=1s>"
+
+
+def test_a_changed_file_is_served_fresh_once_the_interval_has_passed(files):
+    root, where, cache = files
+    old = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    write(root / "hello.txt", b"hello, again")
+    new = cache.lookup(where, "/static/hello.txt", b"", 1.0)
+    assert new is not old
+    variant = new.choose(None)
+    assert variant.body == b"hello, again"
+    assert variant.etag != old.choose(None).etag
+    assert dict(variant.headers)[b"content-length"] == b"12"
+    assert cache.cached_bytes == 12
+
+
+def test_an_unchanged_file_keeps_its_entry_and_bytes(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    body = entry.variants[0].body
+    for now in (1.0, 2.5, 100.0):  # each one past the interval: re-stat, same facts
+        assert cache.lookup(where, "/static/hello.txt", b"", now) is entry
+    assert entry.variants[0].body is body
+    assert cache.cached_bytes == 5
+    os.remove(root / "hello.txt")  # and it was looked at: a file gone is a 404 once the interval passed
+    assert cache.lookup(where, "/static/hello.txt", b"", 100.5) is entry
+    assert refused_by(cache, where, "/static/hello.txt", 101.0) == 404
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_still_seen(files):
+    root, where, cache = files
+    cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    before = os.stat(root / "hello.txt")
+    (root / "hello.txt").write_bytes(b"HELLO")
+    os.utime(root / "hello.txt", ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
+    assert cache.lookup(where, "/static/hello.txt", b"", 1.0).variants[0].body == b"HELLO"
+
+
+def test_the_revalidation_repeats_every_check(files):
+    root, where, cache = files
+    cache.lookup(where, "/static/link.txt", b"", 0.0)
+    os.remove(root / "link.txt")
+    os.symlink("../secret.txt", root / "link.txt")  # now it leads out of the folder
+    assert refused_by(cache, where, "/static/link.txt", 1.0) == 404
+    assert len(cache) == 0 and cache.cached_bytes == 0
+
+    cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    os.remove(root / "hello.txt")
+    os.symlink(".env", root / "hello.txt")  # a dotfile behind a plain name
+    assert refused_by(cache, where, "/static/hello.txt", 1.0) == 404
+
+    cache.lookup(where, "/static/lib.js", b"", 0.0)
+    os.remove(root / "lib.js")
+    os.mkdir(root / "lib.js")  # a folder now
+    assert cache.lookup(where, "/static/lib.js", b"", 1.0) == static.Redirect(b"/static/lib.js/")
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("url", ["/static/escape.txt", "/static/.env", "/static/hello.txt/", "/static/missing"])
+def test_what_locate_refuses_the_cache_refuses_every_time(files, url):
+    _, where, cache = files
+    assert refused_by(cache, where, url, 0.0) == 404
+    assert refused_by(cache, where, url, 0.5) == 404
+    assert len(cache) == 0  # errors are not kept
+
+
+def test_zero_turns_the_cache_off(site):
+    cache = static.OpenFileCache(valid=0)
+    where = route(site)
+    entry = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert entry.variants[0].body is None  # not read: the server opens the file
+    write(site / "hello.txt", b"changed at once")
+    fresh = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    assert fresh.variants[0].size == 15
+    assert len(cache) == 0 and cache.cached_bytes == 0
+
+
+def test_least_recently_used_entries_go_first_when_there_are_too_many(site):
+    cache = static.OpenFileCache(valid=10, max_entries=2)
+    where = route(site)
+    hello = cache.lookup(where, "/static/hello.txt", b"", 0.0)
+    cache.lookup(where, "/static/app.js", b"", 0.0)
+    assert cache.lookup(where, "/static/hello.txt", b"", 1.0) is hello  # hello is now the most recent
+    cache.lookup(where, "/static/lib.js", b"", 2.0)  # app.js goes
+    assert len(cache) == 2
+    assert cache.lookup(where, "/static/hello.txt", b"", 3.0) is hello
+    assert cache.cached_bytes == len(b"hello") + len(b"lib")
+
+
+def test_least_recently_used_entries_go_first_when_they_hold_too_many_bytes(site):
+    for name in "abc":
+        write(site / f"{name}.bin", name.encode() * 4096)
+    cache = static.OpenFileCache(valid=10, max_bytes=10000)
+    where = route(site)
+    a = cache.lookup(where, "/static/a.bin", b"", 0.0)
+    cache.lookup(where, "/static/b.bin", b"", 0.0)
+    assert cache.cached_bytes == 8192
+    cache.lookup(where, "/static/c.bin", b"", 0.0)  # 12288 > 10000: a goes
+    assert len(cache) == 2 and cache.cached_bytes == 8192
+    assert cache.lookup(where, "/static/a.bin", b"", 1.0) is not a
+
+
+def test_files_that_do_not_fit_are_kept_without_their_bytes(site):
+    write(site / "large.bin", b"x" * (static.SMALL_FILE + 1))
+    write(site / "medium.bin", b"m" * 20000)
+    cache = static.OpenFileCache(valid=10, max_bytes=10000)
+    where = route(site)
+    for url in ("/static/large.bin", "/static/medium.bin"):
+        entry = cache.lookup(where, url, b"", 0.0)
+        assert entry.variants[0].body is None
+        assert static.plan(entry.variants[0], b"GET", []).body is None  # the server opens it
+        assert cache.lookup(where, url, b"", 1.0) is entry
+    assert (len(cache), cache.cached_bytes) == (2, 0)
+
+
+def test_one_entry_serves_every_accept_encoding(files):
+    root, where, cache = files
+    entry = cache.lookup(where, "/static/app.js", b"", 0.0)
+    bodies = {accept: static.plan(entry.choose(accept), b"GET", []).body
+              for accept in (None, b"gzip", b"br, gzip", b"br;q=0")}
+    assert bodies == {None: b"plain", b"gzip": b"gz", b"br, gzip": b"br", b"br;q=0": b"plain"}
+    assert len(cache) == 1 and cache.cached_bytes == len(b"plain" + b"gz" + b"br")
+
+
+def test_a_sibling_added_later_appears_after_the_interval(files):
+    root, where, cache = files
+    assert len(cache.lookup(where, "/static/hello.txt", b"", 0.0).variants) == 1
+    write(root / "hello.txt.gz", b"gzipped")
+    variant = cache.lookup(where, "/static/hello.txt", b"", 1.0).choose(b"gzip")
+    assert (variant.encoding, variant.body) == (b"gzip", b"gzipped")
+    assert dict(variant.headers)[b"vary"] == b"Accept-Encoding"
+
+
+def test_ranges_and_conditionals_on_cached_bytes(files):
+    root, where, cache = files
+    write(root / "alphabet.txt", ALPHABET)
+    variant = cache.lookup(where, "/static/alphabet.txt", b"", 0.0).choose(None)
+    assert variant.body == ALPHABET
+    one = static.plan(variant, b"GET", [(b"range", b"bytes=-3")])
+    assert (one.status, one.body) == (206, b"xyz")
+    several = static.plan(variant, b"GET", [(b"range", b"bytes=0-1,4-5")])
+    assert several.status == 206 and len(several.body) == several.content_length
+    assert b"\r\n\r\nab\r\n" in several.body and b"\r\n\r\nef\r\n" in several.body
+    fresh = static.plan(variant, b"GET", [(b"if-none-match", variant.etag)])
+    assert (fresh.status, fresh.body, fresh.headers) == (304, b"", variant.validators)
+    newer = static.plan(variant, b"GET", [(b"range", b"bytes=0-0"), (b"if-range", b'"older"')])
+    assert (newer.status, newer.body) == (200, ALPHABET)
+
+
+def test_a_variant_tells_whether_it_describes_an_opened_file(files):
+    root, where, cache = files
+    write(root / "big.bin", b"b" * (static.SMALL_FILE + 1))
+    variant = cache.lookup(where, "/static/big.bin", b"", 0.0).choose(None)
+    with open(variant.path, "rb") as fh:
+        assert variant.matches(os.fstat(fh.fileno()))
+    write(root / "big.bin", b"c" * (static.SMALL_FILE + 2))
+    with open(variant.path, "rb") as fh:
+        info = os.fstat(fh.fileno())
+    assert not variant.matches(info)
+    restated = variant.restated(info)
+    assert restated.matches(info)
+    assert dict(restated.headers)[b"content-length"] == b"%d" % (static.SMALL_FILE + 2)
+    assert restated.validators[2:] == variant.validators[2:]  # the route's Cache-Control and Vary stay
+    assert restated.etag != variant.etag
 
 
 # --- the rest ------------------------------------------------------------------------
@@ -436,6 +759,14 @@ def test_accepted_encodings():
     ("a.png", b"image/png"),
     ("a.woff2", b"font/woff2"),
     ("a.unknown-extension", b"application/octet-stream"),
+    ("app.js.gz", b"application/gzip"),  # a compressed file is what it is, not what it unpacks to
+    ("notes.txt.gz", b"application/gzip"),
+    ("x.tar.gz", b"application/gzip"),
+    ("x.tgz", b"application/gzip"),
+    ("app.js.br", b"application/x-brotli"),
+    ("x.tar.zst", b"application/zstd"),
+    ("x.tar.xz", b"application/x-xz"),
+    ("x.tar", b"application/x-tar"),
     ("noextension", b"application/octet-stream"),
 ])
 def test_content_type(name, kind):
