@@ -10,6 +10,7 @@ send. For teaching, and for debugging a configuration.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
@@ -35,29 +36,77 @@ def build_request(method: str, target: str, headers: list[tuple[str, str]], host
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def parse(cfg: Config, raw: bytes):
-    """The RequestHead the server would work from, or the ClientError that refuses the bytes."""
+class Unanswered(Exception):
+    """The bytes hold no complete request: the proxy would wait, then answer 408 (``status``) or,
+    when not one byte of a request came, close without a word (``status`` None)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__("incomplete request")
+        self.status = status
+
+
+def parse(cfg: Config, raw: bytes, eof: bool = False):
+    """The RequestHead the server would work from, once the whole first request (body included)
+    was read as the server reads it; or the ClientError that refuses it, or Unanswered."""
     parser = codec.request_parser(cfg.server.http_engine, cfg.limits)
     parser.feed(raw)
-    event = parser.next_event()
-    if type(event) is not codec.RequestHead:
-        raise ClientError("incomplete request", 400)
-    return event
+    if eof:
+        parser.feed(b"")
+    head = None
+    while True:
+        event = parser.next_event()
+        if type(event) is codec.RequestHead:
+            head = event
+        elif event is codec.EndOfMessage:
+            return head
+        elif event is codec.NEED_DATA:
+            raise Unanswered(408 if head is not None or parser.head_started else None)
+        elif event is codec.CLOSED:
+            raise Unanswered(None)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the proxy would do: the lines ``proxy explain`` prints, the status of the answer the proxy
+    itself would make, and whether the request would be forwarded (then the upstream answers; status None).
+    Neither: no answer at all."""
+
+    lines: tuple[str, ...]
+    status: int | None
+    forwarded: bool = False
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
 
 
 def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]],
             client_ip: str = "127.0.0.1", scheme: str = "http") -> str:
     listen = cfg.server.listen[0]
     raw = build_request(method, target, headers, str(listen))
+    return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers))
+
+
+def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme: str = "http",
+                  shown: list[tuple[str, str]] | None = None, eof: bool = False) -> Explanation:
+    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here)."""
+    listen = cfg.server.listen[0]
+    line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:
-        head = parse(cfg, raw)
+        head = parse(cfg, raw, eof)
     except ClientError as exc:
-        return f"request: {method} {target}\nanswer:  {exc.status} from the proxy itself: {exc}\n" \
-               "(refused before routing: nothing would reach an upstream)"
+        return Explanation((f"request: {line}", f"answer:  {exc.status} from the proxy itself: {exc}",
+                            "(refused before routing: nothing would reach an upstream)"), exc.status)
+    except Unanswered as wait:
+        if wait.status is None:
+            return Explanation((f"request: {line}", "answer:  none: no request came, the connection is closed"), None)
+        return Explanation((f"request: {line}", "answer:  408 once header_timeout or body_timeout passes: "
+                            "the request is incomplete"), 408)
+    if shown is None:
+        shown = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
     decider = Decider(cfg)
     facts = ConnFacts(scheme.encode(), client_ip, str(listen).encode(), cfg.tls.listen[0].port if cfg.tls else None)
     action = decider.decide(head, facts)
-    out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode()})",
+    out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
     route = getattr(action, "route", None)
     if route is None and type(action) is Reply and head.path != "*":
@@ -66,23 +115,25 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
         matching = [r.prefix for r in decider.matching(head.path)]
         others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
-    out += describe(cfg, action, head, facts, headers)
-    return "\n".join(out)
+    lines, status = describe(cfg, action, head, facts, shown)
+    return Explanation(tuple(out + lines), status, forwarded=status is None)
 
 
-def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> list[str]:
-    """The lines that say what ``action`` does with ``head``."""
+def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:
+    """The lines that say what ``action`` does with ``head``, and the status the proxy would answer
+    (None: forwarded)."""
     kind = type(action)
     if kind is StatusPage:
-        return [f"answer:  200 the proxy's own {action.kind} page"]
+        return [f"answer:  200 the proxy's own {action.kind} page"], 200
     if kind is Reply:
-        return [_reply_line(action)]
+        return [_reply_line(action)], action.status
     if kind is Static:
-        line, answered = _explain_static(action.route, head)
-        if answered or action.otherwise is None:
-            return [line]
-        return [line, *describe(cfg, action.otherwise, head, facts, headers)]
-    return _explain_forward(cfg, action, head, facts, headers)
+        line, status = _explain_static(action.route, head)
+        if status is not None or action.otherwise is None:
+            return [line], status if status is not None else 404
+        lines, status = describe(cfg, action.otherwise, head, facts, headers)
+        return [line, *lines], status
+    return _explain_forward(cfg, action, head, facts, headers), None
 
 
 def _reply_line(reply: Reply) -> str:
@@ -94,24 +145,24 @@ def _reply_line(reply: Reply) -> str:
     return f"answer:  {reply.status} from the proxy: {reply.why}"
 
 
-def _explain_static(route, head) -> tuple[str, bool]:
-    """One line about the file; True when the file answers the request (no forwarding)."""
+def _explain_static(route, head) -> tuple[str, int | None]:
+    """One line about the file, and the status it gets (None: no file, the upstream of the route takes it)."""
     try:
         found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
         where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
         if route.upstream and exc.status == 404:
-            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", False
-        return f"answer:  {exc.status} from the proxy: {exc} ({where})", True
+            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", None
+        return f"answer:  {exc.status} from the proxy: {exc} ({where})", exc.status
     if type(found) is static.Redirect:
-        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", True
+        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301
     if type(found) is static.Listing:
-        return f"answer:  200 listing of {found.folder} (autoindex)", True
+        return f"answer:  200 listing of {found.folder} (autoindex)", 200
     variant = found.choose(head.get(b"accept-encoding"))
     plan = static.plan(variant, head.method, head.headers)
     encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
     return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
-            f"-> {plan.status} from the proxy, the app tier is not involved"), True
+            f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status
 
 
 def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,

@@ -39,12 +39,15 @@ import logging
 import socket
 from time import perf_counter
 
+from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec
-from ..http.decide import Forward, Reply, Static, StatusPage, refusal
+from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.responses import error_page, reason as reason_phrase
 from .buffers import RequestBody
+from .files import serve_static
+from .forward import Forwarding
 
 log = logging.getLogger("proxy")
 
@@ -99,8 +102,6 @@ class ClientProtocol(asyncio.Protocol):
     # --- asyncio.Protocol callbacks ---
 
     def connection_made(self, transport) -> None:
-        from ..http.decide import ConnFacts
-
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -283,14 +284,10 @@ class ClientProtocol(asyncio.Protocol):
         """Carry out ``action`` for the current request (also what a static miss falls back to)."""
         kind = type(action)
         if kind is Forward:
-            from .forward import Forwarding
-
             self.exchange.route = action.route.prefix
             self.responder = Forwarding(self, action, self.body)
             self.responder.start()
         elif kind is Static:
-            from .files import serve_static
-
             self.exchange.route = action.route.prefix
             serve_static(self, action)
         elif kind is Reply:
@@ -314,8 +311,6 @@ class ClientProtocol(asyncio.Protocol):
         self.respond(reply.status, headers, body, keep_alive=reply.keep_alive)
 
     def _status_page(self, page: StatusPage) -> None:
-        from .. import metrics
-
         w = self.w
         if page.kind == "status":
             document = metrics.status_document(w.merged_metrics(), w.config.server.name)
