@@ -1,6 +1,6 @@
 """The ``appserver`` command: Gunicorn, configured for life behind the proxy.
 
-    appserver [--config FILE] [--bind HOST:PORT] [--workers N] [--worker-class sync|gthread]
+    appserver [--version] [--config FILE] [--bind HOST:PORT] [--workers N] [--worker-class sync|gthread]
               [--threads N] [--forwarded-allow-ips LIST] [--check-config] [APP]
 
 Precedence: built-in defaults < the --config file < flags. SIGTERM stops
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="FILE", help="an appserver.toml (default: built-in defaults)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate, print the effective settings, and exit")
+    parser.add_argument("--version", action="version", version=_version())
     # The flags come from the declarations, so they cannot drift from the file's keys.
     for name, f in config_module.declared().items():
         flag = f.metadata["flag"]
@@ -38,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("app", nargs="?", metavar="APP",
                         help=f"WSGI application as module:callable (default: {config_module.DEFAULT_APP})")
     return parser
+
+
+def _version() -> str:
+    """The project's version (one for both tiers: they ship together) and the Gunicorn it runs."""
+    from importlib.metadata import version
+
+    from proxy import __version__
+
+    return f"appserver {__version__} (Gunicorn {version('gunicorn')})"
 
 
 def settings_from_args(argv: list[str] | None) -> tuple[Settings, bool]:

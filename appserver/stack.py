@@ -18,7 +18,6 @@ mistake in it is reported against proxy.toml itself.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -125,15 +124,15 @@ def tiers(args: argparse.Namespace, proxy_config: Path) -> list[Tier]:
 # --- the proxy.toml copy ---------------------------------------------------------
 
 def derive_proxy_config(data: dict[str, Any], base: Path, proxy_port: int, app_port: int) -> dict[str, Any]:
-    """proxy.toml's content with the launcher's ports, and static folders resolved against ``base``."""
+    """proxy.toml's content with the launcher's ports, and every relative path (static folders, logs, the
+    pid file, certificates) made absolute against ``base``, the folder proxy.toml is in."""
+    from proxy.config import with_absolute_paths
+
     defaults = {f"{host}:{DEFAULT_APP_PORT}" for host in ("127.0.0.1", "localhost")}
-    out = copy.deepcopy(data)
+    out = with_absolute_paths(data, base)
     out.setdefault("server", {})["listen"] = [f"127.0.0.1:{proxy_port}"]
     for upstream in out.get("upstreams", {}).values():
         upstream["servers"] = [f"127.0.0.1:{app_port}" if s in defaults else s for s in upstream.get("servers", [])]
-    for route in out.get("routes", []):
-        if route.get("static"):
-            route["static"] = str((base / route["static"]).resolve())
     return out
 
 

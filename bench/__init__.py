@@ -1,7 +1,8 @@
 """``make bench``: the proxy measured side by side with nginx, in back-to-back pairs.
 
-Layout, in the spirit of the proxy's sans-IO split (see /work/shared/STYLE.md):
-the decisions are plain functions over frozen dataclasses (``scenarios``,
+Layout, in the spirit of the proxy's sans-IO split (decisions in plain code
+that tests drive without sockets, I/O at the edge): the decisions are plain
+functions over frozen dataclasses (``scenarios``,
 ``configs``, ``report``, ``wrk.parse``), and only ``procs``, ``wrk.run`` and
 ``cli`` start processes or wait on them. docs/performance.md explains the
 method and holds the latest results.

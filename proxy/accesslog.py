@@ -11,7 +11,9 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 
 
@@ -29,7 +31,7 @@ class AccessRecord:
     request_time: float  # seconds in the proxy
     request_id: str
     route: str  # the prefix of the matched route, "" when none
-    handler: str  # "static", "proxy", or "proxy" itself for its own answers ("local")
+    handler: str  # "static", "proxy", "redirect" (to https), or "local" for the proxy's own answers
     upstream_addr: str  # every server tried, ", "-separated as nginx does; "" when none
     upstream_status: str
     upstream_connect_time: float | None
@@ -41,6 +43,12 @@ class AccessRecord:
     tunnel_bytes_to_upstream: int = 0
     tunnel_bytes_to_client: int = 0
     tunnel_end: str = ""  # who ended it: "client", "upstream", "idle" or "shutdown"
+
+
+def iso8601(when: float) -> str:
+    """Seconds since the epoch as local time in ISO 8601 with milliseconds and the UTC offset
+    (nginx's $time_iso8601, to the millisecond): 2026-11-25T14:03:07.112+01:00."""
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="milliseconds")
 
 
 def _seconds(value: float | None) -> str:
@@ -87,8 +95,44 @@ def format_combined(record: AccessRecord) -> str:
     )
 
 
+def _tries(joined: str) -> list[str]:
+    return joined.split(", ") if joined else []
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)  # milliseconds, as nginx logs times
+
+
+def json_fields(record: AccessRecord) -> dict:
+    """One JSON access-log object: a type per key, whatever happened (docs/configuration.md lists them;
+    a test keeps that list in step). Times of day are ISO 8601, durations seconds to the millisecond,
+    statuses numbers, and the upstream keys lists with one entry per server tried, in order."""
+    return {
+        "time": iso8601(record.time),
+        "remote_addr": record.remote_addr,
+        "request": record.request,
+        "status": record.status,
+        "body_bytes_sent": record.body_bytes_sent,
+        "referer": record.referer,
+        "user_agent": record.user_agent,
+        "request_time": _rounded(record.request_time),
+        "request_id": record.request_id,
+        "route": record.route,
+        "handler": record.handler,
+        "upstream_addr": _tries(record.upstream_addr),
+        "upstream_status": [int(status) for status in _tries(record.upstream_status) if status.isdigit()],
+        "upstream_connect_time": _rounded(record.upstream_connect_time),
+        "upstream_header_time": _rounded(record.upstream_header_time),
+        "upstream_response_time": _rounded(record.upstream_response_time),
+        "tunnel": record.tunnel,
+        "tunnel_bytes_to_upstream": record.tunnel_bytes_to_upstream,
+        "tunnel_bytes_to_client": record.tunnel_bytes_to_client,
+        "tunnel_end": record.tunnel_end,
+    }
+
+
 def format_json(record: AccessRecord) -> str:
-    return json.dumps(asdict(record), separators=(",", ":"))
+    return json.dumps(json_fields(record), separators=(",", ":"))
 
 
 FORMATS = {"combined": format_combined, "json": format_json}
@@ -109,8 +153,27 @@ def cannot_open(target: str) -> str | None:
         return f"cannot open {target} for appending: {exc.strerror}"
 
 
+# This process's access logs that write to a file, for reopen_access_logs (SIGUSR1).
+_FILES: "weakref.WeakSet[AccessLog]" = weakref.WeakSet()
+
+
+def reopen_access_logs() -> list[str]:
+    """Open every access log file of this process again by its name, after log rotation renamed it.
+
+    Returns what could not be reopened (that log keeps writing to the file it had).
+    """
+    problems = []
+    for log in list(_FILES):
+        try:
+            log.reopen()
+        except OSError as exc:
+            problems.append(f"cannot reopen {log.target}: {exc.strerror}")
+    return problems
+
+
 class AccessLog:
     def __init__(self, target: str, fmt: str) -> None:
+        self.target = target
         self._format = FORMATS[fmt]
         self._pending: list[str] = []
         self._stream: IO[str] | None
@@ -119,11 +182,20 @@ class AccessLog:
         elif target == "-":
             self._stream = sys.stdout
         else:
-            self._stream = open(target, "a", encoding="utf-8", errors="backslashreplace")
+            self._stream = self._open()
+            _FILES.add(self)
 
-    @property
-    def enabled(self) -> bool:
-        return self._stream is not None
+    def _open(self) -> IO[str]:
+        return open(self.target, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Write to a file of this name from now on (raises OSError and keeps the old one if it cannot)."""
+        if self not in _FILES:
+            return
+        new = self._open()
+        self.flush()
+        old, self._stream = self._stream, new
+        old.close()
 
     def write(self, record: AccessRecord) -> None:
         if self._stream is None:
@@ -148,5 +220,6 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._stream not in (None, sys.stdout):
+        if self in _FILES:
+            _FILES.discard(self)
             self._stream.close()

@@ -9,6 +9,7 @@ import sys
 from . import __version__, config as config_module
 from .accesslog import cannot_open
 from .errors import ConfigError
+from .logfiles import setup_logging
 
 log = logging.getLogger("proxy")
 
@@ -41,16 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     gencert.add_argument("--out", default="certs", help="folder to write into (default: %(default)s)")
     gencert.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
     return parser
-
-
-def setup_logging(target: str) -> None:
-    handler: logging.Handler
-    handler = logging.StreamHandler(sys.stderr) if target == "-" else logging.FileHandler(target)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y/%m/%d %H:%M:%S"))
-    root = logging.getLogger("proxy")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 def summary(cfg: config_module.Config) -> str:

@@ -14,10 +14,12 @@ the whole file (routes naming upstreams, duplicate listeners) run last.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +50,15 @@ class Context:
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of value: what a user is told to write, and how it is converted."""
+    """A kind of value: what a user is told to write, and how it is converted.
+
+    ``path_words``: for a path relative to the config file's folder, the
+    values that are words rather than paths ("-", "off", ""); None otherwise.
+    """
 
     expected: str
     convert: Callable[[Any, Context], Any]
+    path_words: tuple[str, ...] | None = None
 
 
 def setting(default: Any, kind: Kind, doc: str, *, shown: str | None = None) -> Any:
@@ -135,7 +142,50 @@ def parse_address(value: Any) -> Address:
             raise Invalid from None
     else:
         host = match["host"]
+        # A host name never ends in an all-numeric label (RFC 1123 2.1, RFC 3696 2), so "999.1.1.1"
+        # is a mistyped IPv4 address, not a name to look up.
+        if host.rpartition(".")[2].isdigit():
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise Invalid(f"{host} is not a valid IPv4 address") from None
     return Address(host, port)
+
+
+ALL_ADDRESSES = "0.0.0.0"
+_PORT_ONLY_RE = re.compile(r"^(?:\*?:)?(\d{1,5})$")
+
+
+def parse_listen(value: Any) -> Address:
+    """An address to listen on, checked as ``nginx -t`` checks one.
+
+    ``"8080"``, ``":8080"`` and ``"*:8080"`` mean every IPv4 address, as in
+    nginx (``"[::]:8080"`` is every IPv6 one). A host name must resolve now:
+    the proxy binds it at start, and a name that does not resolve would only
+    fail then.
+    """
+    match = _PORT_ONLY_RE.match(value.strip()) if isinstance(value, str) else None
+    if match:
+        address = Address(ALL_ADDRESSES, int(match[1]))
+        if address.port > 65535:
+            raise Invalid
+        return address
+    address = parse_address(value)
+    if is_ip_literal(address.host):
+        return address
+    try:
+        socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Invalid(f"cannot resolve {address.host!r} to an address to listen on ({exc.strerror})") from None
+    return address
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _list_of(kind: Kind, *, non_empty: bool = True) -> Kind:
@@ -167,6 +217,28 @@ def _convert_folder(value: Any, ctx: Context) -> Path | None:
     if not folder.is_dir():
         raise Invalid(f"folder {folder} does not exist")
     return folder
+
+
+def _path(value: str, ctx: Context) -> str:
+    """An absolute path: a relative one is relative to the config file's folder, never the current
+    directory (which differs between a shell, systemd and a container). Symlinks are kept, so a
+    reload or a log reopen follows a changed link."""
+    return os.path.abspath(ctx.base / value)
+
+
+def _output_file(*special: str) -> Callable[[Any, Context], str]:
+    """A file the proxy writes (a log, the pid file), or one of the ``special`` words as written."""
+    def convert(value: Any, ctx: Context) -> str:
+        if not isinstance(value, str) or (not value.strip() and value not in special):
+            raise Invalid
+        return value if value in special else _path(value, ctx)
+
+    return convert
+
+
+def _convert_temp_dir(value: Any, ctx: Context) -> str:
+    folder = _convert_folder(value, ctx)
+    return "" if folder is None else str(folder)
 
 
 def _convert_prefix(value: Any, ctx: Context) -> str:
@@ -202,7 +274,12 @@ SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SECONDS_OR_ZERO = Kind("a number of seconds >= 0", lambda v, c: _convert_seconds(v, c, zero=True))
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
-FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder)
+LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
+FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder, ("",))
+TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir, ("",))
+ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"), ("-", "off"))
+ERROR_LOG = Kind('a file (relative to the config file) or "-"', _output_file("-"), ("-",))
+PID_FILE = Kind('a file (relative to the config file), or "" for none', _output_file(""), ("",))
 PREFIX = Kind('a URL path prefix starting with "/" (printable ASCII, no quotes or backslashes)', _convert_prefix)
 HEADER_VALUE = Kind("a header value: printable ASCII, no leading or trailing spaces", _convert_header_value)
 TOKEN = Kind("a name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)", _convert_token)
@@ -292,7 +369,8 @@ def _convert_optional_file(value: Any, ctx: Context) -> Path | None:
 
 
 _SERVER_NAME_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")  # RFC 9110 7.8 protocol
+# RFC 9110 7.8: protocol-name ["/" protocol-version], each a token; compared lower-cased.
+_PROTOCOL_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)?$")
 
 
 def _convert_server_name(value: Any, ctx: Context) -> str:
@@ -302,14 +380,14 @@ def _convert_server_name(value: Any, ctx: Context) -> str:
 
 
 def _convert_protocol(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.match(value.lower()):
+    if not isinstance(value, str) or not _PROTOCOL_RE.match(value.lower()):
         raise Invalid
     return value.lower()
 
 
-PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file)
+PEM_FILE = Kind("a PEM file (relative to the config file)", _convert_file, ())
 PEM_KEY = Kind('a PEM file (relative to the config file), or "" when the key is in the certificate file',
-               _convert_optional_file)
+               _convert_optional_file, ("",))
 SERVER_NAME = Kind('a host name like "api.example.test" or "*.example.test"', _convert_server_name)
 PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 
@@ -319,8 +397,9 @@ PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 @dataclass(frozen=True)
 class ServerSettings:
     listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8080),), _list_of(ADDRESS),
-        "Addresses to accept connections on; several allowed. Port 0 picks a free port.",
+        (Address("127.0.0.1", 8080),), _list_of(LISTEN),
+        "Addresses to accept connections on; several allowed. Port 0 picks a free port. A host name must "
+        'resolve when the file is loaded; "8080" alone is "0.0.0.0:8080" (nginx\'s listen 8080).',
         shown='["127.0.0.1:8080"]')
     name: str = setting("twotier", TOKEN, "Product name sent in the Server and Via headers.")
     sendfile: bool = setting(
@@ -344,7 +423,10 @@ class ServerSettings:
     grace_period: float = setting(
         30.0, SECONDS, "On SIGTERM/SIGINT: how long in-flight requests may take to finish before the proxy exits.")
     temp_dir: str = setting(
-        "", STRING, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+        "", TEMP_DIR, 'Folder for request and response bodies spilled to disk; "" for the system temp folder.')
+    pid_file: str = setting(
+        "", PID_FILE, "File the master process writes its pid to at start and removes at exit (nginx's pid): "
+        "where to send SIGHUP (reload) or SIGTERM (stop). The status page shows the same pid as master_pid.")
     server_timing: str = setting(
         "all", _choice("all", "trusted", "off"),
         'Who gets the Server-Timing header (the proxy\'s and the upstream\'s share of each response, which '
@@ -385,10 +467,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class LogSettings:
-    access: str = setting("-", STRING, 'Access log: a file path, "-" for standard output, or "off".')
+    access: str = setting("-", ACCESS_LOG, 'Access log: a file, "-" for standard output, or "off".')
     format: str = setting("combined", _choice("combined", "json"),
                           'Access log format: nginx "combined" plus timings, or one JSON object per line.')
-    error: str = setting("-", STRING, 'Error and state-change log: a file path, or "-" for standard error.')
+    error: str = setting("-", ERROR_LOG, 'Error and state-change log: a file, or "-" for standard error.')
 
 
 @dataclass(frozen=True)
@@ -494,7 +576,7 @@ class Upstream:
         "Beyond buffer_bytes, up to this much of a response is spilled to a temporary file so the app server "
         "is released early; 0 = never spill (the upstream is then read at the client's pace).",
         shown='"1g"')
-    # Edge protocols (issue 6): which Upgrade requests become tunnels to this group, and how long one may idle.
+    # Edge protocols: which Upgrade requests become tunnels to this group, and how long one may idle.
     upgrade: tuple[str, ...] = setting(
         ("websocket",), _list_of(PROTOCOL, non_empty=False),
         "Protocols a client may switch to (Connection: Upgrade) on this group's servers; when a server answers "
@@ -550,7 +632,7 @@ class TlsSettings:
     """TLS termination; on when [tls] is present. Certificates are checked when the file is loaded."""
 
     listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8443),), _list_of(ADDRESS), "Addresses that speak HTTPS.",
+        (Address("127.0.0.1", 8443),), _list_of(LISTEN), "Addresses that speak HTTPS (written as [server].listen).",
         shown='["127.0.0.1:8443"]')
     certificate: Path = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
@@ -680,6 +762,30 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
                     **sections)
     _cross_check(config)
     return config
+
+
+def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a parsed proxy.toml whose relative paths are made absolute against ``base``, the folder
+    of the file it came from: the same configuration, written anywhere (appserver.stack writes one)."""
+    out = copy.deepcopy(data)
+
+    def fix(cls: type, table: Any) -> None:
+        for f in dataclasses.fields(cls) if isinstance(table, dict) else ():
+            kind = f.metadata.get("kind")
+            value = table.get(f.name)
+            if kind is not None and kind.path_words is not None and isinstance(value, str) \
+                    and value not in kind.path_words:
+                table[f.name] = os.path.join(base, value)  # an absolute value stays as it is
+
+    for name, cls in SECTIONS.items():
+        fix(cls, out.get(name))
+    for route in out.get("routes", []) if isinstance(out.get("routes"), list) else ():
+        fix(Route, route)
+    tls = out.get("tls")
+    fix(TlsSettings, tls)
+    for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
+        fix(Site, site)
+    return out
 
 
 def _cross_check(config: Config) -> None:

@@ -11,6 +11,13 @@ board, see server/board.py), and ``status_document`` / ``render_prometheus``
 render the merged view: JSON for people and scripts, the Prometheus text
 exposition format (version 0.0.4, simple enough that a dependency would not
 pay for itself) for scrapers.
+
+Workers come and go (a reload replaces them all, a dead one is replaced);
+the counters must not. The master publishes a ``master_view`` on the same
+board: its pid, its start time, and ``retired``, the counters of every
+worker that has left, each folded in by ``retire`` from the last view the
+worker published. ``merge`` adds those to the live workers' numbers, so a
+Prometheus counter only ever grows while the master lives.
 """
 
 from __future__ import annotations
@@ -20,17 +27,20 @@ import os
 import time
 from collections import Counter
 
-from .accesslog import AccessRecord
+from .accesslog import AccessRecord, iso8601
+from .upstream.group import STATES
 
 # Request duration buckets in seconds (Prometheus client defaults, which suit web requests).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# A server's state as most workers see it; on a tie, the one that needs attention.
-STATES = ("up", "down", "failed", "draining")
-_SEVERITY = {"draining": 3, "down": 2, "failed": 1, "up": 0}
+# A server's state as most workers see it (upstream/group.py says what each means); on a tie, the one
+# that needs attention.
+_SEVERITY = {state: rank for rank, state in enumerate(STATES)}
 
-# Per-server numbers that add up across workers.
+# Per-server numbers that add up across workers; the counters among them also across workers' lives
+# (in_flight and idle_connections describe now, so a departed worker's are not kept).
 _SUMMED = ("in_flight", "requests", "failures", "idle_connections", "active_connections", "connects")
+_COUNTERS = ("requests", "failures", "connects")
 
 
 class Metrics:
@@ -192,21 +202,67 @@ def _edge_samples(edge: dict) -> list[str]:
     return out
 
 
+# --- the master's share: counters of the workers that have left ------------
+
+# ``retired`` before any worker has left.
+NOTHING_RETIRED: dict = {"metrics": {"requests": [], "durations": {}}, "servers": {}, "edge": None}
+
+
+def master_view(pid: int, started: float, retired: dict) -> dict:
+    """What the master pins on the board: who it is, since when, and what departed workers counted."""
+    return {"role": "master", "pid": pid, "published": time.time(), "started": started, "retired": retired}
+
+
+def retire(retired: dict, view: dict) -> dict:
+    """``retired`` plus the counters in ``view``, the last view a departing worker published."""
+    requests: Counter = Counter()
+    durations: dict[str, dict] = {}
+    for metrics in (retired["metrics"], view["metrics"]):
+        _add_metrics(requests, durations, metrics)
+    servers = {name: {address: dict(counts) for address, counts in by_address.items()}
+               for name, by_address in retired["servers"].items()}
+    for name, group in view["upstreams"].items():
+        for server in group["servers"]:
+            into = servers.setdefault(name, {}).setdefault(server["address"], dict.fromkeys(_COUNTERS, 0))
+            for key in _COUNTERS:
+                into[key] += server[key]
+    edges = [retired["edge"]] if retired["edge"] else []
+    if "edge" in view:  # a tunnel that was open is closed now
+        edges.append({**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}})
+    return {"metrics": _metrics_data(requests, durations), "servers": servers,
+            "edge": merge_edge(edges) if edges else None}
+
+
+def _add_metrics(requests: Counter, durations: dict[str, dict], metrics: dict) -> None:
+    """Add one ``Metrics.as_data()`` into the running totals."""
+    for route, status, count in metrics["requests"]:
+        requests[route, status] += count
+    for route, d in metrics["durations"].items():
+        total = durations.setdefault(route, {"sum": 0.0, "count": 0, "buckets": [0] * len(BUCKETS)})
+        total["sum"] += d["sum"]
+        total["count"] += d["count"]
+        total["buckets"] = [a + b for a, b in zip(total["buckets"], d["buckets"])]
+
+
+def _metrics_data(requests: Counter, durations: dict[str, dict]) -> dict:
+    return {"requests": [[route, status, count] for (route, status), count in sorted(requests.items())],
+            "durations": durations}
+
+
 def merge(views: list[dict]) -> dict:
-    """Add up the views of several workers (the first is the one answering)."""
+    """Add up the views of several workers (the first is the one answering), and the master's
+    ``retired`` counters when its view is among them."""
+    master = next((view for view in views if view.get("role") == "master"), None)
+    views = [view for view in views if view.get("role") != "master"]
+    retired = master["retired"] if master is not None else NOTHING_RETIRED
     requests: Counter = Counter()
     durations: dict[str, dict] = {}
     connections: Counter = Counter()
     upstreams: dict[str, dict] = {}
+    _add_metrics(requests, durations, retired["metrics"])
     for view in views:
         connections.update(view["connections"])
-        for route, status, count in view["metrics"]["requests"]:
-            requests[route, status] += count
-        for route, d in view["metrics"]["durations"].items():
-            total = durations.setdefault(route, {"sum": 0.0, "count": 0, "buckets": [0] * len(BUCKETS)})
-            total["sum"] += d["sum"]
-            total["count"] += d["count"]
-            total["buckets"] = [a + b for a, b in zip(total["buckets"], d["buckets"])]
+        _add_metrics(requests, durations, view["metrics"])
         for name, group in view["upstreams"].items():
             merged = upstreams.setdefault(name, {"balance": group["balance"], "queued": 0, "servers": {}})
             merged["queued"] += group.get("queued", 0)
@@ -219,6 +275,11 @@ def merge(views: list[dict]) -> dict:
                     into[key] = into.get(key, 0) + server.get(key, 0)
                 into["states"].append(server["state"])
                 into["last_error"] = into["last_error"] or server["last_error"]
+    for name, by_address in retired["servers"].items():  # servers no longer configured are left out
+        for address, counts in by_address.items():
+            into = upstreams.get(name, {}).get("servers", {}).get(address)
+            for key in _COUNTERS if into is not None else ():
+                into[key] += counts[key]
     for group in upstreams.values():
         for server in group["servers"].values():
             votes = Counter(server.pop("states"))
@@ -226,25 +287,30 @@ def merge(views: list[dict]) -> dict:
             if len(votes) > 1:
                 server["states_by_worker"] = dict(votes)
         group["servers"] = list(group["servers"].values())
+    edges = [v["edge"] for v in views if "edge" in v] + ([retired["edge"]] if retired["edge"] else [])
     return {
         "workers": [{"pid": v["pid"], "requests": sum(c for _, _, c in v["metrics"]["requests"]),
                      "connections": v["connections"], "process": v["process"]} for v in views],
         "connections": dict(connections),
-        "requests": [[route, status, count] for (route, status), count in sorted(requests.items())],
-        "durations": durations,
+        **_metrics_data(requests, durations),
         "upstreams": upstreams,
-        "started": min(v["started"] for v in views),
-        "edge": merge_edge(v["edge"] for v in views if "edge" in v),
+        # Since the master started (a reload keeps it); a worker's own start without a master.
+        "started": master["started"] if master is not None else min(v["started"] for v in views),
+        "master_pid": master["pid"] if master is not None else None,
+        "edge": merge_edge(edges),
     }
 
 
 def status_document(merged: dict, server_name: str) -> dict:
-    """The JSON status page: totals for the whole proxy; ``pid`` and ``process`` are the answering worker's."""
+    """The JSON status page: totals for the whole proxy; ``pid`` and ``process`` are the answering worker's,
+    ``master_pid`` the process to signal (null when the proxy runs without a master)."""
     answering = merged["workers"][0]
     return {
         "server": server_name,
+        "master_pid": merged["master_pid"],
         "pid": answering["pid"],
         "process": answering["process"],
+        "started": iso8601(merged["started"]),
         "uptime_seconds": round(time.time() - merged["started"], 3),
         "workers": merged["workers"],
         "connections": merged["connections"],
@@ -281,7 +347,9 @@ def render_prometheus(merged: dict) -> bytes:
         out.append(f'proxy_request_duration_seconds_bucket{{route="{label}",le="+Inf"}} {d["count"]}')
         out.append(f'proxy_request_duration_seconds_sum{{route="{label}"}} {d["sum"]:.6f}')
         out.append(f'proxy_request_duration_seconds_count{{route="{label}"}} {d["count"]}')
-    out += ["# HELP proxy_connections Client connections open now.", "# TYPE proxy_connections gauge",
+    out += ["# HELP proxy_start_time_seconds When the proxy (its master process) started, since the epoch.",
+            "# TYPE proxy_start_time_seconds gauge", f"proxy_start_time_seconds {merged['started']:.3f}",
+            "# HELP proxy_connections Client connections open now.", "# TYPE proxy_connections gauge",
             f"proxy_connections {merged['connections'].get('open', 0)}",
             "# HELP proxy_workers Worker processes reporting.", "# TYPE proxy_workers gauge",
             f"proxy_workers {len(merged['workers'])}"]

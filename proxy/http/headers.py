@@ -26,9 +26,16 @@ CLIENT_SUPPLIED_FORWARDING = frozenset({
     b"x-forwarded-prefix", b"x-real-ip", b"forwarded",
 })
 
+# httpoxy (CVE-2016-5385): CGI-style servers, WSGI ones included, turn a
+# request's ``Proxy:`` header into ``HTTP_PROXY``, which many HTTP client
+# libraries read as the proxy for the app's own outgoing requests. No standard
+# request header is named Proxy, so it is dropped, as nginx deployments were
+# told to do (proxy_set_header Proxy "").
+HTTPOXY = frozenset({b"proxy"})
+
 # Set by us on the upstream request: the body is buffered and re-framed with
 # Content-Length, so the client's framing and Expect never go upstream.
-_REQUEST_REPLACED = HOP_BY_HOP | CLIENT_SUPPLIED_FORWARDING | {
+_REQUEST_REPLACED = HOP_BY_HOP | CLIENT_SUPPLIED_FORWARDING | HTTPOXY | {
     b"host", b"content-length", b"expect", b"x-request-id", b"via",
 }
 
@@ -129,6 +136,8 @@ def why_dropped(name: bytes, named: set[bytes]) -> str | None:
         return "replaced by the proxy's own value"
     if name in (b"content-length", b"expect"):
         return "the body is buffered and re-framed by the proxy"
+    if name in HTTPOXY:
+        return "httpoxy: the app would read it as HTTP_PROXY (CVE-2016-5385)"
     return None
 
 

@@ -154,6 +154,7 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
         log.info("shutting down: %d request(s) in flight", worker.conns.active)
         await worker.stop(config.server.grace_period if grace is None else grace)
         if board is not None:
+            worker.publish(final=True)  # the last counts, for the master to keep once this worker is gone
             board.clear(slot)
         log.info("stopped")
 

@@ -12,8 +12,20 @@ closing a socket. Signals, as nginx and Gunicorn use them:
   listening sockets are bound as needed, new workers start with the new
   configuration, and once they are ready the old ones are told to finish
   their in-flight requests and exit. Nothing that reached a socket is lost.
+  The master reopens its error log first, so the new workers write to a
+  file of that name (the new workers open the access log themselves).
+* SIGUSR1: reopen the log files (after log rotation renamed them), as
+  nginx does: the master reopens its error log and passes the signal to
+  every worker, which reopens its access and error logs. Nothing else
+  changes. (Without a handler, SIGUSR1 would end the process.)
 * SIGCHLD: a worker ended. If nobody asked it to, it is logged with its
   exit status and replaced (with a growing delay if it keeps dying).
+  Either way the counters it last published are folded into the totals the
+  master keeps on the status board (metrics.retire), so the status page and
+  Prometheus counters carry on across reloads and restarts.
+
+``[server] pid_file``, when set, holds the master's pid from start to exit
+(as nginx's): the process these signals go to.
 
 The master's loop is synchronous (no asyncio in the master, so a fork never
 copies a running event loop): signals arrive through ``set_wakeup_fd`` and
@@ -24,6 +36,7 @@ Gunicorn's arbiter does.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import select
@@ -35,6 +48,8 @@ from .. import config as config_module
 from ..accesslog import cannot_open
 from ..config import Address, Config
 from ..errors import ConfigError
+from ..logfiles import reopen_log_files
+from ..metrics import NOTHING_RETIRED, master_view, retire
 from ..tls import Certificates, describe, load_certificates
 from .board import Board
 from .sockets import ListenError, bind, bound_address, raise_fd_limit
@@ -44,7 +59,7 @@ log = logging.getLogger("proxy")
 
 READY_TIMEOUT = 30.0  # a new worker that is not accepting by then is abandoned
 RESTART_DELAY_MAX = 5.0
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
 
 @dataclass
@@ -71,6 +86,10 @@ class Master:
     stopping: str = ""
     board: Board = field(default_factory=Board)
     exit_code: int = 0
+    started: float = field(default_factory=time.time)  # the proxy's start: a reload keeps it
+    retired: dict = field(default_factory=lambda: NOTHING_RETIRED)  # counters of workers that have left
+    slot: int | None = None  # the master's own place on the status board
+    _pid_file: str = ""  # the one written, removed at exit
     _signals: list[int] = field(default_factory=list)
     _restart_delay: float = 0.0
     _ready_generations: set[int] = field(default_factory=set)  # generations whose workers all came up once
@@ -92,6 +111,9 @@ class Master:
             for address in self.config.tls.listen:
                 self.tls_sockets[address] = bind(address)
             log_tls_listening(list(self.tls_sockets.values()), self.certificates)
+        self._write_pid_file(self.config)  # ConfigError: to the CLI
+        self.slot = self.board.take()
+        self._publish()
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
@@ -104,6 +126,54 @@ class Master:
             signal.set_wakeup_fd(-1)
             os.close(wake_read)
             os.close(wake_write)
+            self._remove_pid_file()
+
+    # --- the pid file ---
+
+    def _write_pid_file(self, cfg: Config) -> None:
+        """Write (or move, when a reload names another) the pid file; raises ConfigError with one line."""
+        path = cfg.server.pid_file
+        if path == self._pid_file:
+            return
+        if path:
+            temporary = f"{path}.{os.getpid()}.tmp"
+            try:
+                with open(temporary, "w") as fh:
+                    fh.write(f"{os.getpid()}\n")
+                os.replace(temporary, path)  # whoever reads it never sees it half-written
+            except OSError as exc:
+                raise ConfigError(f"{cfg.path}: server.pid_file: cannot write {path}: {exc.strerror}") from None
+        self._remove_pid_file()
+        self._pid_file = path
+
+    def _remove_pid_file(self) -> None:
+        """Remove the pid file, unless another process has written its own pid there since."""
+        if not self._pid_file:
+            return
+        try:
+            with open(self._pid_file) as fh:
+                if fh.read().strip() == str(os.getpid()):
+                    os.unlink(self._pid_file)
+        except OSError:
+            pass
+        self._pid_file = ""
+
+    # --- the status board: the master's share ---
+
+    def _publish(self) -> None:
+        """Pin the master's view (pid, start, retired counters); repeated every turn of the loop so
+        readers, who skip views older than a few seconds, keep seeing it."""
+        payload = json.dumps(master_view(os.getpid(), self.started, self.retired), separators=(",", ":"))
+        if self.slot is not None and not self.board.publish(self.slot, payload.encode()):
+            log.warning("status board: the master's view (%d bytes) does not fit its slot", len(payload))
+
+    def _retire(self, worker: Worker) -> None:
+        """Fold what a worker that has ended counted into the master's totals, and free its slot."""
+        payload = self.board.read_last(worker.slot)
+        self.board.release(worker.slot)
+        if payload is not None:
+            self.retired = retire(self.retired, json.loads(payload))
+            self._publish()
 
     def _record(self, signum, frame) -> None:
         self._signals.append(signum)
@@ -125,6 +195,7 @@ class Master:
                 signum = self._signals.pop(0)
                 getattr(self, "handle_" + signal.Signals(signum).name.lower())()
             self._reap()
+            self._publish()
             self._check_ready_timeouts()
             if self.stopping and not self.workers:
                 log.info("master stopped")
@@ -215,7 +286,7 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            self.board.release(worker.slot)
+            self._retire(worker)
             if not worker.ready:
                 os.close(worker.ready_fd)
             if worker.stopping or self.stopping:
@@ -279,6 +350,14 @@ class Master:
     def handle_sigchld(self) -> None:
         pass  # _reap runs after every signal
 
+    def handle_sigusr1(self) -> None:
+        _reopen_logs("master")
+        for worker in self.workers.values():
+            try:
+                os.kill(worker.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
     def _stop(self, name: str, sig: int) -> None:
         if self.stopping and sig != signal.SIGQUIT:
             return
@@ -304,6 +383,11 @@ class Master:
         if problem:
             log.error("reload failed, still serving the previous configuration: %s: log.access: %s", path, problem)
             return
+        try:
+            self._write_pid_file(new)
+        except ConfigError as exc:
+            log.error("reload failed, still serving the previous configuration: %s", exc)
+            return
         added, added_tls = {}, {}
         try:
             for address in new.server.listen:
@@ -327,8 +411,18 @@ class Master:
         self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
         self.config = new
+        _reopen_logs("master", "SIGHUP")  # the new workers inherit the master's error log: a fresh one
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
         self.spawn_generation()
+
+
+def _reopen_logs(who: str, why: str = "SIGUSR1") -> None:
+    """Reopen this process's log files, and say so in the (new) error log."""
+    problems = reopen_log_files()
+    for problem in problems:
+        log.error("%s %d: %s: %s; still writing to the old file", who, os.getpid(), why, problem)
+    if not problems:
+        log.info("%s %d: log files reopened (%s)", who, os.getpid(), why)
 
 
 def _describe(status: int) -> str:
@@ -359,6 +453,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
     # Ctrl-C and a SIGHUP sent to the process group reach the workers too; the master decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the loop reopens the logs on it, below
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # blocked by the master around fork()
     master = os.getppid()
@@ -373,6 +468,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
 
         loop.add_signal_handler(signal.SIGTERM, request_stop, None)
         loop.add_signal_handler(signal.SIGQUIT, request_stop, 0.0)
+        loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, "worker")
 
         def orphaned() -> None:
             if os.getppid() != master:

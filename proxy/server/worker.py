@@ -132,6 +132,7 @@ class Worker:
         self.loop = loop
         self.board = board  # shared with the other workers, for whole-proxy status pages
         self.slot = slot
+        self._published_final = False
         self.decider = Decider(config)
         self.timers = Deadlines(loop)
         self.groups = {name: UpstreamGroup(up, loop, self.timers, config.server.http_engine)
@@ -165,14 +166,17 @@ class Worker:
 
     # --- the status pages ---
 
-    def publish(self) -> None:
-        """Pin this worker's counters on the board, and again every PUBLISH_INTERVAL."""
-        if self.board is None:
+    def publish(self, final: bool = False) -> None:
+        """Pin this worker's counters on the board, and again every PUBLISH_INTERVAL until it stops
+        (a draining worker keeps publishing: its requests still count on the status page)."""
+        if self.board is None or self._published_final:
             return
         payload = json.dumps(worker_view(self), separators=(",", ":")).encode()
         if not self.board.publish(self.slot, payload):
             log.warning("status board: this worker's view (%d bytes) does not fit its slot", len(payload))
-        if not self.conns.closing:
+        if final:
+            self._published_final = True
+        else:
             self.loop.call_later(PUBLISH_INTERVAL, self.publish)
 
     def merged_metrics(self) -> dict:

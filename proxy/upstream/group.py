@@ -11,6 +11,12 @@ A peer is available when it is not draining, active checks (if any) say up,
 passive checks have not taken it out (``max_fails`` failures within
 ``fail_timeout`` rest it for ``fail_timeout``), and it is under
 ``max_conns``. Each change of a peer's state is logged once.
+
+Active checks have the last word (HAProxy's rule): a peer that passive
+checks rested comes back as soon as ``healthy_threshold`` probes in a row
+succeed after its last failed try, rather than waiting out ``fail_timeout``.
+
+``Peer.state`` is what the status page shows, one of ``STATES``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import ipaddress
 import logging
 import socket
 
-from ..config import Address, ServerSpec, Upstream
+from ..config import Address, ServerSpec, Upstream, is_ip_literal
 from .balancer import POLICIES
 from .health import HealthState, check_forever
 from .pool import ServerPool
@@ -29,11 +35,21 @@ from .pool import ServerPool
 log = logging.getLogger("proxy")
 
 
+# What a peer is doing, for the status page and metrics (a tie between workers shows the later one):
+#   up        taking requests, and the last one it was sent did not fail
+#   failing   taking requests, but the last try (and maybe more) failed: a lone server is never rested
+#             (there is nothing to send its load to), and below max_fails nobody is
+#   failed    resting after max_fails failures within fail_timeout (passive health)
+#   down      active health checks say so
+#   draining  its address no longer resolves: no new requests, gone once the last one ends
+STATES = ("up", "failing", "failed", "down", "draining")
+
+
 class Peer:
     """One upstream address: its connection pool, counters and health."""
 
     __slots__ = ("spec", "address", "pool", "group", "current_weight", "in_flight", "requests", "failures",
-                 "fails", "fail_window", "failed_until", "health", "draining", "checker", "last_error")
+                 "fails", "fail_window", "failed_until", "failing", "health", "draining", "checker", "last_error")
 
     def __init__(self, spec: ServerSpec, address: Address, group: "UpstreamGroup") -> None:
         config = group.config
@@ -50,6 +66,7 @@ class Peer:
         self.fails = 0  # within the current fail_timeout window
         self.fail_window = 0.0
         self.failed_until = 0.0
+        self.failing = 0  # failed tries since the last one that succeeded
         self.health = HealthState()
         self.draining = False
         self.checker: asyncio.Task | None = None
@@ -69,6 +86,8 @@ class Peer:
             return "down"
         if self.failed_until > now:
             return "failed"
+        if self.failing:
+            return "failing"
         return "up"
 
     def available(self, now: float) -> bool:
@@ -89,7 +108,7 @@ class UpstreamGroup:
         self.waiting: collections.deque = collections.deque()
         self._resolver: asyncio.Task | None = None
         for spec in config.servers:
-            if _is_ip(spec.address.host):
+            if is_ip_literal(spec.address.host):
                 self._add(spec, spec.address)
 
     def __repr__(self) -> str:
@@ -100,7 +119,7 @@ class UpstreamGroup:
 
     async def start(self) -> None:
         """Resolve host names once (so the first requests have servers), then keep them fresh."""
-        named = [spec for spec in self.config.servers if not _is_ip(spec.address.host)]
+        named = [spec for spec in self.config.servers if not is_ip_literal(spec.address.host)]
         if named:
             await self.resolve(named)
             self._resolver = self.loop.create_task(self._resolve_forever(named))
@@ -122,13 +141,24 @@ class UpstreamGroup:
 
     def _start_checks(self, peer: Peer) -> None:
         if self.config.health is not None and peer.checker is None:
-            peer.checker = self.loop.create_task(check_forever(peer, self.config.health, self._health_changed))
+            peer.checker = self.loop.create_task(check_forever(peer, self.config.health, self.probed))
 
-    def _health_changed(self, peer: Peer) -> None:
-        if peer.health.up:
-            log.info("upstream %s %s up: %d good health checks", self.name, peer.address, peer.health.good)
-        else:
-            log.warning("upstream %s %s down: %s", self.name, peer.address, peer.health.last_error)
+    def probed(self, peer: Peer, error: str | None) -> None:
+        """Apply one active probe's result (None: healthy) to ``peer``; ``check_forever`` calls this."""
+        health = self.config.health
+        now = self.loop.time()
+        if peer.health.observe(error, health, now):
+            if peer.health.up:
+                log.info("upstream %s %s up: %d good health checks", self.name, peer.address, peer.health.good)
+            else:
+                log.warning("upstream %s %s down: %s", self.name, peer.address, peer.health.last_error)
+        # Good probes are counted from the last failed try (failed() resets them): this many in a row
+        # since then means the server answers again, so a passive rest ends and it is up, not failing.
+        if peer.health.up and peer.health.good >= health.healthy_threshold:
+            if peer.failed_until > now:
+                log.info("upstream %s %s up: %d good health checks end its rest", self.name, peer.address,
+                         peer.health.good)
+            self._clear_failures(peer)
 
     # --- name resolution ---
 
@@ -210,6 +240,8 @@ class UpstreamGroup:
     def failed(self, peer: Peer, reason: str) -> None:
         """Passive health: count a failed try against ``peer``."""
         peer.failures += 1
+        peer.failing += 1
+        peer.health.good = 0  # active checks speak for it again only with probes made since this failure
         peer.last_error = reason
         max_fails = self.config.max_fails
         if max_fails == 0 or len(self.peers) == 1:
@@ -226,9 +258,14 @@ class UpstreamGroup:
 
     def succeeded(self, peer: Peer) -> None:
         if peer.failed_until:
-            peer.failed_until = 0.0
-            peer.fails = 0
             log.info("upstream %s %s up: answered again", self.name, peer.address)
+        self._clear_failures(peer)
+
+    @staticmethod
+    def _clear_failures(peer: Peer) -> None:
+        peer.failed_until = 0.0
+        peer.fails = 0
+        peer.failing = 0
 
     def finished(self, peer: Peer) -> None:
         """A request to ``peer`` ended (either way); the oldest queued request may now get a server."""
@@ -243,11 +280,3 @@ class UpstreamGroup:
         now = self.loop.time()
         waits = [p.failed_until - now for p in self.peers if p.failed_until > now]
         return max(1, int(min(waits)) + 1) if waits else 1
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False

@@ -3,7 +3,8 @@
 Following Caddy's split (its health checker keeps the ticker apart from one
 probe): ``probe`` performs a single GET and returns None or the reason it
 failed; ``HealthState.observe`` applies a probe's result to the counters and
-says whether the server changed state; ``check_forever`` repeats the two.
+says whether the server changed state; ``check_forever`` repeats a probe and
+hands each result to the group (``UpstreamGroup.probed``).
 Tests run ``probe`` and ``observe`` directly, with no timer involved.
 """
 
@@ -79,11 +80,9 @@ async def probe(address: Address, health: Health, host: str) -> str | None:
         return exc.strerror or str(exc)
 
 
-async def check_forever(peer, health: Health, on_change) -> None:
-    """Probe ``peer`` every ``health.interval`` seconds; call ``on_change(peer)`` on each flip."""
-    loop = asyncio.get_running_loop()
+async def check_forever(peer, health: Health, observe) -> None:
+    """Probe ``peer`` every ``health.interval`` seconds; ``observe(peer, error)`` applies each result
+    (UpstreamGroup.probed: the state, its log lines, and the end of a passive rest)."""
     while True:
-        error = await probe(peer.address, health, str(peer.spec.address))
-        if peer.health.observe(error, health, loop.time()):
-            on_change(peer)
+        observe(peer, await probe(peer.address, health, str(peer.spec.address)))
         await asyncio.sleep(health.interval)

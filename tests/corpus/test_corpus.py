@@ -230,6 +230,16 @@ def test_corpus_is_large_and_cited():
         casefile.load(name)  # raises on a malformed file or a missing source
 
 
+@pytest.mark.parametrize("doc, pattern", [
+    ("README.md", r"the (\d+)-case hostile-input corpus"), ("README.md", r"\| (\d+) hostile raw requests"),
+    ("docs/security.md", r"`tests/corpus/cases/`, (\d+) cases"), ("docs/security.md", r"# the (\d+) hostile-input"),
+])
+def test_the_docs_state_the_number_of_cases(doc, pattern):
+    from tests.helpers import ROOT
+
+    assert [int(n) for n in re.findall(pattern, (ROOT / doc).read_text())] == [len(NAMES)], (doc, pattern)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_case(corpus, name):
     proxy, upstream = corpus

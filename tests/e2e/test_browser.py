@@ -7,6 +7,7 @@ on ports chosen at run time) and drives Debian's ``chromium`` through its
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 
@@ -76,6 +77,19 @@ def test_page_draws_the_path_with_the_worker_pid(stack, browser, tmp_path):
     assert field("api.handler") == "forwarded"
     assert field("api.app").endswith(" ms") and field("api.proxy").endswith(" ms")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#api-bar > div")) == 5
+
+    # The first request is made once the page has loaded, so the bar shows the tiers, not the browser
+    # warming up; its "network + browser" part is the request's own wait (sent -> first byte) less the
+    # proxy's time, without the browser's queueing or connection setup (said apart when there was one).
+    first = browser.execute_script("""
+        const page = performance.getEntriesByType("navigation")[0];
+        const api = performance.getEntriesByName(new URL("/api/whoami", location.href).href, "resource")[0];
+        return {loaded: page.loadEventStart, sent: api.startTime, wait: api.responseStart - api.requestStart};""")
+    assert first["loaded"] > 0 and first["sent"] >= first["loaded"], first
+    legend = dict(re.fullmatch(r"(.+?)\s+([\d.]+) ms", item.text.strip(), re.DOTALL).groups()
+                  for item in browser.find_elements(By.CSS_SELECTOR, "#api-legend li"))
+    assert float(legend["network + browser"]) <= first["wait"] + 0.01, (legend, first)
+    assert "from the request leaving the browser to the answer's first byte" in field("api.total")
     WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("static.handler") == "file from disk")
     assert field("static.route") == "/static/"
 

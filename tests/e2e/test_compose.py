@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,8 @@ BUILD_SECONDS = 900.0     # a first build downloads every dependency
 HEALTHY_SECONDS = 120.0
 COMMAND_SECONDS = 120.0
 DEFAULT_BASE = "python:3.12-slim"
-# Built by shared/tools/docker-offline.sh where no registry is reachable.
+# A Python base built on the machine itself, where no container registry is reachable (README.md, Docker:
+# another base image); used when it is there and the default base is not.
 LOCAL_BASE = "local/python:3.11-bookworm"
 
 
@@ -62,9 +62,6 @@ def why_no_docker() -> str | None:
         return f"no Docker daemon reachable ({first})"
     if compose_command() is None:
         return "neither `docker compose` nor `docker-compose` is installed"
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("scripts", {})
-    if "appserver" not in scripts:
-        return "this tree has no `appserver` console script yet (issue 3), which the app image runs"
     return None
 
 

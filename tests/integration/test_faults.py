@@ -61,10 +61,17 @@ def test_upstream_that_stalls_after_its_headers(start_proxy, recording_upstream)
 
 
 def test_upstream_that_never_answers_is_504(start_proxy, recording_upstream):
+    """read_timeout's 504 (the one test of it): the proxy's own answer, and the try logged as a 504."""
     hold = threading.Event()
     upstream = recording_upstream(lambda raw: (hold.wait(10), None)[1])
     proxy = proxy_for(start_proxy, [upstream], read_timeout=0.5)
-    assert requests.get(proxy.url + "/").status_code == 504
+    response = requests.get(proxy.url + "/never")
+    assert response.status_code == 504
+    assert "504" in response.text and response.headers["Server"] == "twotier"  # the proxy's page, not the app's
+    line = wait_until(lambda: next((x for x in proxy.access_lines() if '"GET /never ' in x), None),
+                      what="the access line")
+    assert f"uaddr={upstream.address} us=504 " in line
+    assert requests.get(proxy.url + "/_proxy/status").status_code == 200  # still serving
     hold.set()
 
 

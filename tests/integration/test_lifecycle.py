@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
+import pytest
 import requests
 
 from tests.helpers import ROOT, proxy_config, wait_until
@@ -59,9 +61,24 @@ def test_port_in_use_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_python_dash_m_and_console_script_agree():
-    result = subprocess.run([sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.startswith("proxy ")
+@pytest.mark.parametrize("command, args", [
+    ("proxy", [["--version"], ["--help"], ["--config", "proxy.toml", "--check-config"],
+               ["--config", "no-such.toml", "--check-config"], ["explain", "GET", "/api/whoami", "-H", "X-Request-ID: same"]]),
+    ("appserver", [["--version"], ["--help"], ["--config", "appserver.toml", "--check-config"],
+                   ["--threads", "0"]]),
+])
+def test_python_dash_m_and_console_script_agree(command, args):
+    """The installed console script and ``python -m`` run the same code: same output, same status."""
+    script = Path(sys.executable).parent / command
+    if not script.exists():
+        pytest.skip(f"the {command} console script is not installed next to {sys.executable}")
+    for arguments in args:
+        by_module, by_script = (subprocess.run([*argv, *arguments], cwd=ROOT, capture_output=True, text=True,
+                                               timeout=60)
+                                for argv in ([sys.executable, "-m", command], [str(script)]))
+        assert (by_script.returncode, by_script.stdout, by_script.stderr) == (
+            by_module.returncode, by_module.stdout, by_module.stderr), arguments
+        assert by_module.stdout or by_module.stderr, arguments
 
 
 def test_sigterm_lets_in_flight_requests_finish(start_proxy, test_app_gunicorn):
@@ -123,6 +140,15 @@ def test_access_log_to_file_and_off(start_proxy, tmp_path):
     requests.get(proxy.url + "/missing")
     wait_until(lambda: log.exists() and '"GET /missing HTTP/1.1" 404' in log.read_text(), what="the log file line")
     assert proxy.access_lines() == []
+    proxy.stop()
+
+    # "off": no line anywhere, not on standard output and not in a file called "off".
+    log.unlink()
+    proxy = start_proxy(proxy_config(static="www", log='access = "off"'))
+    for path in ("/missing", "/also-missing"):
+        assert requests.get(proxy.url + path).status_code == 404
+    assert proxy.stop() == 0  # the last lines are flushed on the way out
+    assert proxy.access_lines() == [] and sorted(p.name for p in tmp_path.iterdir()) == ["proxy.toml", "www"]
 
 
 def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path):

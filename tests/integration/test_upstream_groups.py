@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import signal
 import threading
 import uuid
@@ -108,20 +109,28 @@ def test_posts_are_never_sent_twice(start_proxy, servers, tmp_path):
     assert ok >= 590, collections.Counter(s for s, _ in results)  # at most the few in flight on the killed server
 
 
-def test_restarted_server_comes_back_through_active_checks(start_proxy, tmp_path):
+@pytest.mark.parametrize("unhealthy_threshold, taken_out, back", [
+    (1, r"down: ", r"up: \d+ good health checks$"),
+    # Out of reach: only a refused request takes b out, resting it for fail_timeout (60 s); the probes end that.
+    (1000, r"down: .*resting 60s", r"up: \d+ good health checks end its rest"),
+], ids=["taken-out-by-active-checks", "rested-by-passive-checks"])
+def test_restarted_server_comes_back_through_active_checks(start_proxy, tmp_path, unhealthy_threshold, taken_out,
+                                                            back):
     a = gunicorn("a", tmp_path)
     b = gunicorn("b", tmp_path)
     try:
         health = "[upstreams.app.health]\npath = \"/healthz\"\ninterval = 0.2\ntimeout = 0.5\n" \
-                 "healthy_threshold = 2\nunhealthy_threshold = 1"
-        proxy = start_proxy(proxy_config([a.address, b.address], health=health))
+                 f"healthy_threshold = 2\nunhealthy_threshold = {unhealthy_threshold}"
+        proxy = start_proxy(proxy_config([a.address, b.address], extra="fail_timeout = 60.0", health=health))
         port = b.port
         b.stop()
-        proxy.wait_for_line(rf"upstream app 127\.0\.0\.1:{port} down")
+        out = re.compile(rf"upstream app 127\.0\.0\.1:{port} {taken_out}")
         with requests.Session() as session:
+            wait_until(lambda: session.get(proxy.url + "/echo").status_code == 200
+                       and any(out.search(line) for line in proxy.lines), what="b to be taken out")
             assert {session.get(proxy.url + "/echo").json()["name"] for _ in range(10)} == {"a"}
         b = gunicorn("b", tmp_path, port=port)
-        proxy.wait_for_line(rf"upstream app 127\.0\.0\.1:{port} up")
+        proxy.wait_for_line(rf"upstream app 127\.0\.0\.1:{port} {back}", timeout=30)
         with requests.Session() as session:
             names = collections.Counter(session.get(proxy.url + "/echo").json()["name"] for _ in range(20))
         assert names == {"a": 10, "b": 10}
@@ -131,6 +140,17 @@ def test_restarted_server_comes_back_through_active_checks(start_proxy, tmp_path
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_lone_server_refusing_everything_is_reported_failing(start_proxy):
+    port = free_port()  # nothing listens there
+    proxy = start_proxy(proxy_config([f"127.0.0.1:{port}"]))
+    assert [requests.get(proxy.url + "/x").status_code for _ in range(3)] == [502] * 3  # never rested: alone
+    server = requests.get(proxy.url + "/_proxy/status").json()["upstreams"]["app"]["servers"][0]
+    assert (server["state"], server["failures"], server["last_error"]) == ("failing", 3, f"connection refused by 127.0.0.1:{port}")
+    text = requests.get(proxy.url + "/_proxy/metrics").text
+    assert f'proxy_upstream_state{{upstream="app",server="127.0.0.1:{port}",state="failing"}} 1' in text
+    assert f'proxy_upstream_state{{upstream="app",server="127.0.0.1:{port}",state="up"}} 0' in text
 
 
 def test_all_servers_down_is_503_with_retry_after(start_proxy):

@@ -124,6 +124,18 @@ def test_command_line_errors_exit_1_with_one_line():
     assert result.stderr == "appserver: --threads: expected a whole number >= 1, got '0'\n"
 
 
+@pytest.mark.parametrize("command", [["-m", "appserver"], ["-m", "proxy"]], ids=["appserver", "proxy"])
+def test_version_is_printed_by_both_tiers(command):
+    from importlib.metadata import version
+
+    result = subprocess.run([sys.executable, *command, "--version"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(f"{command[1]} {version('twotier')}")
+    if command[1] == "appserver":
+        assert f"(Gunicorn {version('gunicorn')})" in result.stdout
+
+
 def test_gunicorn_settings():
     g = config.gunicorn_settings(Settings(workers=3, worker_class="gthread", threads=6))
     assert g["bind"] == ["127.0.0.1:8000"]

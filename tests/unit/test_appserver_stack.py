@@ -34,6 +34,25 @@ def test_derived_config_moves_ports_and_resolves_folders(tmp_path):
     assert data["server"]["listen"] == ["127.0.0.1:8080"]  # the original is untouched
 
 
+def test_the_copy_means_the_same_paths_as_the_original(tmp_path):
+    # Relative paths are relative to the config file's folder: the launcher's copy lives elsewhere.
+    (tmp_path / "site" / "www").mkdir(parents=True)
+    (tmp_path / "site" / "spill").mkdir()
+    original = tmp_path / "site" / "proxy.toml"
+    original.write_text('[server]\ntemp_dir = "spill"\npid_file = "run.pid"\n'
+                        '[log]\naccess = "logs/access.log"\nerror = "-"\n'
+                        '[[routes]]\nprefix = "/"\nstatic = "www"\n')
+    (tmp_path / "site" / "logs").mkdir()
+    from proxy import config as proxy_config
+
+    before = proxy_config.load(original)
+    (tmp_path / "elsewhere").mkdir()
+    after = proxy_config.load(write_proxy_config(original, tmp_path / "elsewhere", 18080, 18000))
+    assert (after.server.temp_dir, after.server.pid_file, after.log.access, after.log.error, after.routes[0].static) \
+        == (before.server.temp_dir, before.server.pid_file, before.log.access, "-", before.routes[0].static)
+    assert after.log.access == str(tmp_path / "site" / "logs" / "access.log")
+
+
 def test_written_copy_is_a_valid_proxy_config(tmp_path):
     from proxy import config as proxy_config
 

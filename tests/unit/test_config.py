@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -131,13 +132,93 @@ def test_bad_addresses(value):
         parse_address(value)
 
 
+@pytest.mark.parametrize("name, ok", [
+    ("twotier", True), ("TwoTier", True), ("My-Proxy", True), ("edge_1.2~x", True),
+    ("", False), ("two tier", False), ("a/b", False), ("caf\u00e9", False), ('"q"', False),
+])
+def test_server_name_is_any_http_token(tmp_path, name, ok):
+    # Both directions: the names the message promises are taken as written, the rest refused.
+    text = f"[server]\nname = {json.dumps(name)}\n"  # a JSON string is a TOML basic string
+    if ok:
+        assert load_text(tmp_path, text).server.name == name
+    else:
+        with pytest.raises(ConfigError, match="server.name: expected a name of letters"):
+            load_text(tmp_path, text)
+
+
+@pytest.mark.parametrize("protocols, expected", [
+    ('["websocket"]', ("websocket",)), ('["WebSocket", "foo/2"]', ("websocket", "foo/2")), ("[]", ()),
+    ('["a b"]', None), ('["x/y/z"]', None), ('[""]', None),
+])
+def test_upgrade_protocols(tmp_path, protocols, expected):
+    text = f'[upstreams.app]\nservers = ["a:1"]\nupgrade = {protocols}\n'
+    if expected is not None:
+        assert load_text(tmp_path, text).upstreams["app"].upgrade == expected
+    else:
+        with pytest.raises(ConfigError, match="upstreams.app.upgrade: expected a list of an Upgrade protocol"):
+            load_text(tmp_path, text)
+
+
+@pytest.mark.parametrize("listen, expected", [
+    ('["8080"]', Address("0.0.0.0", 8080)), ('[":8080"]', Address("0.0.0.0", 8080)),
+    ('["*:8080"]', Address("0.0.0.0", 8080)), ('"localhost:0"', Address("localhost", 0)),
+    ('["[::]:80"]', Address("::", 80)),
+])
+def test_listen_accepts_what_nginx_accepts(tmp_path, listen, expected):
+    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (expected,)
+
+
+@pytest.mark.parametrize("listen, message", [
+    ("999.1.1.1:80", "server.listen: 999.1.1.1 is not a valid IPv4 address"),
+    ("1.2.3:80", "server.listen: 1.2.3 is not a valid IPv4 address"),
+    ("no-such-host.invalid:80", "server.listen: cannot resolve 'no-such-host.invalid' to an address to listen on"),
+    (":99999", "server.listen: expected a list of"),
+    ("localhost:65536", "server.listen: expected a list of"),
+])
+def test_listen_is_checked_as_nginx_t_does(tmp_path, listen, message):
+    # --check-config loads the file this way: what it calls ok must also bind.
+    with pytest.raises(ConfigError, match=message):
+        load_text(tmp_path, f'[server]\nlisten = ["{listen}"]\n')
+    with pytest.raises(ConfigError, match=message.replace("server.", "tls.")):
+        load_text(tmp_path, f'[tls]\nlisten = ["{listen}"]\ncertificate = "x.pem"\n')
+
+
+def test_a_mistyped_ip_is_not_taken_for_an_upstream_host_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"upstreams.app.servers: 10.0.0.256 is not a valid IPv4 address"):
+        load_text(tmp_path, '[upstreams.app]\nservers = ["10.0.0.256:8000"]\n')
+
+
+def test_paths_are_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    # The current directory differs between a shell, systemd and a container; the file's folder does not.
+    (tmp_path / "spill").mkdir()
+    monkeypatch.chdir("/")
+    cfg = load_text(tmp_path, '[server]\ntemp_dir = "spill"\n[log]\naccess = "logs/access.log"\n'
+                              'error = "../error.log"\n')
+    assert cfg.server.temp_dir == str(tmp_path / "spill")
+    assert cfg.log.access == str(tmp_path / "logs" / "access.log")
+    assert cfg.log.error == str(tmp_path.parent / "error.log")
+
+
+def test_log_words_are_kept_as_written(tmp_path):
+    cfg = load_text(tmp_path, '[log]\naccess = "off"\nerror = "-"\n')
+    assert (cfg.log.access, cfg.log.error) == ("off", "-")
+    assert load_text(tmp_path, '[log]\naccess = "-"\n').log.access == "-"
+    with pytest.raises(ConfigError, match="server.temp_dir: folder .*nope does not exist"):
+        load_text(tmp_path, '[server]\ntemp_dir = "nope"\n')
+    with pytest.raises(ConfigError, match="log.access: expected a file"):
+        load_text(tmp_path, '[log]\naccess = ""\n')
+
+
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert config.reference() in doc, "regenerate: python -m proxy.config --update docs/configuration.md"
 
 
 def test_shipped_configs_are_valid():
-    assert [s.address for s in config.load(ROOT / "proxy.toml").upstreams["app"].servers] == [Address("127.0.0.1", 8000)]
+    shipped = config.load(ROOT / "proxy.toml")
+    assert [s.address for s in shipped.upstreams["app"].servers] == [Address("127.0.0.1", 8000)]
+    # make up's status pages (the demo page links them), for this machine only
+    assert shipped.status is not None and shipped.status.allows("127.0.0.1") and not shipped.status.allows("10.0.0.1")
 
 
 def test_upstream_group_settings(tmp_path):
@@ -183,3 +264,16 @@ def test_event_loop_choice(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="uvloop cannot be imported here .*reinstall twotier.*or use \"auto\""):
         load_text(tmp_path, '[server]\nevent_loop = "uvloop"\n')
     assert load_text(tmp_path, '[server]\nevent_loop = "auto"\n').server.event_loop == "auto"
+
+
+def test_with_absolute_paths_keeps_words_and_absolute_paths():
+    data = {"log": {"access": "off", "error": "err.log"}, "server": {"pid_file": "", "temp_dir": "/var/tmp"},
+            "tls": {"certificate": "certs/c.pem", "key": "", "sites": [{"names": ["a.test"], "certificate": "s.pem"}]},
+            "routes": [{"prefix": "/", "static": "www", "upstream": "app"}]}
+    out = config.with_absolute_paths(data, Path("/etc/twotier"))
+    assert out["log"] == {"access": "off", "error": "/etc/twotier/err.log"}
+    assert out["server"] == {"pid_file": "", "temp_dir": "/var/tmp"}
+    assert (out["tls"]["certificate"], out["tls"]["key"]) == ("/etc/twotier/certs/c.pem", "")
+    assert out["tls"]["sites"][0]["certificate"] == "/etc/twotier/s.pem"
+    assert out["routes"][0] == {"prefix": "/", "static": "/etc/twotier/www", "upstream": "app"}
+    assert data["log"]["error"] == "err.log"  # the original is untouched

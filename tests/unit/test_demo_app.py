@@ -116,3 +116,13 @@ def test_wsgi_module_keeps_app():
     from demo_app.wsgi import app
 
     assert isinstance(app, Flask)
+
+
+def test_every_static_file_is_part_of_the_page():
+    """The proxy serves whatever lies in demo_app/static: a leftover (an editor's backup, an old copy)
+    would be served too. Every file there is index.html or named by one of the page's files."""
+    static = os.path.join(os.path.dirname(create_app.__code__.co_filename), "static")
+    files = sorted(os.listdir(static))
+    page = "".join(open(os.path.join(static, name), encoding="utf-8").read()
+                   for name in ("index.html", "app.js", "app.css"))
+    assert [name for name in files if name != "index.html" and f"/static/{name}" not in page] == []

@@ -424,3 +424,15 @@ def test_systemd_units_verify(unit, tmp_path):
     (tmp_path / unit).write_text(text.replace("/opt/twotier/bin/", f"{BIN}/"))
     result = run(["systemd-analyze", "verify", "--man=no", tmp_path / unit])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("unit", ["proxy.service", "appserver.service"])
+def test_systemd_units_reload_with_sighup(unit):
+    """Both tiers reload on SIGHUP (the master re-reads its file, Gunicorn's arbiter its workers), so
+    ``systemctl reload`` must send it to the main process; the proxy checks its file first."""
+    text = (DEPLOY / unit).read_text()
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.MULTILINE)
+    assert reloads and reloads[-1] in ("/bin/kill -HUP $MAINPID", "/bin/kill -s HUP $MAINPID"), reloads
+    start = re.search(r"^ExecStart=(.*)$", text, re.MULTILINE)[1]
+    if unit == "proxy.service":
+        assert reloads[0] == start + " --check-config"

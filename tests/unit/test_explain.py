@@ -102,6 +102,7 @@ def test_command_line():
     [(b"connection", b"x-a, keep-alive"), (b"x-a", b"1"), (b"x-b", b"2"), (b"te", b"trailers")],
     [(b"x-forwarded-for", b"1.2.3.4"), (b"via", b"1.0 other"), (b"x-request-id", b"r"), (b"accept", b"*/*")],
     [(b"content-length", b"3"), (b"expect", b"100-continue"), (b"x_y", b"z"), (b"forwarded", b"for=x")],
+    [(b"proxy", b"http://evil.example"), (b"accept", b"*/*")],
 ])
 def test_why_dropped_agrees_with_the_rewriter(headers):
     out = upstream_request_headers(headers, host=b"h", client_ip="9.9.9.9", scheme=b"http", request_id=b"new-id",

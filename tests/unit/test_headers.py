@@ -8,6 +8,7 @@ import pytest
 
 from proxy.http.headers import (
     HOP_BY_HOP, client_response_headers, connection_tokens, forwarded_for, request_id, upstream_request_headers,
+    why_dropped,
 )
 
 
@@ -65,6 +66,13 @@ def test_client_forwarding_fields_are_replaced_never_extended():
 
 def test_underscored_names_are_dropped():
     assert [n for n, _ in upstream([(b"x_auth_user", b"admin"), (b"x-a", b"1")])].count(b"x_auth_user") == 0
+
+
+def test_proxy_header_is_dropped_httpoxy():
+    # CVE-2016-5385: WSGI turns "Proxy:" into HTTP_PROXY, which HTTP client libraries take as their proxy.
+    out = upstream([(b"proxy", b"http://evil.example:3128"), (b"x-a", b"1")])
+    assert b"proxy" not in [n for n, _ in out] and (b"x-a", b"1") in out
+    assert why_dropped(b"proxy", set()).startswith("httpoxy")
 
 
 def test_client_framing_is_replaced_by_ours():

@@ -60,10 +60,10 @@ def test_passive_failures_rest_a_server_for_fail_timeout():
     group, loop = group_of('["127.0.0.1:1", "127.0.0.1:2"]', "max_fails = 2\nfail_timeout = 10.0")
     bad = group.peers[0]
     group.failed(bad, "connection refused")
-    assert bad.state(loop.now) == "up"  # one failure of two allowed
+    assert bad.state(loop.now) == "failing" and bad.available(loop.now)  # one failure of two allowed
     loop.now += 11  # the window passes: the count starts again
     group.failed(bad, "connection refused")
-    assert bad.state(loop.now) == "up"
+    assert bad.state(loop.now) == "failing" and bad.available(loop.now)
     group.failed(bad, "connection refused")
     assert bad.state(loop.now) == "failed"
     assert set(names(group)) == {"127.0.0.1:2"}
@@ -131,3 +131,66 @@ def test_every_policy_works_through_the_group(policy):
     group, _ = group_of('["127.0.0.1:1", {address = "127.0.0.1:2", weight = 3}]', f'balance = "{policy}"')
     picked = {str(group.pick(b"10.0.0.%d" % i, set()).address) for i in range(200)}
     assert picked == {"127.0.0.1:1", "127.0.0.1:2"}
+
+
+def test_a_lone_server_whose_tries_fail_is_failing_not_up():
+    group, loop = group_of('["127.0.0.1:1"]')
+    peer = group.peers[0]
+    group.failed(peer, "connection refused")
+    assert peer.state(loop.now) == "failing" and peer.available(loop.now)  # never rested, but not "up"
+    group.succeeded(peer)
+    assert peer.state(loop.now) == "up"
+
+
+def test_below_max_fails_a_failed_try_shows_as_failing_and_after_a_rest_too():
+    group, loop = group_of('["127.0.0.1:1", "127.0.0.1:2"]', "max_fails = 2\nfail_timeout = 10.0")
+    bad = group.peers[0]
+    group.failed(bad, "connection refused")
+    assert bad.state(loop.now) == "failing"
+    group.failed(bad, "connection refused")
+    assert bad.state(loop.now) == "failed"
+    loop.now += 10.5  # the rest is over, but nothing has succeeded since
+    assert bad.state(loop.now) == "failing" and bad.available(loop.now)
+
+
+HEALTH = "max_fails = 1\nfail_timeout = 60.0\n[upstreams.app.health]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n"
+
+
+def test_active_checks_end_a_passive_rest():
+    # HAProxy's rule: once the probes say up, the server is up, whatever fail_timeout has left.
+    group, loop = group_of('["127.0.0.1:1", "127.0.0.1:2"]', HEALTH)
+    bad = group.peers[0]
+    group.probed(bad, None)
+    group.probed(bad, None)  # healthy before the failure: these probes do not count for what follows
+    group.failed(bad, "connection refused")
+    assert bad.state(loop.now) == "failed" and set(names(group)) == {"127.0.0.1:2"}
+    loop.now += 2
+    group.probed(bad, None)
+    assert bad.state(loop.now) == "failed"  # one good probe of two
+    loop.now += 2
+    group.probed(bad, None)
+    assert bad.state(loop.now) == "up" and bad.available(loop.now)  # 56 s before fail_timeout would end it
+    assert set(names(group)) == {"127.0.0.1:1", "127.0.0.1:2"}
+
+
+def test_a_failed_probe_restarts_the_count_that_ends_a_rest():
+    group, loop = group_of('["127.0.0.1:1", "127.0.0.1:2"]', HEALTH)
+    bad = group.peers[0]
+    group.failed(bad, "connection refused")
+    for error in (None, "refused", None):
+        group.probed(bad, error)
+    assert bad.state(loop.now) == "failed"
+    group.probed(bad, None)
+    assert bad.state(loop.now) == "up"
+
+
+def test_active_checks_that_take_a_server_down_outrank_failing():
+    group, loop = group_of('["127.0.0.1:1"]', HEALTH)
+    peer = group.peers[0]
+    group.failed(peer, "connection refused")
+    group.probed(peer, "connection refused")
+    group.probed(peer, "connection refused")
+    assert peer.state(loop.now) == "down" and not peer.available(loop.now)
+    group.probed(peer, None)
+    group.probed(peer, None)
+    assert peer.state(loop.now) == "up"
