@@ -36,6 +36,15 @@ UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 
                      % len(UPSTREAM_BODY)) + UPSTREAM_BODY
 
 
+# A browser's first request for a page: about ten fields (what codec.py's llhttp path is tuned for).
+BROWSER_GET = (b"GET /static/app.js?v=3 HTTP/1.1\r\nHost: www.example.test\r\n"
+               b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+               b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+               b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+               b"Connection: keep-alive\r\nCookie: session=3f9a1c; theme=dark\r\nUpgrade-Insecure-Requests: 1\r\n"
+               b"Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\n\r\n")
+
+
 class CountingTransport:
     """Enough of asyncio.Transport for Channel: writes are counted, never sent."""
 
@@ -179,7 +188,7 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
     """name -> (function doing one unit of work, units per call)."""
     import h11
 
-    from proxy.http import headers, inbound, routing, static
+    from proxy.http import codec, headers, inbound, routing, static
     from proxy.http.outbound import UpstreamProtocol
 
     config = make_config(folder)
@@ -251,7 +260,35 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
         protocol.next_event()
         protocol.next_event()
 
+    def codec_request(engine: str):
+        parser = codec.request_parser(engine, config.limits)
+
+        def parse():  # one keep-alive connection: head, end, paused, next cycle
+            parser.feed(BROWSER_GET)
+            parser.next_event()
+            parser.next_event()
+            parser.next_event()
+            parser.start_next_cycle()
+        return parse
+
+    def codec_response(engine: str):
+        parser = codec.response_parser(engine)
+
+        def parse():  # one pooled connection: head, body, end, next cycle
+            parser.expect(b"GET")
+            parser.feed(UPSTREAM_RESPONSE)
+            parser.next_event()
+            parser.next_event()
+            parser.next_event()
+            parser.next_event()
+            parser.start_next_cycle()
+        return parse
+
     return {
+        "codec llhttp: parse a browser GET (10 fields)": (codec_request("llhttp"), 1),
+        "codec h11: parse a browser GET (10 fields)": (codec_request("h11"), 1),
+        "codec llhttp: parse a Gunicorn JSON response": (codec_response("llhttp"), 1),
+        "codec h11: parse a Gunicorn JSON response": (codec_response("h11"), 1),
         "h11 alone: parse a GET, send a 200 (new Connection)": (h11_server_cycle, 1),
         "inbound: ClientConnection parse + check_head": (inbound_parse, 1),
         "routing.normalize_path + Router.match": (lambda: router.match(routing.normalize_path(b"/static/small.bin")), 1),

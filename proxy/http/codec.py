@@ -283,6 +283,7 @@ class H11Engine:
     """h11, the pure-Python reference: heads and bodies, checked by rules.py for what h11 allows."""
 
     name = "h11"
+    __slots__ = ()
 
     def request(self, head: bytes, line_end: int, limits: Limits) -> tuple[RequestHead, _H11Body]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_UNLIMITED)
@@ -336,12 +337,13 @@ class _Found:
     """llhttp's callbacks for one head: append, nothing else. ``start`` is the request
     target (on_url) or the reason phrase (on_status)."""
 
-    __slots__ = ("start", "fields", "done")
+    __slots__ = ("start", "fields", "done", "complete")
 
     def __init__(self) -> None:
         self.start = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.done = False
+        self.complete = False  # llhttp ended the message: no body follows the head
 
     def on_url(self, part: bytes) -> None:
         self.start += part
@@ -354,6 +356,9 @@ class _Found:
     def on_headers_complete(self) -> None:
         self.done = True
 
+    def on_message_complete(self) -> None:
+        self.complete = True
+
 
 def _llhttp(parser):
     # lenient_version: RFC 9110 2.5 processes HTTP/1.2 as 1.1, which llhttp alone refuses;
@@ -364,19 +369,34 @@ def _llhttp(parser):
 
 
 class LlhttpEngine:
-    """llhttp through httptools: strict by itself; rules.py adds only what it leaves open."""
+    """llhttp through httptools: strict by itself; rules.py adds only what it leaves open.
+
+    One per connection: a request parser whose message ended with its head (a GET)
+    parses the next head too; after a body or an upgrade a new one starts clean.
+    """
 
     name = "llhttp"
+    __slots__ = ("_parser", "_found")
+
+    def __init__(self) -> None:
+        self._parser = None
+        self._found = _Found()
 
     def request(self, head: bytes, line_end: int, limits: Limits) -> tuple[RequestHead, None]:
-        found = _Found()
-        parser = _llhttp(httptools.HttpRequestParser(found))
+        found = self._found
+        found.start = b""
+        found.fields = []
+        found.done = found.complete = False
+        parser = self._parser or _llhttp(httptools.HttpRequestParser(found))
+        self._parser = None
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             pass  # Connection: upgrade, or CONNECT: the head is complete, rules.py decides
         except httptools.HttpParserError as exc:
             raise rules.refused_line(head[:line_end].rstrip(b"\r"), str(exc)) from None
+        if found.complete:
+            self._parser = parser
         version = parser.get_http_version().encode()
         # llhttp reads "GET /" as HTTP/0.9 and takes RTSP/ and ICE/ for HTTP/; it also allows
         # several spaces between the parts. The request line is method SP target SP HTTP-version.
@@ -403,19 +423,20 @@ class LlhttpEngine:
                                     method, upgrade), None
 
 
-ENGINES = {"llhttp": LlhttpEngine(), "h11": H11Engine()}
+# [server] http_engine: the name -> the engine class; each connection gets its own engine.
+ENGINES = {"llhttp": LlhttpEngine, "h11": H11Engine}
 DEFAULT_ENGINE = "llhttp"  # what "auto" means
 
 
 def engine(name: str):
-    """An engine by its [server] http_engine name ("auto" is llhttp)."""
-    return ENGINES[DEFAULT_ENGINE if name == "auto" else name]
+    """A new engine, for one connection, by its [server] http_engine name ("auto" is llhttp)."""
+    return ENGINES[DEFAULT_ENGINE if name == "auto" else name]()
 
 
 # --- the framers ----------------------------------------------------------------------
 
 # Framer states (strings, so that a repr reads well).
-_HEAD, _LENGTH, _CHUNKED, _UNTIL_EOF, _END, _PAUSED, _CLOSED, _SWITCHED, _FAILED, _IDLE, _SWITCHED_PENDING = (
+_HEAD, _LENGTH, _CHUNKED, _UNTIL_EOF, _END, _PAUSED, _CLOSED, _SWITCHED, _FAILED, _IDLE, _SWITCHING = (
     "HEAD", "LENGTH", "CHUNKED", "UNTIL_EOF", "END", "PAUSED", "CLOSED", "SWITCHED", "FAILED", "IDLE", "SWITCHING")
 
 
@@ -435,11 +456,6 @@ class _Framer:
         self._decoder: _H11Body | None = None
         self._error = error
         self._failure: Exception | None = None
-
-    def _fail(self, exc: Exception) -> Exception:
-        self._state = _FAILED
-        self._failure = exc
-        return exc
 
     def _find_head(self) -> int:
         """The end of the head in the buffer (after its empty line), or -1."""
@@ -464,7 +480,8 @@ class _Framer:
             self._state = _UNTIL_EOF
         else:
             self._state = _END
-            self._body_part(b"", True)
+            if decoder is not None:
+                decoder.feed(b"", True)
 
     def _body_part(self, raw: bytes, last: bool, data: bytes = b"", eof: bool = False) -> bytes:
         """The data of ``raw`` as this engine decodes it (h11 again; llhttp: the framer's)."""
@@ -487,10 +504,14 @@ class _Framer:
                     self._state = _END
                     self._body_part(b"", True, eof=True)
                     continue
-                raise self._fail(self._error("the connection closed before the body ended"))
+                raise self._error("the connection closed before the body ended")
             if state is _LENGTH:
-                raw = bytes(buf[:self._left])
-                del buf[:len(raw)]
+                if self._left >= len(buf):  # the usual case: all of it is body (one copy)
+                    raw = bytes(buf)
+                    buf.clear()
+                else:
+                    raw = bytes(buf[:self._left])
+                    del buf[:len(raw)]
                 self._left -= len(raw)
                 last = not self._left
                 data = self._body_part(raw, last, raw)
@@ -502,7 +523,9 @@ class _Framer:
             else:
                 pieces, used = self._chunks.read(buf)
                 if not used:
-                    return NEED_DATA if not self._eof else self._body_eof()
+                    if self._eof:
+                        raise self._error("the connection closed before the body ended")
+                    return NEED_DATA
                 raw = bytes(buf[:used])
                 del buf[:used]
                 last = self._chunks.done
@@ -512,28 +535,29 @@ class _Framer:
             if data:
                 return Data(data)
 
-    def _body_eof(self):
-        raise self._fail(self._error("the connection closed before the body ended"))
-
-    def _step(self):
-        try:
-            return self._next()
-        except (ClientError, UpstreamError) as exc:
-            if self._state is not _FAILED:
-                self._fail(exc)
-            raise
-
     def next_event(self):
-        if self._state is _FAILED:
-            raise self._failure
         state = self._state
-        if state is _PAUSED:
-            return PAUSED
-        if state is _CLOSED:
-            return CLOSED
-        if state is _SWITCHED:
-            raise RuntimeError("the connection switched protocols; its bytes are the tunnel's")
-        return self._step()
+        try:
+            if state is _HEAD:
+                return self._read_head()
+            if state is _END:
+                self._state = _PAUSED
+                return EndOfMessage
+            if state is _PAUSED or state is _SWITCHING:
+                return PAUSED
+            if state is _FAILED:
+                raise self._failure
+            if state is _CLOSED:
+                return CLOSED
+            if state is _SWITCHED:
+                raise RuntimeError("the connection switched protocols; its bytes are the tunnel's")
+            if state is _IDLE:
+                raise RuntimeError("next_event before expect")
+            return self._body()
+        except (ClientError, UpstreamError) as exc:
+            self._state = _FAILED
+            self._failure = exc
+            raise
 
 
 class RequestParser(_Framer):
@@ -576,9 +600,7 @@ class RequestParser(_Framer):
             return bool(self._buf)
         return self._state is _PAUSED and bool(self._buf.lstrip(b"\r\n"))
 
-    def _next(self):
-        if self._state is not _HEAD:
-            return self._body()
+    def _read_head(self):
         limits = self._limits
         buf = self._buf
         end = self._find_head()
@@ -669,11 +691,7 @@ class ResponseParser(_Framer):
             return
         self._buf += data
 
-    def _next(self):
-        if self._state is _IDLE:
-            raise RuntimeError("next_event before expect")
-        if self._state is not _HEAD:
-            return self._body()
+    def _read_head(self):
         buf = self._buf
         if buf[:1] in (b"\r", b"\n"):
             raise UpstreamError("invalid response: empty line before the status line")
@@ -691,7 +709,7 @@ class ResponseParser(_Framer):
         result, decoder = self._engine.response(head, self._method, self._upgrade)
         if result.status < 200:
             if result.status == 101:
-                self._state = _SWITCHED_PENDING
+                self._state = _SWITCHING
             return Informational(result.status, result.headers)
         self._head = result
         if not rules.response_has_body(result, self._method):
@@ -701,11 +719,6 @@ class ResponseParser(_Framer):
             self._until_eof = kind == "eof"
         self._frame(kind, result.content_length or 0, None, MAX_RESPONSE_HEAD, decoder)
         return result
-
-    def next_event(self):
-        if self._state is _SWITCHED_PENDING:
-            return PAUSED
-        return super().next_event()
 
     @property
     def reusable(self) -> bool:
@@ -726,7 +739,7 @@ class ResponseParser(_Framer):
 
     def take_trailing(self) -> bytes:
         """After a 101: the bytes the upstream sent after it, the tunnel's first."""
-        if self._state is not _SWITCHED_PENDING:
+        if self._state is not _SWITCHING:
             raise RuntimeError("take_trailing is for after a 101")
         data = bytes(self._buf)
         self._buf.clear()

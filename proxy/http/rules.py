@@ -30,18 +30,22 @@ no lenient flag; codec.py sets two, named below):
 | control bytes in a reason phrase              | accepts   | accepts   | 502 (check_response)              |
 | two Content-Length fields, even identical     | refuses   | merges    | 400/502 (lax syntax; 9110 8.6 MAY)|
 | Content-Length "5, 5"                         | refuses   | merges    | 400/502 (lax syntax)              |
-| Content-Length >= 2**64 or over 20 digits     | refuses   | 20 digits | 400/502 (check_request/response)  |
+| Content-Length >= 2**64, or over 20 digits   | >= 2**64  | > 20 dig. | 400/502 (content_length)          |
 | Content-Length with Transfer-Encoding         | refuses   | accepts   | 400/502 (lax syntax, 9112 6.1)    |
 | Transfer-Encoding not ending in one "chunked" | refuses   | refuses*  | 400 (transfer_coding_status)      |
 | Transfer-Encoding "gzip, chunked", ",chunked" | accepts   | refuses*  | 501/502 (nginx: only "chunked")   |
+| an empty Transfer-Encoding field              | refuses   | refuses*  | 400 (transfer_coding_status)      |
 | a method llhttp does not know (FOO, PRI)      | refuses   | accepts   | 501 (refused_line; 9110 9.1)      |
 | lower-case or odd method (get, G=T)           | refuses   | token ok  | 400 (refused_line)                |
 | HTTP/1.2, HTTP/3.0 (any one-digit version)    | lenient** | accepts   | 1.x as 1.1, else 505 (9110 2.5)   |
 | "GET /" (HTTP/0.9, no version)                | accepts   | refuses   | 400 (check_request_line)          |
 | two spaces between method and target          | accepts   | refuses   | 400 (check_request_line)          |
 | target bytes >= 0x80 or control bytes         | refuses   | refuses   | 400 (both, nothing to add)        |
+| a target that is no URL ("example.com:80")    | refuses   | accepts   | 400 (split_target, before 4xx/5xx)|
 | Host missing (HTTP/1.1) or given twice        | accepts   | refuses   | 400 (check_request, early)        |
 | Connection: close, HTTP/1.0 keep-alive        | closes*** | closes    | keep_alive computed here          |
+| a 101 without Upgrade or Connection: upgrade  | refuses   | accepts   | 502 (check_response; 9110 15.2.2) |
+| whitespace in a chunk line (RFC 9112 BWS)     | (no body) | some      | 400/502 (chunk_size)              |
 
 ``*`` h11 refuses every Transfer-Encoding but one "chunked" (hint 501) at
 the field, before reading the rest; the h11 engine then parses the head
@@ -194,6 +198,8 @@ def transfer_coding_status(values: list[bytes]) -> int:
     An empty element after the final chunked ("chunked,") is refused as llhttp does:
     something follows chunked.
     """
+    if not all(value.strip(b" \t") for value in values):
+        return 400  # an empty field: llhttp refuses it while parsing
     codings = [c.strip(b" \t").lower() for value in values for c in value.split(b",")]
     while codings and not codings[0]:
         codings.pop(0)
@@ -211,10 +217,23 @@ _HOST_RE = re.compile(
 )
 
 
-def _valid_host(value: bytes) -> bool:
-    # An empty label ("a..b") is not a host name (RFC 1034 section 3.5); nginx refuses it
-    # too, so an app that maps hosts to folders or tenants never sees one.
-    return bool(_HOST_RE.match(value)) and b".." not in value
+class _Memo(dict):
+    """Answers for the values clients repeat (their Host, their Connection), at most 1024 kept."""
+
+    def __init__(self, compute) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key):
+        if len(self) >= 1024:
+            self.clear()
+        value = self[key] = self.compute(key)
+        return value
+
+
+# An empty label ("a..b") is not a host name (RFC 1034 section 3.5); nginx refuses it
+# too, so an app that maps hosts to folders or tenants never sees one.
+_valid_host = _Memo(lambda value: bool(_HOST_RE.match(value)) and b".." not in value).__getitem__
 
 
 def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes]:
@@ -246,6 +265,19 @@ def split_target(target: bytes, host: bytes) -> tuple[bytes, bytes, bytes, bytes
     return origin, path, query, host
 
 
+# The fields check_request looks at (one set lookup for all the others).
+_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"connection"})
+_NONE: frozenset[bytes] = frozenset()
+_NAMED = _Memo(lambda value: frozenset(connection_tokens([(b"connection", value)])))
+
+
+def connection_named(values: list[bytes]) -> frozenset[bytes]:
+    """The lower-case tokens of the Connection field values (headers.connection_tokens)."""
+    if len(values) == 1:
+        return _NAMED[values[0]]  # "keep-alive", "close", "Upgrade": the same few values
+    return frozenset(connection_tokens([(b"connection", value) for value in values]))
+
+
 def content_length(value: bytes, error: type) -> int:
     """A Content-Length value both engines accept: llhttp refuses 2**64 and over, h11 over 20 digits."""
     if len(value) > 20 or not value.isdigit():
@@ -263,29 +295,40 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
     ``fields`` are (lower-case name, value) in wire order, as both engines report them.
     The 400s come first, then the other statuses in a fixed order.
     """
-    headers: list[tuple[bytes, bytes]] = []
     hosts = 0
     host = b""
     length = None
     chunked: list[bytes] = []
     expect = None
+    connection = []
+    underscored = False
     for name, value in fields:
-        if name == b"host":
-            hosts += 1
-            host = value
-        elif name == b"content-length":
-            length = content_length(value, ClientError)
-        elif name == b"transfer-encoding":
-            chunked.append(value)
-        elif name == b"expect":
-            expect = value
-        if b"_" not in name:
-            headers.append((name, value))  # Gunicorn maps _ and - to the same variable: a spoofing vector.
+        if name in _SPECIAL:
+            if name == b"host":
+                hosts += 1
+                host = value
+            elif name == b"content-length":
+                length = content_length(value, ClientError)
+            elif name == b"transfer-encoding":
+                chunked.append(value)
+            elif name == b"expect":
+                expect = value
+            else:
+                connection.append(value)
+        if b"_" in name:
+            underscored = True
+    # Gunicorn maps _ and - to the same variable: a name with _ is a spoofing vector, dropped.
+    headers = [field for field in fields if b"_" not in field[0]] if underscored else fields
     # RFC 9112 section 3.2 (h11 refuses these while parsing, so they come before the rest).
     if hosts > 1:
         raise ClientError("more than one Host")
     if hosts == 0 and version != b"1.0":
         raise ClientError("missing Host")
+    # The target next: llhttp refuses many malformed ones while parsing.
+    origin, raw_path, query, effective_host = split_target(target, host)
+    if origin == b"*" and method != b"OPTIONS":
+        raise ClientError("asterisk-form target is for OPTIONS only")
+    path = "*" if origin == b"*" else normalize_path(raw_path)
     if len(fields) > limits.max_headers:
         raise ClientError("too many header fields", 431)
     if chunked:
@@ -299,16 +342,13 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
         raise ClientError("request body too large", 413)
     if expect is not None and expect.lower() != b"100-continue":
         raise ClientError("unsupported expectation", 417)
-    named = connection_tokens(headers)
+    named = connection_named(connection) if connection else _NONE
     if named & FRAMING:
         raise ClientError("Connection names a framing header")
     if host and not _valid_host(host):
         raise ClientError("invalid Host header")
+    host = effective_host
 
-    origin, raw_path, query, host = split_target(target, host)
-    if origin == b"*" and method != b"OPTIONS":
-        raise ClientError("asterisk-form target is for OPTIONS only")
-    path = "*" if origin == b"*" else normalize_path(raw_path)
     keep_alive = b"close" not in named and (version != b"1.0" or b"keep-alive" in named)
     upgrade = None
     if b"upgrade" in named and version != b"1.0":
@@ -381,7 +421,11 @@ def check_response(status: int, reason: bytes, version: bytes, fields: list[tupl
         raise UpstreamError("invalid response: Transfer-Encoding other than chunked")
     if status == 204:
         length = None
-    named = connection_tokens(fields)
+    named = connection_named([value for name, value in fields if name == b"connection"])
+    if status == 101 and (b"upgrade" not in named or not any(name == b"upgrade" for name, _ in fields)):
+        # RFC 9110 section 15.2.2: a 101 MUST say which protocol follows, in Upgrade, and
+        # Upgrade is hop-by-hop, so Connection names it (7.6.1); llhttp refuses it otherwise.
+        raise UpstreamError("invalid response: 101 without Connection: upgrade and Upgrade")
     keep_alive = b"close" not in named and (version != b"1.0" or b"keep-alive" in named)
     # HEAD, 1xx, 204 and 304 end with their head (RFC 9112 section 6.3 rule 1). A 304 may
     # carry the Content-Length of the representation (RFC 9110 sections 8.6 and 15.4.5:

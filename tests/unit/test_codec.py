@@ -5,6 +5,8 @@ from __future__ import annotations
 import h11
 import httptools
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import Limits
 from proxy.errors import ClientError, UpstreamError
@@ -115,6 +117,8 @@ REQUEST_LINE_REFUSALS = [
     ("GET /caf\xe9 HTTP/1.1", 400),
     ("GET * HTTP/1.1", 400),
     ("GET /%zz HTTP/1.1", 400),
+    ("GET /a/%2e%2e/%2e%2e/b HTTP/1.1", 400),  # climbs above /
+    ("GET example.com:80 HTTP/1.1", 400),
     ("TRACE / HTTP/1.1", 405),
     ("CONNECT example.com:443 HTTP/1.1", 405),
     ("CONNECT / HTTP/1.1", 405),
@@ -167,6 +171,7 @@ FIELD_REFUSALS = [
     (["Host: h", "Transfer-Encoding: chunked,"], 400),
     (["Host: h", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"], 400),
     (["Host: h", "Transfer-Encoding: "], 400),
+    (["Host: h", "Transfer-Encoding: ", "Transfer-Encoding: chunked"], 400),  # llhttp: empty Transfer-Encoding
     (["Host: h", "Transfer-Encoding: gzip, chunked"], 501),  # a coding we do not implement: 6.1
     (["Host: h", "Transfer-Encoding: ,chunked"], 501),
     (["Host: h", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked"], 501),
@@ -535,6 +540,13 @@ def test_101_switches_when_asked(engine):
     assert parser.take_trailing() == b"\x81\x02hi" and not parser.reusable
 
 
+@pytest.mark.parametrize("fields", [b"Connection: upgrade\r\n", b"Upgrade: websocket\r\n", b""])
+def test_a_101_must_name_its_protocol(engine, fields):
+    # RFC 9110 15.2.2 (Upgrade MUST be sent) and 7.6.1 (so Connection names it).
+    with pytest.raises(UpstreamError):
+        exchange(engine, b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n", upgrade=True)
+
+
 def test_an_upgrade_answered_without_101_stays_http(engine):
     parser, events = exchange(engine, GOOD, upgrade=True)
     assert body_of(events) == b"good" and parser.reusable
@@ -560,12 +572,14 @@ def test_a_large_but_allowed_response_head_passes(engine):
 
 # --- the writer ------------------------------------------------------------------------
 
-def reparsed_response(wire: bytes, method: bytes = b"GET"):
-    """h11, as a client, reads what the writer produced: the head and the body."""
+def reparsed_response(wire: bytes, method: bytes = b"GET", eof: bool = False):
+    """h11, as a client, reads what the writer produced: the head, the body, how it ended."""
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"h")]))
     client.send(h11.EndOfMessage())
     client.receive_data(wire)
+    if eof:
+        client.receive_data(b"")
     head = client.next_event()
     body = b""
     while True:
@@ -576,35 +590,36 @@ def reparsed_response(wire: bytes, method: bytes = b"GET"):
             return head, body, event
 
 
-@pytest.mark.parametrize("version, method, status, length, kind", [
-    (b"1.1", b"GET", 200, 5, "length"),
-    (b"1.1", b"GET", 200, None, "chunked"),
-    (b"1.0", b"GET", 200, None, "close"),
-    (b"1.0", b"GET", 200, 5, "length"),
-    (b"1.1", b"HEAD", 200, 5, "none"),
-    (b"1.1", b"GET", 204, None, "none"),
-    (b"1.1", b"GET", 304, 5, "none"),
-])
-def test_the_writer_gives_h11_the_same_message(version, method, status, length, kind):
-    framing = codec.response_framing(version, method, True, status, length)
-    assert framing.kind == kind
-    headers = [(b"x-a", b"b c"), *framing.headers]
-    body = b"hello"
-    wire = codec.response_head(status, b"Reason", headers)
-    if kind == "length":
-        wire += body
-    elif kind == "chunked":
-        wire += codec.chunk(b"hel") + codec.chunk(b"") + codec.chunk(b"lo") + codec.LAST_CHUNK
-    elif kind == "close":
-        wire += body
-    head, received, end = reparsed_response(wire + (b"" if kind != "close" else b""), method)
-    if kind == "close":
-        assert framing.keep_alive is False and (b"connection", b"close") in framing.headers
-    assert (head.status_code, head.reason, list(head.headers)[0]) == (status, b"Reason", (b"x-a", b"b c"))
-    if kind in ("length", "chunked"):
-        assert received == body and type(end) is h11.EndOfMessage
-    if kind == "none":
-        assert received == b"" and type(end) is h11.EndOfMessage
+def written(framing: codec.Framing, status: int, reason: bytes, headers: list, body: bytes) -> bytes:
+    """A whole response, as a shell would write it with the codec's writer."""
+    wire = codec.response_head(status, reason, [*headers, *framing.headers])
+    if framing.kind == "chunked":
+        return wire + b"".join(codec.chunk(body[i:i + 3]) for i in range(0, len(body), 3)) + codec.LAST_CHUNK
+    return wire + (body if framing.kind in ("length", "close") else b"")
+
+
+field_names = st.from_regex(rb"\A[-!#$%&'*+.^_`|~0-9a-z]{1,12}\Z").filter(
+    lambda n: n not in (b"content-length", b"transfer-encoding", b"connection"))
+field_values = st.from_regex(rb"\A[\x21-\x7e\x80-\xff]([\x20-\x7e\x80-\xff\t]{0,20}[\x21-\x7e\x80-\xff])?\Z")
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from([b"1.1", b"1.0"]), method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
+       keep_alive=st.booleans(), status=st.sampled_from([200, 201, 204, 206, 301, 304, 404, 500, 503]),
+       reason=st.from_regex(rb"\A[\x21-\x7e]([ \x21-\x7e]{0,15}[\x21-\x7e])?\Z"),
+       headers=st.lists(st.tuples(field_names, field_values), max_size=6), body=st.binary(max_size=50),
+       known=st.booleans())
+def test_the_writer_gives_h11_the_same_message(version, method, keep_alive, status, reason, headers, body, known):
+    framing = codec.response_framing(version, method, keep_alive, status, len(body) if known else None)
+    bodiless = method == b"HEAD" or status in (204, 304)
+    assert framing.kind == ("none" if bodiless else "length" if known else "chunked" if version == b"1.1"
+                            else "close")
+    assert framing.keep_alive == (keep_alive and version == b"1.1" and framing.kind != "close")
+    head, received, end = reparsed_response(written(framing, status, reason, headers, body), method,
+                                            eof=framing.kind == "close")
+    assert (head.status_code, head.reason) == (status, reason)
+    assert list(head.headers) == [*headers, *framing.headers]
+    assert received == (b"" if bodiless else body) and type(end) is h11.EndOfMessage
 
 
 def test_the_request_writer_gives_h11_the_same_request():
@@ -625,5 +640,5 @@ def test_framing_keeps_or_closes_the_connection():
 
 
 def test_engine_names():
-    assert codec.engine("auto") is codec.ENGINES["llhttp"]
+    assert type(codec.engine("auto")) is codec.ENGINES["llhttp"]
     assert set(codec.ENGINES) == {"llhttp", "h11"}
