@@ -110,9 +110,9 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
     route = getattr(action, "route", None)
     if route is None and type(action) is Reply and head.path != "*":
-        route = decider.route(head.path)
+        route = decider.router.match(head.path)
     if route is not None:
-        matching = [r.prefix for r in decider.matching(head.path)]
+        matching = [r.prefix for r in decider.router.matching(head.path)]
         others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
     lines, status = describe(cfg, action, head, facts, shown)

@@ -37,6 +37,7 @@ from ..config import Config, Route
 from ..errors import ALLOW_GET_HEAD, ClientError
 from ..tls import https_location
 from . import upgrade as upgrade_rules
+from .routing import Router
 from .upgrade import Upgrade
 
 # What OPTIONS * answers: the methods the proxy forwards (TRACE and CONNECT are refused by the rules).
@@ -101,29 +102,18 @@ def refusal(error: ClientError) -> Reply:
 
 
 class Decider:
-    """``decide`` with what it needs from the config prepared once (the sorted routes)."""
+    """``decide`` with what it needs from the config prepared once (the routes, sorted)."""
 
-    __slots__ = ("config", "_routes", "_status_paths")
+    __slots__ = ("config", "router", "_status_paths")
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._routes = tuple(sorted(config.routes, key=lambda r: len(r.prefix), reverse=True))
+        self.router = Router(config.routes)
         status = config.status
         self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics"}
 
     def __repr__(self) -> str:
-        return f"<Decider routes={[r.prefix for r in self._routes]}>"
-
-    def route(self, path: str) -> Route | None:
-        """The longest prefix of ``path`` among the routes."""
-        for route in self._routes:
-            if path.startswith(route.prefix):
-                return route
-        return None
-
-    def matching(self, path: str) -> list[Route]:
-        """Every route whose prefix matches, longest first (for explain)."""
-        return [route for route in self._routes if path.startswith(route.prefix)]
+        return f"<Decider {self.router!r}>"
 
     def decide(self, head, conn: ConnFacts) -> Action:
         path = head.path
@@ -141,7 +131,7 @@ class Decider:
         if tls is not None and tls.redirect_http and conn.scheme == b"http":
             location = https_location(head.host or conn.local, head.target, conn.https_port or 443)
             return Reply(308, "[tls] redirect_http", ((b"location", location),), handler="redirect")
-        route = self.route(path)
+        route = self.router.match(path)
         if route is None:
             return Reply(404, "no route matches")
         if route.static is not None and method in _GET_HEAD:
