@@ -45,7 +45,7 @@ from ..http import codec
 from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.responses import error_page, reason as reason_phrase
-from .buffers import RequestBody
+from .buffers import RequestBody, Spool
 from .files import serve_static
 from .forward import Forwarding
 
@@ -321,7 +321,8 @@ class ClientProtocol(asyncio.Protocol):
             kind = b"text/plain; version=0.0.4; charset=utf-8"
         self.respond(200, [(b"content-type", kind), (b"cache-control", b"no-store")], body)
 
-    # --- writing the answer (the interface FileSender and Forwarding use) ---
+    # --- writing the answer: the interface FileSender and Forwarding use (respond, start_response,
+    # write, finish, fail, write_paused; resume_writing calls the responder's ``writable``) ---
 
     def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
                    reason: bytes = b"", keep_alive: bool = True) -> bytes:
@@ -341,6 +342,18 @@ class ClientProtocol(asyncio.Protocol):
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
                                 client_ip=self.client_ip, now=perf_counter(), present=headers)
         return codec.response_head(status, reason or reason_phrase(status), added + headers)
+
+    def start_response(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+                       reason: bytes = b"", spool: tuple[int, int] | None = None) -> None:
+        """Send the head of an answer whose body follows through ``write`` and ends with ``finish``.
+
+        ``spool`` (memory limit, file limit): queue what the client cannot take yet (buffers.Spool),
+        so a fast producer (an upstream) is read at its own pace; without it, the producer writes only
+        while ``write_paused`` is false (a FileSender).
+        """
+        if spool is not None:
+            self.spool = Spool(self, spool[0], spool[1], self.w.config.server.temp_dir)
+        self.transport.write(self.head_bytes(status, headers, length, reason))
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
                 length: int | None = None, keep_alive: bool = True) -> None:

@@ -100,8 +100,7 @@ def serve_static(client, action) -> None:
                 return
         sender = FileSender(client, fd, plan.parts, w.config.server.sendfile)
         fd = -1  # the sender owns it now
-        client.transport.write(client.head_bytes(plan.status, _without_length(plan.headers),
-                                                 plan.content_length))
+        client.start_response(plan.status, _without_length(plan.headers), plan.content_length)
         client.responder = sender
         sender.writable()
     finally:

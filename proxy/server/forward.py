@@ -28,7 +28,6 @@ from time import perf_counter
 from ..errors import NoUpstreamAvailable, UpstreamError, UpstreamTimeout, connection_error
 from ..http import codec
 from ..http.headers import client_response_headers, upstream_request_headers
-from .buffers import Spool
 
 # RFC 9110 section 9.2.2. A request with one of these methods may be sent twice;
 # a POST or PATCH never is.
@@ -269,10 +268,8 @@ class Forwarding:
         w = client.w
         self.state = RELAYING
         headers = client_response_headers(response.headers, via=w.via, extra=[])
-        client.spool = Spool(client, self.upstream.buffer_bytes, self.upstream.max_temp_file_bytes,
-                             w.config.server.temp_dir)
-        client.transport.write(client.head_bytes(response.status, headers, response.content_length,
-                                                 reason=response.reason))
+        client.start_response(response.status, headers, response.content_length, reason=response.reason,
+                              spool=(self.upstream.buffer_bytes, self.upstream.max_temp_file_bytes))
         return True
 
     def _on_end(self) -> None:
