@@ -8,12 +8,12 @@ after). What is left out is the kernel: the socket syscalls and epoll, which
 
 Two kinds of figures:
 
-* whole requests: the real ``ClientHandler`` on a real asyncio loop, with
-  transports that only count bytes. A static request is served from a file;
-  a proxied one goes through the real pool, forwarder and spool to an
-  upstream transport that answers each request at once with a canned
+* whole requests: the real ``ClientProtocol`` on a real asyncio loop, with
+  transports that only count bytes. A static request is served from the
+  open-file cache; a proxied one goes through the real pool and forwarding
+  to an upstream transport that answers each request at once with a canned
   Gunicorn response. Each request is fed, then the loop runs until the
-  handler waits for the next one, as with a keep-alive client like wrk.
+  connection waits for the next one, as with a keep-alive client like wrk.
 * stages: the sans-IO pieces those requests are made of, one at a time.
 
 Times are the best of ``--repeat`` rounds, in µs per request (or per call).
@@ -46,7 +46,7 @@ BROWSER_GET = (b"GET /static/app.js?v=3 HTTP/1.1\r\nHost: www.example.test\r\n"
 
 
 class CountingTransport:
-    """Enough of asyncio.Transport for Channel: writes are counted, never sent."""
+    """Enough of asyncio.Transport for the proxy's protocols: writes are counted, never sent."""
 
     def __init__(self, on_write=None) -> None:
         self.written = 0
@@ -112,63 +112,60 @@ def make_config(folder: Path):
     }, folder / "proxy.toml")
 
 
-def fake_upstreams(runtime, loop) -> None:
+def fake_upstreams(worker) -> None:
     """Replace each pool's connect with an in-memory server that answers every request at once."""
-    from proxy.server.channel import Channel
-    from proxy.upstream.pool import UpstreamConnection
+    from proxy.server.upstream import UpstreamConnection
+    from proxy.upstream import pool as pool_module
 
-    for group in runtime.groups.values():
-        # UpstreamGroup.servers were the pools at first; later each Peer has one.
-        pools = group.servers if hasattr(group, "servers") else [peer.pool for peer in group.peers]
-        for pool in pools:
-            async def connect(pool=pool):
-                channel = Channel(loop)
+    loop = worker.loop
+    for group in worker.groups.values():
+        for peer in group.peers:
+            pool = peer.pool
 
-                def answer(data: bytes) -> None:
-                    if data.endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
-                        loop.call_soon(channel.data_received, UPSTREAM_RESPONSE)
+            def open_connection(waiter, pool=pool) -> None:
+                conn = UpstreamConnection(pool)
+                pool.move(conn, pool_module.CONNECTING)
+                pool.connects += 1
 
-                transport = CountingTransport(answer)
-                channel.connection_made(transport)
-                transport.protocol = channel
-                return UpstreamConnection(channel, pool)
+                def answer(data) -> None:
+                    if bytes(data).endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
+                        loop.call_soon(conn.data_received, UPSTREAM_RESPONSE)
 
-            pool.connect = connect
+                conn.connection_made(CountingTransport(answer))
+                pool.move(conn, pool_module.ACTIVE)
+                waiter.connected(conn, False)
+
+            pool._open = open_connection
 
 
 def whole_requests(folder: Path, path: bytes, count: int) -> float:
-    """µs per request for ``count`` keep-alive requests to ``path`` through the real handler."""
-    from proxy.server.channel import Channel
-    from proxy.server.client import ClientHandler
-    from proxy.server.listener import Runtime
+    """µs per request for ``count`` keep-alive requests to ``path`` through the real client connection."""
+    from proxy.server.client import ClientProtocol
+    from proxy.server.worker import Worker
 
     loop = asyncio.new_event_loop()
     try:
-        runtime = Runtime(make_config(folder), loop)
-        fake_upstreams(runtime, loop)
+        worker = Worker(make_config(folder), loop)
+        fake_upstreams(worker)
         request = REQUEST % path
 
         async def connection(requests: int) -> float:
-            channel = Channel(loop)
+            client = ClientProtocol(worker)
             transport = CountingTransport()
-            channel.connection_made(transport)
-            transport.protocol = channel
-            handler = ClientHandler(runtime, channel)
-            handler.task = loop.create_task(handler.run())
-            await asyncio.sleep(0)
+            client.connection_made(transport)
+            transport.protocol = client
             started = time.perf_counter()
             for _ in range(requests):
-                waiter = channel._waiter
-                channel.data_received(request)
-                for _ in range(1000):  # bounded: a request takes a handful of loop turns
-                    await asyncio.sleep(0)
-                    if channel._waiter is not None and channel._waiter is not waiter:
+                before = client.parser.requests
+                client.data_received(request)
+                for _ in range(1000):  # bounded: a proxied request takes a few loop turns, a static one none
+                    if client.state == "idle" and client.parser.requests > before:
                         break
+                    await asyncio.sleep(0)
                 else:
-                    raise RuntimeError(f"the handler did not come back for the next request: {handler.task}")
+                    raise RuntimeError(f"the connection did not come back for the next request: {client!r}")
             elapsed = time.perf_counter() - started
-            channel.eof_received()
-            await handler.task
+            client.connection_lost(None)
             return elapsed
 
         async def drive() -> float:
@@ -188,12 +185,13 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
     """name -> (function doing one unit of work, units per call)."""
     import h11
 
-    from proxy.http import codec, headers, inbound, routing, static
-    from proxy.http.outbound import UpstreamProtocol
+    from proxy.http import codec, headers, routing, static
 
     config = make_config(folder)
     router = routing.Router(config.routes)
+    route = router.match("/static/small.bin")
     request = REQUEST % b"/static/small.bin"
+    static_headers = [(b"host", b"127.0.0.1:8080")]
 
     def h11_server_cycle():
         conn = h11.Connection(h11.SERVER)
@@ -203,16 +201,6 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
         conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"4")]))
         conn.send(h11.Data(data=b"abcd"))
         conn.send(h11.EndOfMessage())
-
-    def inbound_parse():
-        conn = inbound.ClientConnection(config.limits)
-        conn.receive_data(request)
-        conn.next_event()
-        conn.next_event()
-
-    route = router.match("/static/small.bin")
-
-    static_headers = [(b"host", b"127.0.0.1:8080")]
 
     def static_uncached():
         # What every request cost before the cache, and still costs with open_file_cache_valid = 0.
@@ -251,15 +239,6 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
                                          scheme=b"http", request_id=b"0" * 32, via=b"1.1 twotier", body_length=None)
         headers.client_response_headers(response_headers, via=b"1.1 twotier", extra=[])
 
-    def upstream_cycle():
-        protocol = UpstreamProtocol()
-        protocol.request(b"GET", b"/api/json", [(b"host", b"x")])
-        protocol.end()
-        protocol.receive_data(UPSTREAM_RESPONSE)
-        protocol.next_event()
-        protocol.next_event()
-        protocol.next_event()
-
     def codec_request(engine: str):
         parser = codec.request_parser(engine, config.limits)
 
@@ -290,14 +269,12 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
         "codec llhttp: parse a Gunicorn JSON response": (codec_response("llhttp"), 1),
         "codec h11: parse a Gunicorn JSON response": (codec_response("h11"), 1),
         "h11 alone: parse a GET, send a 200 (new Connection)": (h11_server_cycle, 1),
-        "inbound: ClientConnection parse + check_head": (inbound_parse, 1),
         "routing.normalize_path + Router.match": (lambda: router.match(routing.normalize_path(b"/static/small.bin")), 1),
         "static, no cache: lookup + plan + open + fstat + pread + close": (static_uncached, 1),
         "static, OpenFileCache hit + choose + plan (4 KiB body cached)": (static_hit, 1),
         "static, OpenFileCache hit, br/gz siblings, browser Accept-Encoding": (static_hit_precompressed, 1),
         "headers: upstream_request_headers + client_response_headers": (forward_headers, 1),
-        "upstream: UpstreamProtocol request + parse response": (upstream_cycle, 1),
-        "request_id (os.urandom(16).hex())": (lambda: headers.request_id(None), 1),
+        "request_id (128 random bits)": (lambda: headers.request_id(None), 1),
     }
 
 

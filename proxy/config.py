@@ -427,6 +427,10 @@ class ServerSettings:
     pid_file: str = setting(
         "", PID_FILE, "File the master process writes its pid to at start and removes at exit (nginx's pid): "
         "where to send SIGHUP (reload) or SIGTERM (stop). The status page shows the same pid as master_pid.")
+    server_timing: str = setting(
+        "all", _choice("all", "trusted", "off"),
+        'Who gets the Server-Timing header (the proxy\'s and the upstream\'s share of each response, which '
+        'the demo page and browser developer tools show): "all", "trusted" (clients in [status] allow), or "off".')
     open_file_cache_valid: float = setting(
         1.0, SECONDS_OR_ZERO,
         "Static files (nginx open_file_cache): what a path resolved to, its headers and the bytes of files up to "
@@ -545,6 +549,11 @@ class Upstream:
         Kind("a list of " + ", ".join(f'"{n}"' for n in NEXT_UPSTREAM), _convert_next_upstream),
         "When to try the next server: a connection error, a timeout, or these statuses. A request that "
         "was sent is retried only when its method is idempotent.", shown='["error", "timeout"]')
+    queue: int = setting(
+        100, COUNT, "Requests that may wait for a server when every server is at its max_conns (nginx Plus "
+        "queue); more than this get 503 at once.")
+    queue_timeout: float = setting(
+        60.0, SECONDS, "How long a request waits in that queue for a server before it gets 503.")
     resolve_interval: float = setting(5.0, SECONDS, "Seconds between two lookups of a server given by host name.")
     health: Health | None = setting(None, _table(Health, "a table"),
                                     "Active health checks, as an [upstreams.NAME.health] table; none when absent.",

@@ -70,3 +70,24 @@ class ConfigError(ProxyError):
     """A problem in proxy.toml. The message names the file, the key and what was expected."""
 
     status = 500
+
+
+# --- the I/O boundary: OS errors become proxy errors here, and only here ---
+
+def connect_error(exc: BaseException, address) -> UpstreamError:
+    """What a failed connect to an upstream server means for the client (502, or 504 for a timeout)."""
+    import socket
+
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"connect to {address} timed out")
+    if isinstance(exc, ConnectionRefusedError):
+        return UpstreamError(f"connection refused by {address}")
+    if isinstance(exc, socket.gaierror):
+        return UpstreamError(f"cannot resolve {address}: {exc.strerror}")
+    return UpstreamError(f"cannot connect to {address}: {getattr(exc, 'strerror', None) or exc}")
+
+
+def connection_error(exc: BaseException | None, address) -> UpstreamError:
+    """What an upstream connection lost mid-exchange means (502)."""
+    detail = getattr(exc, "strerror", None) or exc or "the server closed the connection"
+    return UpstreamError(f"{address}: {detail}")

@@ -1,25 +1,23 @@
 """``proxy explain``: what the proxy would do with one request, without sending anything.
 
-A dry run through the same sans-IO code the server uses: the request is
-built as bytes and fed to ``ClientConnection`` (so every check applies), the
-router picks a route, ``static.lookup`` finds the file, the balancer picks a
-server, and ``upstream_request_headers`` writes the headers the app tier
-would receive. For teaching, and for debugging a configuration.
+A dry run through the same code the server runs: the request is built as
+bytes and fed to the request parser of the configured engine (so every rule
+applies), ``Decider.decide`` (http/decide.py) chooses the action, and this
+module prints it: the static file the open-file cache would find, the server
+the balancer would pick, and the headers ``upstream_request_headers`` would
+send. For teaching, and for debugging a configuration.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-
-import h11
 
 from .config import Config
 from .errors import ClientError
-from .http import static
+from .http import codec, static
+from .http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
-from .http import upgrade
-from .http.inbound import ClientConnection
-from .http.routing import Router
 
 
 class _StillClock:
@@ -38,59 +36,140 @@ def build_request(method: str, target: str, headers: list[tuple[str, str]], host
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class Unanswered(Exception):
+    """The bytes hold no complete request: the proxy would wait, then answer 408 (``status``) or,
+    when not one byte of a request came, close without a word (``status`` None)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__("incomplete request")
+        self.status = status
+
+
+def parse(cfg: Config, raw: bytes, eof: bool = False):
+    """The RequestHead the server would work from, once the whole first request (body included)
+    was read as the server reads it; or the ClientError that refuses it, or Unanswered."""
+    parser = codec.request_parser(cfg.server.http_engine, cfg.limits)
+    parser.feed(raw)
+    if eof:
+        parser.feed(b"")
+    head = None
+    while True:
+        event = parser.next_event()
+        if type(event) is codec.RequestHead:
+            head = event
+        elif event is codec.EndOfMessage:
+            return head
+        elif event is codec.NEED_DATA:
+            raise Unanswered(408 if head is not None or parser.head_started else None)
+        elif event is codec.CLOSED:
+            raise Unanswered(None)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the proxy would do: the lines ``proxy explain`` prints, the status of the answer the proxy
+    itself would make, and whether the request would be forwarded (then the upstream answers; status None).
+    Neither: no answer at all."""
+
+    lines: tuple[str, ...]
+    status: int | None
+    forwarded: bool = False
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
 def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]],
-            client_ip: str = "127.0.0.1") -> str:
+            client_ip: str = "127.0.0.1", scheme: str = "http") -> str:
     listen = cfg.server.listen[0]
-    out: list[str] = []
     raw = build_request(method, target, headers, str(listen))
-    conn = ClientConnection(cfg.limits)
-    conn.receive_data(raw)
+    return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers))
+
+
+def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme: str = "http",
+                  shown: list[tuple[str, str]] | None = None, eof: bool = False) -> Explanation:
+    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here)."""
+    listen = cfg.server.listen[0]
+    line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:
-        head = conn.next_event()
-        if head is h11.NEED_DATA:
-            raise ClientError("incomplete request", 400)
+        head = parse(cfg, raw, eof)
     except ClientError as exc:
-        return f"request: {method} {target}\nanswer:  {exc.status} from the proxy itself: {exc}\n" \
-               "(refused before routing: nothing would reach an upstream)"
-    out.append(f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode()})")
-    out.append(f"path:    {head.path}  (decoded and normalised; routing uses this)")
+        return Explanation((f"request: {line}", f"answer:  {exc.status} from the proxy itself: {exc}",
+                            "(refused before routing: nothing would reach an upstream)"), exc.status)
+    except Unanswered as wait:
+        if wait.status is None:
+            return Explanation((f"request: {line}", "answer:  none: no request came, the connection is closed"), None)
+        return Explanation((f"request: {line}", "answer:  408 once header_timeout or body_timeout passes: "
+                            "the request is incomplete"), 408)
+    if shown is None:
+        shown = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
+    decider = Decider(cfg)
+    facts = ConnFacts(scheme.encode(), client_ip, str(listen).encode(), cfg.tls.listen[0].port if cfg.tls else None)
+    action = decider.decide(head, facts)
+    out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
+           f"path:    {head.path}  (decoded and normalised; routing uses this)"]
+    route = getattr(action, "route", None)
+    if route is None and type(action) is Reply and head.path != "*":
+        route = decider.router.match(head.path)
+    if route is not None:
+        matching = [r.prefix for r in decider.router.matching(head.path)]
+        others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
+        out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
+    lines, status = describe(cfg, action, head, facts, shown)
+    return Explanation(tuple(out + lines), status, forwarded=status is None)
 
-    if cfg.status is not None and head.path in (cfg.status.path, cfg.status.metrics_path):
-        allowed = cfg.status.allows(client_ip)
-        out.append(f"answer:  {'200 the proxy' if allowed else '404'}'s own status page"
-                   f"{'' if allowed else f' ({client_ip} is not in [status] allow)'}")
-        return "\n".join(out)
 
-    router = Router(cfg.routes)
-    matching = [r.prefix for r in sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True)
-                if head.path.startswith(r.prefix)]
-    route = router.match(head.path)
-    if route is None:
-        out.append("route:   none matches -> 404 from the proxy")
-        return "\n".join(out)
-    others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
-    out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
+def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:
+    """The lines that say what ``action`` does with ``head``, and the status the proxy would answer
+    (None: forwarded)."""
+    kind = type(action)
+    if kind is StatusPage:
+        return [f"answer:  200 the proxy's own {action.kind} page"], 200
+    if kind is Reply:
+        return [_reply_line(action)], action.status
+    if kind is Static:
+        line, status = _explain_static(action.route, head)
+        if status is not None or action.otherwise is None:
+            return [line], status if status is not None else 404
+        lines, status = describe(cfg, action.otherwise, head, facts, headers)
+        return [line, *lines], status
+    return _explain_forward(cfg, action, head, facts, headers), None
 
-    if route.static is not None:
-        if head.method in (b"GET", b"HEAD"):
-            outcome = _explain_static(route, head)
-            out.append(outcome[0])
-            if outcome[1] or not route.upstream:
-                return "\n".join(out)
-        elif not route.upstream:
-            out.append(f"answer:  405 (static route; {head.method.decode()} is not GET or HEAD)")
-            return "\n".join(out)
-        else:
-            out.append(f"static:  skipped: {head.method.decode()} goes to the upstream")
 
-    upstream = cfg.upstreams[route.upstream]
+def _reply_line(reply: Reply) -> str:
+    if reply.status == 404 and reply.why.endswith("[status] allow"):
+        return f"answer:  404 ({reply.why}: the status pages stay hidden)"
+    location = next((v for n, v in reply.headers if n == b"location"), None)
+    if location is not None:
+        return f"answer:  {reply.status} to {location.decode('latin-1')} ({reply.why})"
+    return f"answer:  {reply.status} from the proxy: {reply.why}"
+
+
+def _explain_static(route, head) -> tuple[str, int | None]:
+    """One line about the file, and the status it gets (None: no file, the upstream of the route takes it)."""
     try:
-        wanted = upgrade.decide(head.headers, head.http_version, upstream.upgrade)
+        found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
-        out.append(f"answer:  {exc.status} from the proxy: {exc} (upstream {upstream.name!r} allows "
-                   f"{', '.join(upstream.upgrade) or 'no upgrades'})")
-        return "\n".join(out)
-    out.append(_explain_server(upstream, client_ip))
+        where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
+        if route.upstream and exc.status == 404:
+            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", None
+        return f"answer:  {exc.status} from the proxy: {exc} ({where})", exc.status
+    if type(found) is static.Redirect:
+        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301
+    if type(found) is static.Listing:
+        return f"answer:  200 listing of {found.folder} (autoindex)", 200
+    variant = found.choose(head.get(b"accept-encoding"))
+    plan = static.plan(variant, head.method, head.headers)
+    encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
+    return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
+            f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status
+
+
+def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
+                     headers: list[tuple[str, str]]) -> list[str]:
+    upstream = cfg.upstreams[action.group]
+    out = [_explain_server(upstream, facts.client_ip)]
+    wanted = action.upgrade
     if wanted is not None:
         out.append(f"upgrade: {wanted.protocol.decode('latin-1')}: Connection and Upgrade are forwarded; if the "
                    f"server answers 101 both connections become a tunnel of raw bytes (closed after "
@@ -98,7 +177,7 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
     rid = request_id(head.get(b"x-request-id"))
     body_length = head.content_length if head.has_body else None
     forwarded = upstream_request_headers(
-        head.headers, host=head.host, client_ip=client_ip, scheme=b"http", request_id=rid,
+        head.headers, host=action.host, client_ip=facts.client_ip, scheme=facts.scheme, request_id=rid,
         via=b"1.1 " + cfg.server.name.encode(), body_length=body_length,
         upgrade=wanted.protocol if wanted is not None else None)
     named = connection_tokens([(n.lower().encode(), v.encode()) for n, v in headers])
@@ -111,27 +190,7 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
     out.append("sent upstream (hop-by-hop headers removed, forwarding headers set by the proxy):")
     out.append(f"  {head.method.decode()} {head.target.decode()} HTTP/1.1")
     out += [f"  {name.decode()}: {value.decode('latin-1')}" for name, value in forwarded]
-    return "\n".join(out)
-
-
-def _explain_static(route, head) -> tuple[str, bool]:
-    """One line about the file; True when the file answers the request (no forwarding)."""
-    try:
-        found = static.lookup(route, head.path, head.query)
-    except ClientError as exc:
-        where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
-        if route.upstream and exc.status == 404:
-            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", False
-        return f"answer:  {exc.status} from the proxy: {exc} ({where})", True
-    if type(found) is static.Redirect:
-        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", True
-    if type(found) is static.Listing:
-        return f"answer:  200 listing of {found.folder} (autoindex)", True
-    variant = found.choose(head.get(b"accept-encoding"))
-    plan = static.plan(variant, head.method, head.headers)
-    encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
-    return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
-            f"-> {plan.status} from the proxy, the app tier is not involved"), True
+    return out
 
 
 def _explain_server(upstream, client_ip: str) -> str:

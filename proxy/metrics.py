@@ -39,7 +39,7 @@ _SEVERITY = {state: rank for rank, state in enumerate(STATES)}
 
 # Per-server numbers that add up across workers; the counters among them also across workers' lives
 # (in_flight and idle_connections describe now, so a departed worker's are not kept).
-_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "connects")
+_SUMMED = ("in_flight", "requests", "failures", "idle_connections", "active_connections", "connects")
 _COUNTERS = ("requests", "failures", "connects")
 
 
@@ -58,11 +58,13 @@ class Metrics:
         self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
 
     def observe(self, record: AccessRecord) -> None:
-        route = record.route or "-"
-        self.requests[route, record.status] += 1
-        if record.tunnel:
+        self.count(record.route, record.status, record.request_time, bool(record.tunnel))
+
+    def count(self, route: str, status: int, seconds: float, tunnel: bool = False) -> None:
+        route = route or "-"
+        self.requests[route, status] += 1
+        if tunnel:
             return  # a tunnel's lifetime (minutes) would swamp the request-duration histogram
-        seconds = record.request_time
         self.duration_sum[route] += seconds
         self.duration_count[route] += 1
         for le in BUCKETS:
@@ -79,8 +81,22 @@ class Metrics:
         }
 
 
-def process_stats() -> dict:
-    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow."""
+_PROCESS_STATS: list = [0.0, {}]  # when last read, and what
+
+
+def process_stats(max_age: float = 1.0) -> dict:
+    """This worker's open file descriptors, asyncio tasks and memory: what a leak would grow.
+
+    Counting descriptors lists /proc/self/fd, which grows with the connections; read at most once
+    a second, so a status page costs the same however many connections are open.
+    """
+    now = time.monotonic()
+    if now - _PROCESS_STATS[0] >= max_age:
+        _PROCESS_STATS[:] = [now, _read_process_stats()]
+    return dict(_PROCESS_STATS[1])
+
+
+def _read_process_stats() -> dict:
     import asyncio
 
     stats = {"open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None}
@@ -100,7 +116,9 @@ def process_stats() -> dict:
 
 
 def worker_view(runtime) -> dict:
-    """One worker's counters and upstream view, as plain data (what it pins on the board)."""
+    """One worker's counters and upstream view, as plain data (what it pins on the board).
+
+    ``runtime`` is the worker (server/worker.py): counters only, nothing that walks its connections."""
     now = runtime.loop.time()
     upstreams = {}
     for name, group in runtime.groups.items():
@@ -117,18 +135,19 @@ def worker_view(runtime) -> dict:
                 "requests": peer.requests,
                 "failures": peer.failures,
                 "idle_connections": len(peer.pool.idle),
+                "active_connections": peer.pool.counts["active"],
                 "connects": peer.pool.connects,
                 "last_error": peer.last_error or peer.health.last_error or None,
                 "last_check_seconds_ago": (round(now - peer.health.last_check, 3)
                                            if peer.health.last_check is not None else None),
             })
-        upstreams[name] = {"balance": group.config.balance, "servers": servers}
+        upstreams[name] = {"balance": group.config.balance, "queued": len(group.waiting), "servers": servers}
     return {
         "pid": os.getpid(),
         "published": time.time(),
         "started": runtime.metrics.started,
-        "connections": {"open": len(runtime.handlers), "active": sum(1 for h in runtime.handlers if h.busy),
-                        "refused_at_max": runtime.refused},
+        "connections": {"open": len(runtime.conns.open), "active": runtime.conns.active,
+                        "refused_at_max": runtime.conns.refused},
         "process": process_stats(),
         "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,
@@ -245,14 +264,15 @@ def merge(views: list[dict]) -> dict:
         connections.update(view["connections"])
         _add_metrics(requests, durations, view["metrics"])
         for name, group in view["upstreams"].items():
-            merged = upstreams.setdefault(name, {"balance": group["balance"], "servers": {}})
+            merged = upstreams.setdefault(name, {"balance": group["balance"], "queued": 0, "servers": {}})
+            merged["queued"] += group.get("queued", 0)
             for server in group["servers"]:
                 into = merged["servers"].get(server["address"])
                 if into is None:
                     merged["servers"][server["address"]] = {**server, "states": [server["state"]]}
                     continue
                 for key in _SUMMED:
-                    into[key] += server[key]
+                    into[key] = into.get(key, 0) + server.get(key, 0)
                 into["states"].append(server["state"])
                 into["last_error"] = into["last_error"] or server["last_error"]
     for name, by_address in retired["servers"].items():  # servers no longer configured are left out

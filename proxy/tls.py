@@ -163,7 +163,7 @@ def describe(certificates: Certificates) -> str:
 def https_location(host: bytes, target: bytes, port: int) -> bytes:
     """Location of the 308 that ``redirect_http`` sends: same host and target, the TLS port.
 
-    ``host`` is the request's effective host (already checked by inbound.py);
+    ``host`` is the request's effective host (already checked by http/rules.py);
     its port, if any, is the plain one and is replaced. 443 is left implicit.
     """
     if host.startswith(b"["):

@@ -695,6 +695,10 @@ class ResponseParser(_Framer):
         buf = self._buf
         if buf[:1] in (b"\r", b"\n"):
             raise UpstreamError("invalid response: empty line before the status line")
+        if buf[:5] != b"HTTP/"[:len(buf)]:
+            # Not a status line, whatever follows: refused at once rather than when a head
+            # that never ends reaches MAX_RESPONSE_HEAD or read_timeout passes (nginx does too).
+            raise UpstreamError("invalid response: not an HTTP/1.x status line")
         end = self._find_head()
         if end < 0:
             if len(buf) > MAX_RESPONSE_HEAD:

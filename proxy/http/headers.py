@@ -10,8 +10,8 @@ but old clients send it and nginx strips it too.
 
 from __future__ import annotations
 
-import os
 import re
+from random import getrandbits as _random_bits
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te",
@@ -60,10 +60,14 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def request_id(client_value: bytes | None) -> bytes:
-    """The client's X-Request-ID when well formed, else a new random one."""
+    """The client's X-Request-ID when well formed, else a new random one.
+
+    128 random bits from ``random`` (reseeded from the OS in every forked worker): an id
+    only has to be unique, not unguessable, and os.urandom is a system call per request.
+    """
     if client_value is not None and _REQUEST_ID_RE.match(client_value):
         return client_value
-    return os.urandom(16).hex().encode()
+    return b"%032x" % _random_bits(128)
 
 
 def forwarded_for(ip: str) -> bytes:
@@ -162,3 +166,44 @@ def client_response_headers(
     out.append((b"via", via))
     out += extra
     return out
+
+
+class Stamp:
+    """The headers the proxy adds to every response it sends, built here and nowhere else.
+
+    Server and Date (RFC 9110 sections 10.2.4 and 6.6.1), X-Request-ID (the
+    id the upstream received too, so a line in either tier's log finds the
+    other), Server-Timing (W3C Server Timing: the proxy's share, for the demo
+    page and browser dev tools; ``[server] server_timing`` says who gets it),
+    Strict-Transport-Security on HTTPS when ``[tls] hsts`` is set and the app
+    did not send its own, and ``Connection: close`` when this is the
+    connection's last response. Via is part of relaying an upstream's
+    headers (``client_response_headers``).
+    """
+
+    __slots__ = ("server", "hsts", "timing", "_trusted")
+
+    def __init__(self, server: bytes, *, hsts: str = "", server_timing: str = "all",
+                 trusted=None) -> None:
+        self.server = server
+        self.hsts = ((b"strict-transport-security", hsts.encode()),) if hsts else ()
+        self.timing = server_timing  # "all", "trusted" or "off"
+        self._trusted = trusted  # client_ip -> bool, for "trusted"
+
+    def __repr__(self) -> str:
+        return f"<Stamp {self.server.decode()} hsts={bool(self.hsts)} server_timing={self.timing}>"
+
+    def timing_for(self, client_ip: str) -> bool:
+        if self.timing == "all":
+            return True
+        return self.timing == "trusted" and self._trusted is not None and self._trusted(client_ip)
+
+    def headers(self, exchange, *, date: bytes, https: bool, client_ip: str, now: float,
+                present: list[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+        """The proxy's headers for ``exchange``'s response; ``present`` are the headers already chosen."""
+        out = [(b"server", self.server), (b"date", date), (b"x-request-id", exchange.request_id)]
+        if https and self.hsts and not any(name == b"strict-transport-security" for name, _ in present):
+            out += self.hsts
+        if self.timing_for(client_ip):
+            out.append((b"server-timing", exchange.server_timing(now)))
+        return out

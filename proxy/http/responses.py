@@ -12,11 +12,12 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    """The standard reason phrase, b"" for a status that has none."""
+    return _REASONS.get(status, b"")
 
 
 def error_page(status: int, server: bytes) -> bytes:

@@ -96,5 +96,9 @@ class Router:
                 return route
         return None
 
+    def matching(self, path: str) -> list[Route]:
+        """Every route whose prefix matches, longest first (for explain)."""
+        return [route for route in self._routes if path.startswith(route.prefix)]
+
     def __repr__(self) -> str:
         return f"<Router {[r.prefix for r in self._routes]}>"

@@ -4,18 +4,16 @@
 contacted (a Gunicorn sync worker must never wait on a slow upload).
 ``Spool`` is the upstream's response while the client is slower than the
 upstream: the upstream is read at its own pace and released early, and the
-client is fed from here whenever its socket has room (``Channel.on_resume``),
+client is fed from here whenever its socket has room (``resume_writing``),
 with no extra task. Both hold at most their memory limit in RAM.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import tempfile
-
-from .channel import Channel, expire
+from typing import Callable
 
 CHUNK = 64 * 1024
 
@@ -41,10 +39,6 @@ class RequestBody:
         where = "file" if self._fd is not None else "memory"
         return f"<RequestBody {self.size} bytes in {where}>"
 
-    @property
-    def spilled(self) -> bool:
-        return self._fd is not None
-
     def append(self, data: bytes) -> None:
         self.size += len(data)
         if self._fd is None and self._memory + len(data) <= self._memory_limit:
@@ -61,6 +55,14 @@ class RequestBody:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+
+    @property
+    def in_memory(self) -> bool:
+        return self._fd is None
+
+    def joined(self) -> bytes:
+        """The whole body, when it is in memory."""
+        return b"".join(self._chunks)
 
     def chunks(self):
         """The body in order, at most CHUNK bytes at a time from the file."""
@@ -85,17 +87,21 @@ class RequestBody:
 class Spool:
     """Bytes for a client that is not reading as fast as they come.
 
-    ``push`` writes straight to the socket when nothing is queued and the
-    socket has room; otherwise it queues, in memory up to ``memory_limit``
-    then in a temporary file up to ``file_limit``. ``room`` and ``flushed``
-    are the two waits the producer may need.
+    ``push`` writes straight to the client's transport when nothing is
+    queued and the transport has room; otherwise it queues, in memory up to
+    ``memory_limit`` then in a temporary file up to ``file_limit``. When
+    ``full`` the producer (the upstream connection) stops reading and
+    registers ``on_room``; the client connection calls ``pump`` on every
+    ``resume_writing``, which feeds the transport and calls the producer
+    back once there is room again, and the ``when_flushed`` callback once
+    everything is out.
     """
 
-    __slots__ = ("channel", "_memory", "_memory_size", "_fd", "_file_write", "_file_read",
-                 "_memory_limit", "_file_limit", "_temp_dir", "_progress", "peak")
+    __slots__ = ("client", "_memory", "_memory_size", "_fd", "_file_write", "_file_read",
+                 "_memory_limit", "_file_limit", "_temp_dir", "on_room", "_flushed")
 
-    def __init__(self, channel: Channel, memory_limit: int, file_limit: int, temp_dir: str = "") -> None:
-        self.channel = channel
+    def __init__(self, client, memory_limit: int, file_limit: int, temp_dir: str = "") -> None:
+        self.client = client  # has ``transport`` and ``write_paused``
         self._memory: collections.deque[bytes] = collections.deque()
         self._memory_size = 0
         self._fd: int | None = None
@@ -104,8 +110,8 @@ class Spool:
         self._memory_limit = memory_limit
         self._file_limit = file_limit
         self._temp_dir = temp_dir
-        self._progress: asyncio.Future | None = None
-        self.peak = 0
+        self.on_room: Callable[[], None] | None = None
+        self._flushed: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Spool memory={self._memory_size} file={self._file_write - self._file_read}>"
@@ -114,34 +120,33 @@ class Spool:
     def pending(self) -> int:
         return self._memory_size + self._file_write - self._file_read
 
-    def push(self, data: bytes) -> None:
+    def push(self, data) -> None:
         if not data:
             return
-        if not self.pending and not self.channel.write_paused:
-            self.channel.write(data)
+        if not self.pending and not self.client.write_paused:
+            self.client.transport.write(data)
             return
-        if self.channel.on_resume is None:
-            self.channel.on_resume = self._pump
         if self._fd is None and (self._memory_size + len(data) <= self._memory_limit or not self._file_limit):
-            self._memory.append(data)
+            self._memory.append(bytes(data))
             self._memory_size += len(data)
         else:
             if self._fd is None:
                 self._fd = _temp_file(self._temp_dir)
             os.pwrite(self._fd, data, self._file_write)
             self._file_write += len(data)
-        self.peak = max(self.peak, self.pending)
 
     @property
     def full(self) -> bool:
-        """Memory and file limits reached: the producer should wait for ``room``."""
+        """Memory and file limits reached: the producer should stop until ``on_room`` is called."""
         if self._fd is None:
             return self._memory_size >= self._memory_limit and self._file_limit == 0
         return self._file_write - self._file_read >= self._file_limit
 
-    def _pump(self) -> None:
-        channel = self.channel
-        while not channel.write_paused and self.pending and not channel.lost:
+    def pump(self) -> None:
+        """Feed the transport while it has room; then tell the producer and the waiter what changed."""
+        client = self.client
+        transport = client.transport
+        while not client.write_paused and self.pending and not transport.is_closing():
             if self._memory:
                 data = self._memory.popleft()
                 self._memory_size -= len(data)
@@ -152,36 +157,20 @@ class Spool:
                 self._file_read += len(data)
                 if self._file_read == self._file_write:
                     self._file_read = self._file_write = 0  # reuse the file from its start
-            channel.write(data)
-        progress = self._progress
-        if progress is not None and not progress.done():
-            progress.set_result(None)
+            transport.write(data)
+        if self.on_room is not None and not self.full:
+            on_room, self.on_room = self.on_room, None
+            on_room()
+        if not self.pending and self._flushed is not None:
+            flushed, self._flushed = self._flushed, None
+            flushed()
 
-    async def _wait_progress(self, timeout: float) -> None:
-        if self.channel.lost:
-            raise ConnectionResetError("client went away")
-        waiter = self._progress = self.channel.loop.create_future()
-        lost_before = self.channel.on_lost
-        self.channel.on_lost = self._pump
-        timer = self.channel.loop.call_later(timeout, expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._progress = None
-            self.channel.on_lost = lost_before
-        if self.channel.lost:
-            raise ConnectionResetError("client went away")
-
-    async def room(self, timeout: float) -> None:
-        """Wait while the spool is full; TimeoutError if the client takes nothing for ``timeout``."""
-        while self.full:
-            await self._wait_progress(timeout)
-
-    async def flushed(self, timeout: float) -> None:
-        """Wait until every queued byte was handed to the socket."""
-        while self.pending:
-            await self._wait_progress(timeout)
+    def when_flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every queued byte was handed to the transport."""
+        if not self.pending:
+            callback()
+        else:
+            self._flushed = callback
 
     def close(self) -> None:
         if self._fd is not None:
@@ -189,5 +178,4 @@ class Spool:
             self._fd = None
         self._memory.clear()
         self._memory_size = 0
-        if self.channel.on_resume == self._pump:
-            self.channel.on_resume = None
+        self.on_room = self._flushed = None

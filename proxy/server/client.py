@@ -1,480 +1,538 @@
-"""One task per client connection: read a request, answer it, repeat while keep-alive holds.
+"""One client connection as an asyncio Protocol: bytes in, the codec's events, the decided action carried out.
 
-The decisions are made by the sans-IO modules (inbound, routing, static,
-headers); this module waits for bytes, applies the timeouts, and is the one
-place where a ProxyError becomes a response (the "edge" of STYLE.md).
+Strategy: ``data_received`` feeds the request parser (http/codec.py: llhttp
+or h11 behind one interface, the proxy's rules above both) and handles every
+event it can produce at once; a request head goes to ``Decider.decide``
+(http/decide.py), and when the request is complete its action is carried
+out: an answer the proxy makes itself is written in one piece, a static file
+by ``files.FileSender``, a forwarded request by ``forward.Forwarding``. There
+is no task and no future per request or per read: waiting is being called
+back. Each connection keeps one deadline (what it waits for decides which
+timeout applies) and the worker's shared timer (timers.py) checks them.
+
+States, in order:
+
+* IDLE: no byte of the next request yet (keep-alive idle, or a new
+  connection): ``keepalive_timeout`` (``header_timeout`` for the first).
+* HEAD: a head has begun: ``header_timeout`` -> 408.
+* BODY: the head was decided; the body is read (buffered when the request
+  may be forwarded, so a slow upload never holds an app server worker,
+  dropped otherwise): ``body_timeout`` between reads -> 408.
+* RESPOND: the answer is being produced. The parser holds any pipelined
+  bytes until the answer is complete (reading pauses past READ_HIGH_WATER).
+  While the client does not take bytes, ``send_timeout`` -> closed.
+* LINGER: after an error answer that closes the connection, what the client
+  still sends is read and dropped for a while (nginx's lingering close), so
+  the answer is not destroyed by a reset.
+* TUNNEL: the upstream answered 101; both transports belong to a
+  tunnel.Tunnel until it ends (the request is logged then).
+* CLOSED.
+
+This module is also the edge where a ProxyError becomes a response
+(``fail``): the one place exceptions turn into bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
-from time import perf_counter  # durations: loop.time() is cached per loop turn (to the ms in uvloop)
-
-import h11
+import socket
+from time import perf_counter
 
 from .. import metrics
-from ..accesslog import AccessRecord
-from ..errors import ALLOW_GET_HEAD, ClientError, ClientTimeout, ProxyError
-from ..http import static
-from ..http import upgrade
-from ..http.inbound import ClientConnection, RequestHead
-from ..http.responses import error_bytes, error_page, reason as reason_phrase
-from ..tls import https_location
-from .buffers import RequestBody
-from .channel import Channel
-from .forward import forward
-from .sendfile import send_file
+from ..errors import ClientError, ClientTimeout, ProxyError
+from ..http import codec
+from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
+from ..http.exchange import Exchange
+from ..http.responses import error_page, reason as reason_phrase
+from .buffers import RequestBody, Spool
+from .files import serve_static
+from .forward import Forwarding
 
 log = logging.getLogger("proxy")
 
-DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
+IDLE, HEAD, BODY, RESPOND, LINGER, TUNNEL, CLOSED = "idle", "head", "body", "respond", "linger", "tunnel", "closed"
+_READING = frozenset({IDLE, HEAD, BODY})
+
+READ_HIGH_WATER = 256 * 1024  # pipelined bytes held while an answer is produced, before reading pauses
+WRITE_HIGH_WATER = 64 * 1024  # the transport's buffer; past it the producer of the answer waits
 LINGER_SECONDS = 2.0  # after an error answer, unread input is drained this long so the answer is not lost to an RST
 LINGER_BYTES = 1024 * 1024
-PIPELINE_TURN = 16  # requests on one connection before it lets the others have the loop
+DRAIN_IDLE = 1.0  # seconds an idle connection may still bring a request after a stop begins
+PIPELINE_TURN = 16  # requests answered in one go before the connection lets the others have the loop
+HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
-class Exchange:
-    """The mutable facts about one request while it is handled; frozen into an AccessRecord at the end."""
+class ClientProtocol(asyncio.Protocol):
+    """Serves one client connection (see the module docstring)."""
 
-    __slots__ = ("head", "started", "wall", "request_id", "status", "body_bytes", "route", "handler",
-                 "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time", "reused",
-                 "tunnel")
+    __slots__ = ("w", "scheme", "transport", "parser", "facts", "client_ip", "state", "exchange", "action",
+                 "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
+                 "eof", "tunnel", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
 
-    def __init__(self, head: RequestHead | None, started: float, request_id: bytes) -> None:
-        self.head = head
-        self.started = started
-        self.wall = time.time()
-        self.request_id = request_id
-        self.status = 0
-        self.body_bytes = 0
-        self.route = ""
-        self.handler = "local"
-        self.upstream_addr: list[str] = []
-        self.upstream_status: list[str] = []
-        self.connect_time: float | None = None
-        self.header_time: float | None = None
-        self.response_time: float | None = None
-        self.reused: bool | None = None
-        self.tunnel = None  # a server.tunnel.Tunnel once the request was upgraded (101)
-
-    def record(self, remote_addr: str, now: float) -> AccessRecord:
-        head = self.head
-        return AccessRecord(
-            remote_addr=remote_addr,
-            time=self.wall,
-            request=head.request_line if head else "-",
-            status=self.status,
-            body_bytes_sent=self.body_bytes,
-            referer=_text(head.get(b"referer")) if head else "",
-            user_agent=_text(head.get(b"user-agent")) if head else "",
-            request_time=now - self.started,
-            request_id=self.request_id.decode(),
-            route=self.route,
-            handler=self.handler,
-            upstream_addr=", ".join(self.upstream_addr),
-            upstream_status=", ".join(self.upstream_status),
-            upstream_connect_time=self.connect_time,
-            upstream_header_time=self.header_time,
-            upstream_response_time=self.response_time,
-            **(_tunnel_fields(self.tunnel) if self.tunnel is not None else {}),
-        )
-
-    def server_timing(self, now: float) -> bytes:
-        """Server-Timing entries for the proxy's part (RFC-less but W3C-specified header)."""
-        parts = [b'proxy;dur=%.3f;desc="%s %s"' % ((now - self.started) * 1000, self.handler.encode(),
-                                                    self.route.encode())]
-        if self.connect_time is not None:
-            parts.append(b'upstream-connect;dur=%.3f;desc="%s"' % (
-                self.connect_time * 1000, b"reused" if self.reused else b"new"))
-        if self.header_time is not None:
-            parts.append(b"upstream-ttfb;dur=%.3f" % (self.header_time * 1000))
-        return b", ".join(parts)
-
-
-def _tunnel_fields(tunnel) -> dict:
-    return {"tunnel": tunnel.protocol.decode("latin-1"), "tunnel_bytes_to_upstream": tunnel.bytes["to_upstream"],
-            "tunnel_bytes_to_client": tunnel.bytes["to_client"], "tunnel_end": tunnel.ended_by}
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode("latin-1") if value else ""
-
-
-class ClientHandler:
-    """Serves one client connection. ``busy`` is true while a request is in progress."""
-
-    def __init__(self, runtime, channel: Channel, scheme: bytes = b"http") -> None:
-        self.runtime = runtime
-        self.channel = channel
+    def __init__(self, worker, scheme: bytes = b"http") -> None:
+        self.w = worker
         self.scheme = scheme
-        self.conn = ClientConnection(runtime.config.limits)
-        self.client_ip = channel.peer[0] if channel.peer else ""
-        self.busy = False
-        self.task: asyncio.Task | None = None
-        self.client_gone = False
-        self.forwarding = False
-        channel.on_lost = self._lost
+        self.transport: asyncio.Transport | None = None
+        self.parser = codec.request_parser(worker.config.server.http_engine, worker.config.limits)
+        self.facts = None
+        self.client_ip = ""
+        self.state = IDLE
+        self.exchange: Exchange | None = None
+        self.action = None
+        self.body: RequestBody | None = None
+        self.responder = None  # what produces the current answer: a FileSender or a Forwarding
+        self.spool = None  # a Forwarding's buffers.Spool while it relays a response
+        self.write_paused = False
+        self.deadline = 0.0
+        self.queued = 0.0
+        self.framing = "none"
+        self.keep_alive = True
+        self.eof = False  # the client sent FIN
+        self.tunnel = None
+        self._advancing = False
+        self._turn = 0
+        self._held = 0
+        self._read_paused = False
+        self._dropped = 0
 
     def __repr__(self) -> str:
-        return f"<ClientHandler {self.client_ip} busy={self.busy} {self.conn!r}>"
+        return f"<ClientProtocol {self.client_ip} {self.state} requests={self.parser.requests}>"
 
-    def close_if_idle(self) -> None:
-        """Close unless a request has begun (used while stopping)."""
-        if not self.busy and not self.channel.has_data and not self.conn.head_started:
-            self.channel.close()
+    # --- asyncio.Protocol callbacks ---
 
-    def _lost(self) -> None:
-        # The client hung up. While we wait on an upstream nothing else would notice,
-        # so stop the exchange (nginx logs these as 499).
-        self.client_gone = True
-        if self.forwarding and self.task is not None:
-            self.task.cancel()
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        w = self.w
+        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port)
+        w.conns.add(self)
+        w.timers.arm(self, DRAIN_IDLE if w.conns.closing else w.config.limits.header_timeout)
 
-    async def run(self) -> None:
+    def data_received(self, data: bytes) -> None:
         try:
-            await self._serve()
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away or stopped reading: nothing left to tell it
-        except asyncio.CancelledError:
-            if not self.client_gone:
-                raise
+            self._received(data)
         except Exception:
-            log.exception("internal error while serving %s", self.client_ip)
-            self.channel.abort()
-        finally:
-            await self.channel.close_and_wait(self.runtime.config.limits.send_timeout)
+            self.crashed()
 
-    async def _serve(self) -> None:
-        runtime = self.runtime
-        limits = runtime.config.limits
-        loop = runtime.loop
-        deadline = loop.time() + limits.header_timeout
-        while True:
-            self.busy = False
-            try:
-                head = await self._read_head(deadline)
-            except ClientError as exc:
-                self._answer_error(exc, Exchange(None, perf_counter(), runtime.new_request_id(None)))
-                await self._linger()
-                return
-            if head is None:
-                return
-            self.busy = True
-            exchange = Exchange(head, perf_counter(), runtime.new_request_id(head.get(b"x-request-id")))
-            try:
-                await self._handle(head, exchange)
-            except ProxyError as exc:
-                if exchange.status:  # the answer had started: all we can do is cut it short
-                    self._log(exchange)
-                    self.channel.abort()
-                    return
-                if not self._answer_error(exc, exchange):
-                    await self._linger()
-                    return
-            except asyncio.CancelledError:
-                if self.client_gone:
-                    exchange.status = exchange.status or 499
-                    self._log(exchange)
-                raise
-            except (ConnectionError, TimeoutError):
-                exchange.status = exchange.status or 499
-                self._log(exchange)
-                raise
-            else:
-                self._log(exchange)
-            if not self.conn.can_keep_alive:
-                self.channel.write_eof()
-                return
-            self.conn.start_next_cycle()
-            if self.conn.requests % PIPELINE_TURN == 0:
-                # Pipelined requests already read need no wait, so without this a client that sends
-                # thousands at once would keep the loop to itself and stall every other connection.
-                await asyncio.sleep(0)
-            # Stopping began after this answer promised keep-alive: the client may reuse the
-            # connection right away, so it gets a short while to do so (and Connection: close).
-            idle = DRAIN_IDLE if runtime.closing else limits.keepalive_timeout
-            deadline = loop.time() + idle
+    def _received(self, data: bytes) -> None:
+        state = self.state
+        if state is LINGER:
+            self._dropped += len(data)
+            if self._dropped >= LINGER_BYTES:
+                self._close()
+            return
+        if state is CLOSED:
+            return
+        self.parser.feed(data)
+        if state is RESPOND:
+            # The next pipelined request (or bytes after an upgrade request): kept for later.
+            self._held += len(data)
+            if self._held > READ_HIGH_WATER and not self._read_paused:
+                self._read_paused = True
+                self.transport.pause_reading()
+            return
+        if state is BODY:
+            self.w.timers.arm(self, self.w.config.limits.body_timeout)
+        self._advance()
 
-    def _log(self, exchange: Exchange) -> None:
-        self.runtime.log_access(exchange.record(self.client_ip, perf_counter()))
+    def crashed(self) -> None:
+        """A bug in the proxy while serving this connection: logged with its traceback, the connection cut
+        (the worker and every other connection go on)."""
+        log.exception("internal error while serving %s", self.client_ip)
+        exchange = self.exchange
+        if exchange is not None and not exchange.status:
+            exchange.status = 500
+        self.abort()
 
-    # --- reading ---
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.state is LINGER:
+            self._close()
+            return False
+        if self.state is not CLOSED:
+            self.parser.feed(b"")
+            if self.state is not RESPOND:
+                self._advance()
+        return True  # keep the write side open: a half-closed client still gets its answer
 
-    async def _read_head(self, deadline: float) -> RequestHead | None:
-        """The next request head, or None when the client closed or stayed idle too long."""
-        conn = self.conn
-        loop = self.runtime.loop
-        waiting_idle = conn.requests > 0 and not conn.head_started
-        while True:
-            event = conn.next_event()
-            if type(event) is RequestHead:
-                return event
-            if event is h11.NEED_DATA:
-                remaining = deadline - loop.time()
+    def connection_lost(self, exc: Exception | None) -> None:
+        w = self.w
+        self.state = CLOSED
+        w.timers.disarm(self)
+        w.conns.discard(self)
+        if self.exchange is not None:
+            # The client hung up while its request was handled (nginx logs these as 499).
+            responder = self.responder
+            if responder is not None:
+                responder.client_lost()
+            exchange = self.exchange
+            exchange.status = exchange.status or 499
+            self._end_exchange()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.state is RESPOND or self.state is CLOSED:
+            self.w.timers.arm(self, self.w.config.limits.send_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.state is RESPOND:
+            self.w.timers.disarm(self)
+        spool = self.spool
+        if spool is not None:
+            spool.pump()
+        responder = self.responder
+        if responder is not None:
+            responder.writable()
+
+    # --- the one deadline ---
+
+    def expired(self) -> None:
+        state = self.state
+        if state is IDLE:
+            self._close()  # keep-alive over, or a connection that never sent a byte
+        elif state is HEAD:
+            self._refuse(ClientTimeout("request head not received in time"))
+        elif state is BODY:
+            self._refuse(ClientTimeout("request body not received in time"))
+        elif state is LINGER:
+            self._close()
+        else:  # RESPOND, or closing with bytes queued: the client took nothing for send_timeout
+            self.abort()
+
+    # --- reading requests ---
+
+    def _advance(self) -> None:
+        """Handle every event the parser has; returns when it needs more bytes or an answer is under way."""
+        if self._advancing:
+            return  # called back from inside the loop below (an answer completed at once)
+        self._advancing = True
+        parser = self.parser
+        try:
+            while self.state in _READING:
                 try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    data = await self.channel.recv(remaining)
-                except TimeoutError:
-                    if conn.head_started:
-                        raise ClientTimeout("request head not received in time") from None
-                    return None
-                if self.runtime.closing and not conn.head_started and not data:
-                    return None
-                conn.receive_data(data)
-                if waiting_idle and conn.head_started:
-                    waiting_idle = False
-                    deadline = loop.time() + self.runtime.config.limits.header_timeout
-                continue
-            return None  # ConnectionClosed
-
-    async def _read_body(self, head: RequestHead) -> RequestBody | None:
-        """The whole request body, buffered (memory, then a temp file), or None when there is none."""
-        conn = self.conn
-        limits = self.runtime.config.limits
-        if not head.has_body:
-            event = conn.next_event()
-            assert type(event) is h11.EndOfMessage, event
-            return None
-        if conn.h11.they_are_waiting_for_100_continue:
-            self.channel.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        body = RequestBody(limits.body_buffer_bytes, self.runtime.config.server.temp_dir)
-        try:
-            while True:
-                event = conn.next_event()
+                    event = parser.next_event()
+                except ClientError as exc:
+                    self._refuse(exc)
+                    return
                 kind = type(event)
-                if kind is h11.Data:
-                    body.append(event.data)
-                elif kind is h11.EndOfMessage:
-                    return body
-                elif event is h11.NEED_DATA:
-                    try:
-                        conn.receive_data(await self.channel.recv(limits.body_timeout))
-                    except TimeoutError:
-                        raise ClientTimeout("request body not received in time") from None
-                else:
-                    raise ClientError("unexpected event while reading the body")
-        except BaseException:
-            body.close()
-            raise
-
-    # --- dispatch ---
-
-    async def _handle(self, head: RequestHead, exchange: Exchange) -> None:
-        runtime = self.runtime
-        body = await self._read_body(head)
-        try:
-            if head.path == "*":  # OPTIONS * asks about the server itself (RFC 9110 9.3.7)
-                self.respond(exchange, 200, b"", [(b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
-                return
-            status = runtime.config.status
-            if status is not None and head.path in (status.path, status.metrics_path):
-                self._serve_status(head, exchange, status)
-                return
-            tls = runtime.tls
-            if tls is not None and tls.settings.redirect_http and self.scheme == b"http":
-                # [tls] redirect_http: 308 keeps the method and body, unlike 301/302 (RFC 9110 15.4.9).
-                exchange.handler = "redirect"
-                location = https_location(head.host or runtime.local_host(self.channel), head.target,
-                                          runtime.edge.https_port or 443)
-                self.respond(exchange, 308, error_page(308, runtime.server_name),
-                             [(b"location", location), (b"content-type", b"text/html; charset=utf-8")])
-                return
-            route = runtime.router.match(head.path)
-            if route is None:
-                raise ClientError("no route", 404, keep_alive=True)
-            exchange.route = route.prefix
-            if route.static is not None:
-                if head.method in (b"GET", b"HEAD"):
-                    try:
-                        await self._serve_static(route, head, exchange)
+                if kind is codec.RequestHead:
+                    self._on_head(event)
+                elif kind is codec.Data:
+                    if self.body is not None:
+                        self.body.append(event.data)
+                elif event is codec.EndOfMessage:
+                    self._on_end()
+                    self._turn += 1
+                    if self._turn >= PIPELINE_TURN and self.state is IDLE:
+                        # Pipelined requests already read need no wait, so without this a client that sends
+                        # thousands at once would keep the loop to itself and stall every other connection.
+                        self._turn = 0
+                        self.w.loop.call_soon(self._advance)
                         return
-                    except ClientError as exc:
-                        if exc.status != 404 or not route.upstream:
-                            raise
-                elif not route.upstream:
-                    raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
-            group = runtime.groups[route.upstream]
-            wanted = upgrade.decide(head.headers, head.http_version, group.config.upgrade)  # 400 if refused
-            self.forwarding = True
-            try:
-                await forward(self, head, body, group, exchange, wanted)
-            finally:
-                self.forwarding = False
+                elif event is codec.NEED_DATA:
+                    if self.state is IDLE and parser.head_started:
+                        self.state = HEAD
+                        self.w.timers.arm(self, self.w.config.limits.header_timeout)
+                    return
+                elif event is codec.CLOSED:
+                    self._close()
+                    return
+                else:  # PAUSED: an answer must complete first
+                    return
         finally:
-            if body is not None:
-                body.close()
+            self._advancing = False
 
-    def _serve_status(self, head: RequestHead, exchange: Exchange, status) -> None:
-        """The proxy's own pages; 404 for clients outside ``[status] allow`` so they learn nothing."""
-        if not status.allows(self.client_ip):
-            raise ClientError("status page not allowed for this client", 404, keep_alive=True)
-        if head.method not in (b"GET", b"HEAD"):
-            raise ClientError("method not allowed", 405, ALLOW_GET_HEAD, keep_alive=True)
-        if head.path == status.path:
-            document = metrics.status_document(self.runtime.merged_metrics(), self.runtime.config.server.name)
+    def _on_head(self, head) -> None:
+        w = self.w
+        self.exchange = exchange = Exchange(head, w.new_request_id(head.get(b"x-request-id")))
+        w.conns.active += 1
+        action = self.action = w.decider.decide(head, self.facts)
+        self.state = BODY
+        if not head.has_body:
+            return
+        kind = type(action)
+        if kind is Forward or (kind is Static and type(action.otherwise) is Forward):
+            limits = w.config.limits
+            self.body = RequestBody(limits.body_buffer_bytes, w.config.server.temp_dir)
+        if head.expect_continue:
+            self.transport.write(codec.CONTINUE)
+        exchange.route = getattr(getattr(action, "route", None), "prefix", "")
+        w.timers.arm(self, w.config.limits.body_timeout)
+
+    def _on_end(self) -> None:
+        self.state = RESPOND
+        self.w.timers.disarm(self)
+        self._held = 0
+        try:
+            self.execute(self.action)
+        except ProxyError as exc:
+            self.fail(exc)
+
+    # --- carrying out an action ---
+
+    def execute(self, action) -> None:
+        """Carry out ``action`` for the current request (also what a static miss falls back to)."""
+        kind = type(action)
+        if kind is Forward:
+            self.exchange.route = action.route.prefix
+            self.responder = Forwarding(self, action, self.body)
+            self.responder.start()
+        elif kind is Static:
+            self.exchange.route = action.route.prefix
+            serve_static(self, action)
+        elif kind is Reply:
+            self.reply(action)
+        elif kind is StatusPage:
+            self._status_page(action)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def reply(self, reply: Reply) -> None:
+        exchange = self.exchange
+        exchange.handler = reply.handler
+        if reply.status >= 500:
+            line = exchange.head.request_line if exchange.head is not None else "-"
+            log.info("%s %s: %s", self.client_ip, line, reply.why)
+        headers = list(reply.headers)
+        body = reply.body
+        if body is None:
+            body = error_page(reply.status, self.w.server_name)
+            headers.append(HTML)
+        self.respond(reply.status, headers, body, keep_alive=reply.keep_alive)
+
+    def _status_page(self, page: StatusPage) -> None:
+        w = self.w
+        if page.kind == "status":
+            document = metrics.status_document(w.merged_metrics(), w.config.server.name)
             body = metrics.render_json(document)
             kind = b"application/json"
         else:
-            body = metrics.render_prometheus(self.runtime.merged_metrics())
+            body = metrics.render_prometheus(w.merged_metrics())
             kind = b"text/plain; version=0.0.4; charset=utf-8"
-        self.respond(exchange, 200, body, [(b"content-type", kind), (b"cache-control", b"no-store")])
+        self.respond(200, [(b"content-type", kind), (b"cache-control", b"no-store")], body)
 
-    async def _serve_static(self, route, head: RequestHead, exchange: Exchange) -> None:
-        exchange.handler = "static"
-        runtime = self.runtime
-        files = runtime.files
-        found = files.lookup(route, head.path, head.query, runtime.loop.time())
-        if type(found) is static.Redirect:
-            self.respond(exchange, 301, error_page(301, self.runtime.server_name),
-                         [(b"location", found.location), (b"content-type", b"text/html; charset=utf-8")])
-            return
-        if type(found) is static.Listing:
-            page = static.listing_page(found.folder, found.url_path, route.dotfiles)
-            self.respond(exchange, 200, page, [(b"content-type", b"text/html; charset=utf-8")])
-            return
-        variant = found.choose(head.get(b"accept-encoding"))
-        plan = static.plan(variant, head.method, head.headers)
-        fd = None
-        try:
-            if plan.body is None:  # the bytes are not cached: open the file
-                try:
-                    fd = os.open(variant.path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    files.forget(route, head.path)
-                    raise ClientError("no such file", 404, keep_alive=True) from None
-                except OSError:
-                    files.forget(route, head.path)
-                    raise ClientError("cannot open file", 403, keep_alive=True) from None
-                info = os.fstat(fd)
-                if not variant.matches(info):
-                    # Changed since it was looked up: the next request looks it up again, and
-                    # this one is answered for the file actually opened.
-                    files.forget(route, head.path)
-                    variant = variant.restated(info)
-                    plan = static.plan(variant, head.method, head.headers)
-            if plan.status == 412:
-                raise ClientError("precondition failed", 412, keep_alive=True)
-            if plan.status == 416:
-                self.respond(exchange, 416, error_page(416, self.runtime.server_name),
-                             [(b"content-type", b"text/html; charset=utf-8"), *plan.headers])
-                return
-            data = plan.body
-            if data is None and head.method == b"GET" and len(plan.parts) == 1 \
-                    and plan.content_length <= static.SMALL_FILE:
-                offset, length = plan.parts[0]
-                data = os.pread(fd, length, offset)
-                if len(data) != length:
-                    data = None
-            if data is not None:
-                # A small file goes out with its head in one write (one send(2), not two).
-                payload = self.response_head(exchange, plan.status, plan.headers)
-                if data:
-                    payload += self.conn.send(h11.Data(data=data))
-                    exchange.body_bytes += len(data)
-                self.channel.write(payload + self.conn.send(h11.EndOfMessage()))
-                return
-            self.start_response(exchange, plan.status, plan.headers)
-            await send_file(self, fd, plan.parts, exchange)
-        finally:
-            if fd is not None:
-                os.close(fd)
+    # --- writing the answer: the interface FileSender and Forwarding use (respond, start_response,
+    # write, finish, fail, write_paused; resume_writing calls the responder's ``writable``) ---
 
-    # --- writing ---
-
-    def _base_headers(self, exchange: Exchange) -> list[tuple[bytes, bytes]]:
-        runtime = self.runtime
-        headers = [(b"server", runtime.server_name), (b"date", runtime.clock.date()),
-                   (b"x-request-id", exchange.request_id)]
-        conn = self.conn
+    def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+                   reason: bytes = b"", keep_alive: bool = True) -> bytes:
+        """The serialised head of the answer, the proxy's headers added and the framing chosen."""
+        w = self.w
+        exchange = self.exchange
         head = exchange.head
-        if (runtime.closing or conn.requests >= runtime.config.limits.keepalive_requests
-                or (head is not None and not head.keep_alive)):
-            headers.append((b"connection", b"close"))
-        return headers
-
-    def start_response(self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]],
-                       reason: bytes = b"") -> None:
-        self.channel.write(self.response_head(exchange, status, headers, reason))
-
-    def response_head(self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]],
-                      reason: bytes = b"") -> bytes:
-        """The serialised head of our answer (the proxy's own headers added)."""
-        now = perf_counter()
+        keep_alive = (keep_alive and head is not None and head.keep_alive and not w.conns.closing
+                      and self.parser.requests < w.config.limits.keepalive_requests)
+        framing = codec.response_framing(
+            head.http_version if head is not None else b"1.1", head.method if head is not None else b"GET",
+            keep_alive, status, length)
+        self.framing = framing.kind
+        self.keep_alive = framing.keep_alive
         exchange.status = status
-        all_headers = self._base_headers(exchange)
-        all_headers += headers  # a list or a tuple (static.Plan's are shared, so tuples)
-        if self.scheme == b"https" and self.runtime.tls is not None and self.runtime.tls.hsts \
-                and not any(name == b"strict-transport-security" for name, _ in headers):
-            all_headers += self.runtime.tls.hsts  # [tls] hsts, unless the app sent its own
-        all_headers.append((b"server-timing", exchange.server_timing(now)))
-        # Every name and value here was parsed by h11 already or made by the proxy from
-        # validated parts (config strings are checked at load), so h11's per-header regexes
-        # are skipped (_parsed=True; tests/unit/test_h11_contract.py guards the assumption).
-        return self.conn.send(h11.Response(
-            status_code=status, headers=all_headers, reason=reason or reason_phrase(status), _parsed=True))
+        headers += framing.headers
+        added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
+                                client_ip=self.client_ip, now=perf_counter(), present=headers)
+        return codec.response_head(status, reason or reason_phrase(status), added + headers)
 
-    def respond(self, exchange: Exchange, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        """A complete response the proxy makes itself."""
-        if not any(name == b"content-length" for name, _ in headers):
-            headers = [*headers, (b"content-length", b"%d" % len(body))]
-        conn = self.conn
-        payload = self.response_head(exchange, status, headers)
-        if body and exchange.head is not None and exchange.head.method != b"HEAD" and status not in (204, 304):
-            payload += conn.send(h11.Data(data=body))
-            exchange.body_bytes += len(body)
-        self.channel.write(payload + conn.send(h11.EndOfMessage()))  # one write: one send(2)
+    def start_response(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+                       reason: bytes = b"", spool: tuple[int, int] | None = None) -> None:
+        """Send the head of an answer whose body follows through ``write`` and ends with ``finish``.
 
-    def _answer_error(self, exc: ProxyError, exchange: Exchange) -> bool:
-        """Answer an error; True when the connection stays open for the next request.
-
-        It stays open only when the request was read completely and the error
-        does not doubt the framing (404, 405, 412...); otherwise the answer
-        carries Connection: close and the caller drains what is left.
+        ``spool`` (memory limit, file limit): queue what the client cannot take yet (buffers.Spool),
+        so a fast producer (an upstream) is read at its own pace; without it, the producer writes only
+        while ``write_paused`` is false (a FileSender).
         """
-        runtime = self.runtime
-        status = exc.status
-        if status >= 500:
-            log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
-        extra = list(exc.headers)
-        h11_conn = self.conn.h11
-        # MIGHT_SWITCH_PROTOCOL: a request that asked to upgrade was read completely; answering it denies the switch.
-        if (not isinstance(exc, ClientError) or exc.keep_alive) \
-                and h11_conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL) \
-                and h11_conn.our_state is h11.SEND_RESPONSE:
-            self.respond(exchange, status, error_page(status, runtime.server_name),
-                         [(b"content-type", b"text/html; charset=utf-8"), *extra])
-            self._log(exchange)
-            return self.conn.can_keep_alive
-        exchange.status = status
-        head_only = exchange.head is not None and exchange.head.method == b"HEAD"
-        extra.append((b"x-request-id", exchange.request_id))
-        if self.scheme == b"https" and runtime.tls is not None:
-            extra += runtime.tls.hsts
-        self.channel.write(error_bytes(status, runtime.server_name, runtime.clock.date(),
-                                       head_only=head_only, extra=extra))
-        exchange.body_bytes = 0 if head_only else len(error_page(status, runtime.server_name))
-        self._log(exchange)
-        return False
+        if spool is not None:
+            self.spool = Spool(self, spool[0], spool[1], self.w.config.server.temp_dir)
+        self.transport.write(self.head_bytes(status, headers, length, reason))
 
-    async def _linger(self) -> None:
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                length: int | None = None, keep_alive: bool = True) -> None:
+        """A complete answer in one write (one send(2)), then the next request. ``length``: the
+        Content-Length of a body that is not sent (HEAD, 304), when it differs from ``len(body)``."""
+        payload = self.head_bytes(status, headers, len(body) if length is None else length,
+                                  keep_alive=keep_alive)
+        if self.framing != "none" and body:
+            payload += body
+            self.exchange.body_bytes += len(body)
+        self.transport.write(payload)
+        self.finish()
+
+    def write(self, data) -> None:
+        """Bytes of the body, framed (chunked when the length was not known)."""
+        if self.framing == "chunked":
+            data = codec.chunk(data)
+        elif self.framing == "none":
+            return
+        spool = self.spool
+        if spool is not None:
+            spool.push(data)
+        else:
+            self.transport.write(data)
+
+    def finish(self) -> None:
+        """The producer handed over the whole body: end it, then complete once the last byte is queued."""
+        if self.framing == "chunked":
+            self.write_raw(codec.LAST_CHUNK)
+        spool = self.spool
+        if spool is not None and spool.pending:
+            spool.when_flushed(self._complete)
+        else:
+            self._complete()
+
+    def write_raw(self, data: bytes) -> None:
+        spool = self.spool
+        if spool is not None:
+            spool.push(data)
+        else:
+            self.transport.write(data)
+
+    def _complete(self) -> None:
+        if self.state is not RESPOND:
+            return
+        self._end_exchange()
+        if not self.keep_alive:
+            self.state = CLOSED
+            self.transport.close()  # after the buffered bytes are sent
+            if self.transport.get_write_buffer_size():
+                self.w.timers.arm(self, self.w.config.limits.send_timeout)
+            return
+        self.state = IDLE
+        self.parser.start_next_cycle()
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        w = self.w
+        w.timers.arm(self, DRAIN_IDLE if w.conns.closing else w.config.limits.keepalive_timeout)
+        self._advance()
+
+    def _end_exchange(self) -> None:
+        """Log the request and forget it."""
+        self.w.conns.active -= 1
+        self._log_exchange()
+
+    def _log_exchange(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.action = None
+        self.responder = None
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self.w.log.write(exchange, self.client_ip)
+
+    # --- errors: the edge ---
+
+    def fail(self, exc: ProxyError) -> None:
+        """Answer an error raised while a request was handled; the connection stays open when it can."""
+        exchange = self.exchange
+        if exchange is None or self.state is CLOSED:
+            return
+        if exchange.status:  # the answer had started: all that can be done is to cut it short
+            log.info("%s %s: %s (answer cut short)", self.client_ip,
+                     exchange.head.request_line if exchange.head else "-", exc)
+            self.abort()
+            return
+        self.responder = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        keep_alive = not isinstance(exc, ClientError) or exc.keep_alive
+        self.reply(Reply(exc.status, str(exc), tuple(exc.headers), keep_alive=keep_alive))
+
+    def _refuse(self, exc: ClientError) -> None:
+        """The request itself is refused (malformed, too large, too slow): answer, then close."""
+        w = self.w
+        if self.exchange is None:
+            self.exchange = Exchange(getattr(exc, "head", None), w.new_request_id(None))
+            w.conns.active += 1
+        exchange = self.exchange
+        exchange.handler = "local"
+        if exc.status >= 500:
+            log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
+        reply = refusal(exc)
+        body = error_page(reply.status, w.server_name)
+        self.framing = "length"
+        head = exchange.head
+        headers = [*reply.headers, HTML, (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
+                                client_ip=self.client_ip, now=perf_counter(), present=headers)
+        exchange.status = reply.status
+        payload = codec.response_head(reply.status, reason_phrase(reply.status), added + headers)
+        if head is None or head.method != b"HEAD":
+            payload += body
+            exchange.body_bytes = len(body)
+        self.transport.write(payload)
+        self.state = RESPOND  # so _end_exchange and the counters see one finished request
+        self._end_exchange()
+        self._linger()
+
+    def _linger(self) -> None:
         """Half-close, then read and drop what the client still sends (nginx's lingering close)."""
-        self.channel.write_eof()
-        loop = self.runtime.loop
-        deadline = loop.time() + LINGER_SECONDS
-        dropped = 0
-        while dropped < LINGER_BYTES:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
+        self.state = LINGER
+        self._dropped = 0
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
             try:
-                data = await self.channel.recv(remaining)
-            except TimeoutError:
-                return
-            if not data:
-                return
-            dropped += len(data)
+                self.transport.write_eof()
+            except OSError:
+                pass
+        self.w.timers.arm(self, LINGER_SECONDS)
+
+    # --- closing ---
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self.w.timers.disarm(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def stopping(self, linger: float) -> None:
+        """The worker is stopping: an idle connection is closed after ``linger`` seconds; a busy one
+        finishes its request and is answered with Connection: close."""
+        if self.state is IDLE and not self.parser.head_started:
+            self.w.timers.arm(self, linger)
+        elif self.state is TUNNEL:
+            self.tunnel.finish("shutdown")
+
+    # --- a tunnel (tunnel.start_tunnel) ---
+
+    def became_tunnel(self, tunnel) -> None:
+        """The transport now belongs to ``tunnel``; an open tunnel is not a request in flight (a graceful
+        stop closes it at once), so it no longer counts as active."""
+        self.state = TUNNEL
+        self.tunnel = tunnel
+        self.responder = None
+        self.w.timers.disarm(self)
+        self.w.conns.active -= 1
+
+    def tunnel_ended(self) -> None:
+        if self.exchange is not None:
+            self._log_exchange()
+
+    def tunnel_lost(self) -> None:
+        self.state = CLOSED
+        self.w.conns.discard(self)
+
+    @property
+    def busy(self) -> bool:
+        return self.exchange is not None
 

@@ -5,7 +5,7 @@ swallow failed handshakes without a word (it logs them only in debug mode),
 or fail the accepting task with them. Accepting plain TCP and calling
 ``loop.start_tls`` per connection instead puts every failure in our hands:
 counted in the metrics, and logged once a minute at most
-(``tls.FailureLog``). Each handshake uses ``runtime.tls``, the certificates
+(``tls.FailureLog``). Each handshake uses ``worker.tls``, the certificates
 this worker was started with; a reload (SIGHUP to the master) starts new
 workers with certificates read afresh, and no socket is closed.
 
@@ -31,7 +31,7 @@ from typing import Callable
 
 from ..config import Address
 from ..tls import Certificates, FailureLog, classify, describe
-from .channel import Channel
+from .client import ClientProtocol
 from .sockets import bound_address
 
 log = logging.getLogger("proxy")
@@ -49,11 +49,29 @@ if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > SSL_READ_BUFFER:
     asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
 
 
-class TlsChannel(Channel):
-    """A Channel over TLS. TLS has no half-close in asyncio: a client's close_notify (or FIN) ends the
-    connection, and returning True from eof_received would only make asyncio log a warning."""
+class TlsClientProtocol(ClientProtocol):
+    """A client connection over TLS. TLS has no half-close in asyncio: a client's close_notify (or FIN)
+    ends the connection, and returning True from eof_received would only make asyncio log a warning."""
 
-    __slots__ = ()
+    __slots__ = ("_early",)
+
+    def __init__(self, worker, scheme: bytes = b"https") -> None:
+        super().__init__(worker, scheme)
+        self._early: list[bytes] | None = []
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        early, self._early = self._early, None
+        for data in early:
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        # The handshake's last read may carry the first request: asyncio hands it over before
+        # start_tls returns, so before connection_made; it is kept until then.
+        if self._early is not None:
+            self._early.append(data)
+        else:
+            super().data_received(data)
 
     def eof_received(self) -> bool:
         super().eof_received()
@@ -64,22 +82,22 @@ class _Holding(asyncio.Protocol):
     """Owns a fresh TCP connection on a TLS port until ``start_tls`` takes it over, keeping whatever it
     reads before then (``early``: the start of the ClientHello, under uvloop only)."""
 
-    __slots__ = ("_runtime", "_transport", "early")
+    __slots__ = ("_worker", "_transport", "early")
 
-    def __init__(self, runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, worker) -> None:
+        self._worker = worker
         self._transport: asyncio.Transport | None = None
         self.early = bytearray()
 
     def connection_made(self, transport) -> None:
-        runtime = self._runtime
-        edge = runtime.edge
-        if runtime.at_capacity():
+        worker = self._worker
+        edge = worker.edge
+        if worker.conns.at_capacity(len(edge.handshakes)):
             transport.abort()  # there is no way to say 503 before the handshake
             return
         self._transport = transport
         transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
-        task = runtime.loop.create_task(_handshake(runtime, transport, self))
+        task = worker.loop.create_task(_handshake(worker, transport, self))
         edge.handshakes.add(task)
         task.add_done_callback(edge.handshakes.discard)
 
@@ -121,25 +139,24 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
         view = view[n:]
 
 
-async def _handshake(runtime, transport: asyncio.Transport, holding: _Holding) -> None:
+async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) -> None:
     if transport.is_closing():  # reset before this task ran
-        runtime.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), runtime)
+        worker.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), worker)
         return
-    channel = TlsChannel(runtime.loop)
+    protocol = TlsClientProtocol(worker, b"https")
     if holding.early:
-        runtime.loop.call_soon(_replay, transport, holding)
+        worker.loop.call_soon(_replay, transport, holding)
     try:
-        tls_transport = await runtime.loop.start_tls(
-            transport, channel, runtime.tls.default, server_side=True,
-            ssl_handshake_timeout=runtime.config.limits.header_timeout)
+        tls_transport = await worker.loop.start_tls(
+            transport, protocol, worker.tls.default, server_side=True,
+            ssl_handshake_timeout=worker.config.limits.header_timeout)
     except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; so are resets and asyncio's timeout
         transport.abort()
-        runtime.edge.handshake_failed(exc, transport.get_extra_info("peername"), runtime)
+        worker.edge.handshake_failed(exc, transport.get_extra_info("peername"), worker)
         return
-    runtime.metrics.tls_handshakes += 1
-    runtime.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
-    channel.connection_made(tls_transport)
-    runtime.accept(channel, scheme=b"https")
+    worker.metrics.tls_handshakes += 1
+    worker.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
+    protocol.connection_made(tls_transport)
 
 
 class EdgeState:
@@ -150,11 +167,11 @@ class EdgeState:
         self.failures = FailureLog()
         self.https_port: int | None = None  # the first TLS listener's bound port, for redirect_http
 
-    def handshake_failed(self, exc: BaseException, peer, runtime) -> None:
+    def handshake_failed(self, exc: BaseException, peer, worker) -> None:
         failure = classify(exc)
-        runtime.metrics.tls_failures[failure.kind] += 1
+        worker.metrics.tls_failures[failure.kind] += 1
         host = str(Address(peer[0], peer[1])) if peer else "?"
-        line = self.failures.note(failure, host, runtime.loop.time())
+        line = self.failures.note(failure, host, worker.loop.time())
         if line is not None:
             log.warning("%s", line)
 
@@ -167,9 +184,9 @@ class EdgeState:
             task.cancel()
 
 
-def tls_protocol(runtime) -> Callable[[], asyncio.Protocol]:
+def tls_protocol(worker) -> Callable[[], asyncio.Protocol]:
     """The protocol factory for connections accepted on a [tls] socket."""
-    return lambda: _Holding(runtime)
+    return lambda: _Holding(worker)
 
 
 def log_tls_listening(sockets, certificates: Certificates | None) -> None:

@@ -5,7 +5,7 @@ answered 101 and the 101 is on its way to the client, each connection's
 transport gets a small protocol (``_End``) through ``transport.set_protocol``,
 and bytes received on one end are written straight to the other's
 transport. Backpressure is asyncio's own flow control: when one transport's
-write buffer passes its high-water mark (channel.WRITE_HIGH_WATER) it calls
+write buffer passes its high-water mark (client.WRITE_HIGH_WATER) it calls
 ``pause_writing`` on its protocol, which pauses reading on the other
 transport, and ``resume_writing`` resumes it. A tunnel therefore holds at
 most about one write buffer per direction, however fast either side sends
@@ -28,26 +28,27 @@ the access log gets one line per tunnel when it ends.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
-import h11
-
+from ..http import codec
+from ..http.responses import reason as reason_phrase
 from ..http.upgrade import switching_headers
 
 
 class _End(asyncio.Protocol):
     """One connection of a tunnel; ``other`` is the connection its bytes go to."""
 
-    __slots__ = ("tunnel", "side", "channel", "transport", "other", "direction", "eof", "tls")
+    __slots__ = ("tunnel", "side", "transport", "other", "direction", "eof", "tls", "on_lost")
 
     def __init__(self, tunnel: "Tunnel", side: str, direction: str) -> None:
         self.tunnel = tunnel
         self.side = side  # "client" or "upstream": who ended the tunnel, in the log
         self.direction = direction  # where this end's bytes go, for the counters
-        self.channel = None  # the Channel this end took over; told when the connection is gone
         self.transport: asyncio.Transport | None = None
         self.other: _End
         self.eof = False
         self.tls = False
+        self.on_lost = None  # told when this connection is gone (the client side: the worker's books)
 
     def __repr__(self) -> str:
         return f"<_End {self.side} eof={self.eof}>"
@@ -65,8 +66,9 @@ class _End(asyncio.Protocol):
         return not self.tls  # over TCP keep our write side open: the other side may still answer
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.channel.connection_lost(exc)  # so whoever waits on the Channel's close (the handler) is released
         self.tunnel.finish(self.side)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def pause_writing(self) -> None:
         self.other.transport.pause_reading()
@@ -76,27 +78,27 @@ class _End(asyncio.Protocol):
 
 
 class Tunnel:
-    """Two transports joined after a 101. ``done`` completes when the tunnel has ended."""
+    """Two transports joined after a 101; ``on_end`` is called once when the tunnel has ended."""
 
-    __slots__ = ("loop", "runtime", "metrics", "protocol", "idle_timeout", "close_timeout", "client", "upstream", "done",
-                 "ended_by", "last_activity", "started", "bytes", "_timer", "_closing")
+    __slots__ = ("loop", "closing", "metrics", "protocol", "idle_timeout", "close_timeout", "client", "upstream",
+                 "on_end", "ended_by", "last_activity", "bytes", "_timer")
 
-    def __init__(self, runtime, protocol: bytes, idle_timeout: float, close_timeout: float) -> None:
-        loop = self.loop = runtime.loop
-        self.runtime = runtime
-        self.metrics = runtime.metrics
+    def __init__(self, loop, metrics, protocol: bytes, idle_timeout: float, close_timeout: float,
+                 on_end, closing=lambda: False) -> None:
+        self.loop = loop
+        self.closing = closing  # True while the worker stops: the log then says "shutdown"
+        self.metrics = metrics
         self.protocol = protocol
         self.idle_timeout = idle_timeout
         self.close_timeout = close_timeout  # a side that stops reading may hold a closing transport this long
         self.client = _End(self, "client", "to_upstream")
         self.upstream = _End(self, "upstream", "to_client")
         self.client.other, self.upstream.other = self.upstream, self.client
-        self.done: asyncio.Future = loop.create_future()
+        self.on_end = on_end
         self.ended_by = ""
-        self.started = self.last_activity = loop.time()
+        self.last_activity = loop.time()
         self.bytes = {"to_upstream": 0, "to_client": 0}
         self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
 
     def __repr__(self) -> str:
         state = f"ended by {self.ended_by}" if self.ended_by else "open"
@@ -107,26 +109,26 @@ class Tunnel:
         self.bytes[direction] += n
         self.metrics.tunnel_bytes[direction] += n
 
-    def start(self, client_channel, upstream_channel, to_upstream: bytes, to_client: bytes) -> None:
-        """Take over both connections from their Channels, with the bytes already read on each side."""
+    def start(self, client, upstream, to_upstream: bytes, to_client: bytes) -> None:
+        """Take over both connections' transports (``client`` and ``upstream`` are their protocols),
+        with the bytes already read on each side."""
         self.metrics.tunnels_open += 1
         self.metrics.tunnels_total += 1
-        ends = ((self.client, client_channel, to_upstream), (self.upstream, upstream_channel, to_client))
-        for end, channel, _ in ends:
-            end.channel, end.transport = channel, channel.transport
-            end.tls = not channel.transport.can_write_eof()
-            channel.on_lost = None  # the handler's 499 logic is for requests; the tunnel logs its own end
-        for end, channel, early in ends:
+        ends = ((self.client, client, to_upstream), (self.upstream, upstream, to_client))
+        for end, owner, _ in ends:
+            end.transport = owner.transport
+            end.tls = not owner.transport.can_write_eof()
+        for end, owner, early in ends:
             if early:
                 self.count(end.direction, len(early))
                 end.other.transport.write(early)
             end.transport.set_protocol(end)
-            if channel.write_paused:  # the Channel saw pause_writing: hold the other side until resume_writing
+            if owner.write_paused:  # it saw pause_writing: hold the other side until resume_writing
                 end.other.transport.pause_reading()
-        for end, channel, _ in ends:
-            if channel.lost or end.transport.is_closing():
+        for end, owner, _ in ends:
+            if end.transport.is_closing():
                 self.finish(end.side)
-            elif channel.at_eof:
+            elif owner.eof:
                 end.eof = True
                 self.end_of_input(end)
         if not self.ended_by:
@@ -152,7 +154,7 @@ class Tunnel:
         """End the tunnel (once): close both connections, flushing what they still hold."""
         if self.ended_by:
             return
-        self.ended_by = "shutdown" if self.runtime.closing else ended_by
+        self.ended_by = "shutdown" if self.closing() else ended_by
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -169,47 +171,42 @@ class Tunnel:
                 stuck = stuck or transport.get_write_buffer_size() > 0
         if stuck:  # close() waits for the peer to read the buffer; a peer that never does is cut off
             self.loop.call_later(self.close_timeout, self._abort)
-        if not self.done.done():
-            self.done.set_result(None)
+        self.on_end(self)
 
     def _abort(self) -> None:
         for end in (self.client, self.upstream):
             if end.transport is not None:
                 end.transport.abort()
 
-    @property
-    def duration(self) -> float:
-        return self.loop.time() - self.started
 
+def start_tunnel(client, conn, response, upstream, on_end) -> None:
+    """Answer 101 to the client and relay both ways until the tunnel ends; one access-log line follows.
 
-def _drain(channel) -> bytes:
-    """Every chunk a Channel received and nobody read yet."""
-    parts = []
-    while channel.has_data:
-        parts.append(channel.take())
-    return b"".join(parts)
-
-
-async def run_tunnel(handler, conn, response: h11.InformationalResponse, exchange, upstream) -> None:
-    """Answer 101 to the client and relay both ways until the tunnel ends; one access-log line follows."""
-    runtime = handler.runtime
-    client = handler.conn
-    headers = [(b"server", runtime.server_name), (b"date", runtime.clock.date()),
-               (b"x-request-id", exchange.request_id), *switching_headers(list(response.headers), via=runtime.via)]
-    handler.channel.write(client.send(h11.InformationalResponse(
-        status_code=101, headers=headers, reason=response.reason or b"Switching Protocols")))
+    ``client`` is the ClientProtocol, ``conn`` the UpstreamConnection that answered 101 (already out
+    of its pool); ``on_end`` is called when the tunnel has ended.
+    """
+    w = client.w
+    exchange = client.exchange
+    headers = switching_headers(list(response.headers), via=w.via)
+    added = w.stamp.headers(exchange, date=w.clock.date(), https=client.scheme == b"https",
+                            client_ip=client.client_ip, now=perf_counter(), present=headers)
     exchange.status = 101
+    client.transport.write(codec.response_head(101, reason_phrase(101), added + headers))
     # Bytes that came after the heads (a client may send its first frame before it sees the 101, a server
-    # right after it) are in h11's buffers and the Channels', in that order.
-    to_upstream = bytes(client.h11.trailing_data[0]) + _drain(handler.channel)
-    to_client = bytes(conn.protocol.h11.trailing_data[0]) + _drain(conn.channel)
+    # right after it) are held by each side's parser.
+    to_upstream = client.parser.take_trailing()
+    to_client = conn.parser.take_trailing()
     protocol = next((v for n, v in response.headers if n == b"upgrade"), b"?")
-    tunnel = Tunnel(runtime, protocol, upstream.websocket_idle_timeout, runtime.config.limits.send_timeout)
-    exchange.tunnel = tunnel
-    tunnel.start(handler.channel, conn.channel, to_upstream, to_client)
-    handler.busy = False  # an open tunnel is not a request in flight: a graceful stop closes it at once
-    try:
-        await tunnel.done
-    finally:
-        tunnel.finish("shutdown")  # cancelled (grace period over): no-op when it had ended
+
+    def ended(tunnel: Tunnel) -> None:
+        exchange.tunnel = (protocol.decode("latin-1"), tunnel.bytes["to_upstream"], tunnel.bytes["to_client"],
+                           tunnel.ended_by)
         exchange.body_bytes = tunnel.bytes["to_client"]
+        client.tunnel_ended()
+        on_end()
+
+    tunnel = Tunnel(w.loop, w.metrics, protocol, upstream.websocket_idle_timeout, w.config.limits.send_timeout,
+                    ended, closing=lambda: w.conns.closing)
+    client.became_tunnel(tunnel)
+    tunnel.client.on_lost = client.tunnel_lost
+    tunnel.start(client, conn, to_upstream, to_client)

@@ -22,6 +22,8 @@ succeed after its last failed try, rather than waiting out ``fail_timeout``.
 from __future__ import annotations
 
 import asyncio
+import collections
+import ipaddress
 import logging
 import socket
 
@@ -55,7 +57,8 @@ class Peer:
         self.address = address
         self.group = group
         self.pool = ServerPool(address, keepalive=config.keepalive, idle_timeout=config.idle_timeout,
-                               connect_timeout=config.connect_timeout, loop=group.loop)
+                               connect_timeout=config.connect_timeout, loop=group.loop, timers=group.timers,
+                               engine=group.engine)
         self.current_weight = 0
         self.in_flight = 0
         self.requests = 0
@@ -93,19 +96,24 @@ class Peer:
 
 
 class UpstreamGroup:
-    def __init__(self, config: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Upstream, loop: asyncio.AbstractEventLoop, timers=None, engine: str = "auto") -> None:
         self.config = config
         self.name = config.name
         self.loop = loop
+        self.timers = timers  # server.timers.Deadlines, for the pools' idle connections
+        self.engine = engine  # the HTTP/1.1 engine of the pools' connections ([server] http_engine)
         self.policy = POLICIES[config.balance]
         self.peers: list[Peer] = []
+        # Requests waiting for a server under max_conns (nginx Plus "queue"), oldest first.
+        self.waiting: collections.deque = collections.deque()
         self._resolver: asyncio.Task | None = None
         for spec in config.servers:
             if is_ip_literal(spec.address.host):
                 self._add(spec, spec.address)
 
     def __repr__(self) -> str:
-        return f"<UpstreamGroup {self.name} {self.config.balance} peers={[str(p.address) for p in self.peers]}>"
+        return (f"<UpstreamGroup {self.name} {self.config.balance} peers={[str(p.address) for p in self.peers]} "
+                f"queued={len(self.waiting)}>")
 
     # --- life cycle ---
 
@@ -206,6 +214,24 @@ class UpstreamGroup:
             peer = self.policy([p for p in self.peers if p.spec.backup], usable, key)
         return peer
 
+    def only_busy(self, tried: set) -> bool:
+        """No peer can take a request now, but one that was not tried would if it were under max_conns:
+        the request may wait in the queue (when the queue has room)."""
+        if len(self.waiting) >= self.config.queue:
+            return False
+        now = self.loop.time()
+        return any(p not in tried and p.spec.max_conns and p.in_flight >= p.spec.max_conns
+                   and not p.draining and p.health.up and p.failed_until <= now for p in self.peers)
+
+    def enqueue(self, waiter) -> None:
+        self.waiting.append(waiter)
+
+    def dequeue(self, waiter) -> None:
+        try:
+            self.waiting.remove(waiter)
+        except ValueError:
+            pass
+
     def has_other(self, tried: set) -> bool:
         """Some peer not tried yet is available (does not advance any policy's state)."""
         now = self.loop.time()
@@ -242,10 +268,12 @@ class UpstreamGroup:
         peer.failing = 0
 
     def finished(self, peer: Peer) -> None:
-        """A request to ``peer`` ended (either way)."""
+        """A request to ``peer`` ended (either way); the oldest queued request may now get a server."""
         peer.in_flight -= 1
         if peer.draining and peer.in_flight == 0:
             self._remove_drained()
+        if self.waiting:
+            self.loop.call_soon(self.waiting.popleft().dequeued)
 
     def retry_after(self) -> int:
         """Seconds until some peer may be available again (for 503's Retry-After)."""

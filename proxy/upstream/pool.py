@@ -1,120 +1,189 @@
-"""Keep-alive connections to one upstream server, shared by every client connection.
+"""Connections to one upstream server: each in an explicit state, kept alive between requests.
+
+States, and the only moves between them::
+
+    CONNECTING --connected--> ACTIVE --release--> IDLE --acquire--> ACTIVE
+        |                       |                   |
+        +--failed--> CLOSED     +--discard--> CLOSING --lost--> CLOSED
+                                                    (idle_timeout, EOF, trimmed past keepalive)
+
+The counters in ``__repr__`` and on the status page are these states counted
+as connections move, never inferred from transports.
 
 Idle connections are kept newest-last and reused newest-first (LIFO), so the
 ones at the old end are the first to pass ``idle_timeout`` and be closed. A
 connection the server closed while it sat idle (Gunicorn closes after its own
 keep-alive) has seen EOF by the time it is picked, and is replaced; the
 narrower race, a close in flight as the request is sent, is handled by the
-caller retrying idempotent requests on a new connection (forward.py).
+caller retrying idempotent requests on a new connection (server/forward.py).
+
+A waiter (the request that wants a connection) is called back:
+``connected(conn, reused)`` or ``connect_failed(error)``; nothing here awaits
+except opening a new connection, the one step that needs a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import socket
+from typing import Protocol
 
 from ..config import Address
-from ..errors import UpstreamError, UpstreamTimeout
-from ..http.outbound import UpstreamProtocol
-from ..server.channel import Channel
+from ..errors import UpstreamError, connect_error
+
+CONNECTING, IDLE, ACTIVE, CLOSING, CLOSED = "connecting", "idle", "active", "closing", "closed"
 
 
-class UpstreamConnection:
-    __slots__ = ("channel", "protocol", "pool", "idle_since")
+class Waiter(Protocol):
+    cancelled: bool
 
-    def __init__(self, channel: Channel, pool: "ServerPool") -> None:
-        self.channel = channel
-        self.protocol = UpstreamProtocol()
-        self.pool = pool
-        self.idle_since = 0.0
+    def connected(self, conn, reused: bool) -> None: ...
 
-    def __repr__(self) -> str:
-        return f"<UpstreamConnection {self.pool.address} requests={self.protocol.requests} {self.channel!r}>"
-
-    @property
-    def usable(self) -> bool:
-        return not self.channel.at_eof and not self.channel.has_data and not self.channel.transport.is_closing()
+    def connect_failed(self, error: UpstreamError) -> None: ...
 
 
 class ServerPool:
-    """The idle connections of one server and the counters that describe its use."""
+    """The connections of one server and the counters that describe its use."""
 
     def __init__(self, address: Address, *, keepalive: int, idle_timeout: float, connect_timeout: float,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, timers, engine: str = "auto") -> None:
         self.address = address
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self.loop = loop or asyncio.get_running_loop()
-        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self.loop = loop
+        self.timers = timers  # server.timers.Deadlines: closes idle connections after idle_timeout
+        self.engine = engine
+        self.idle: collections.deque = collections.deque()
+        self.counts = {CONNECTING: 0, ACTIVE: 0, IDLE: 0, CLOSING: 0}
         self.connects = 0
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._opening: set[asyncio.Task] = set()
 
     def __repr__(self) -> str:
-        return f"<ServerPool {self.address} idle={len(self.idle)} connects={self.connects}>"
+        counts = " ".join(f"{state}={n}" for state, n in self.counts.items())
+        return f"<ServerPool {self.address} {counts} connects={self.connects}>"
 
-    async def acquire(self, settle: bool = False) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool.
+    def move(self, conn, state: str) -> None:
+        """Every state change of a connection goes through here, so the counts stay true."""
+        old = conn.state
+        if old in self.counts:
+            self.counts[old] -= 1
+        conn.state = state
+        if state in self.counts:
+            self.counts[state] += 1
+
+    # --- a request's side ---
+
+    def acquire(self, waiter: Waiter, settle: bool = False) -> None:
+        """Give ``waiter`` a connection: a pooled one if one is fit, else a new one.
 
         ``settle`` (for a request that must not be sent twice) lets the loop turn once before a
         pooled connection is trusted: a FIN the server sent as it closed the idle connection is
         then seen, and a new connection taken, instead of the request failing after it was sent.
         """
+        now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()
-            if conn.usable and self.loop.time() - conn.idle_since < self.idle_timeout:
+            if conn.usable and now - conn.idle_since < self.idle_timeout:
+                self.move(conn, ACTIVE)
+                self.timers.disarm(conn)
                 if settle:
-                    await asyncio.sleep(0)
-                    if not conn.usable:
-                        conn.channel.close()
-                        continue
-                return conn, True
-            conn.channel.close()
-        return await self.connect(), False
+                    self.loop.call_soon(self._settled, conn, waiter)
+                else:
+                    waiter.connected(conn, True)
+                return
+            self.close_conn(conn)
+        self._open(waiter)
 
-    async def connect(self) -> UpstreamConnection:
+    def _settled(self, conn, waiter: Waiter) -> None:
+        if waiter.cancelled:
+            self.release(conn)
+        elif conn.usable:
+            waiter.connected(conn, True)
+        else:
+            self.close_conn(conn)
+            self._open(waiter)
+
+    def _open(self, waiter: Waiter) -> None:
+        from ..server.upstream import UpstreamConnection
+
+        conn = UpstreamConnection(self)
+        self.move(conn, CONNECTING)
         self.connects += 1
+        task = self.loop.create_task(self._connect(conn, waiter))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _connect(self, conn, waiter: Waiter) -> None:
         host, port = self.address.host, self.address.port
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, channel = await self.loop.create_connection(lambda: Channel(self.loop), host, port)
-        except TimeoutError:
-            raise UpstreamTimeout(f"connect to {self.address} timed out") from None
-        except ConnectionRefusedError:
-            raise UpstreamError(f"connection refused by {self.address}") from None
-        except socket.gaierror as exc:
-            raise UpstreamError(f"cannot resolve {host}: {exc.strerror}") from None
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to {self.address}: {exc.strerror or exc}") from None
-        return UpstreamConnection(channel, self)
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """Give back a connection whose last exchange ended cleanly."""
-        if self.keepalive == 0 or not conn.usable:
-            conn.channel.close()
+                await self.loop.create_connection(lambda: conn, host, port)
+        except (OSError, TimeoutError) as exc:
+            self.move(conn, CLOSED)
+            if not waiter.cancelled:
+                waiter.connect_failed(connect_error(exc, self.address))
             return
-        conn.protocol.start_next_cycle()
-        conn.idle_since = self.loop.time()
-        self.idle.append(conn)
-        while len(self.idle) > self.keepalive:
-            self.idle.popleft().channel.close()
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+        except asyncio.CancelledError:
+            self.move(conn, CLOSED)
+            raise
+        if conn.state is not CONNECTING:  # lost in the instant after it was made
+            if not waiter.cancelled:
+                waiter.connect_failed(UpstreamError(f"{self.address} closed the connection at once"))
+            return
+        self.move(conn, ACTIVE)
+        if waiter.cancelled:
+            self.release(conn)  # nobody wants it now: keep it for the next request
+        else:
+            waiter.connected(conn, False)
 
-    def _sweep(self) -> None:
-        """Close connections idle for longer than idle_timeout; runs while any are idle."""
-        self._sweeper = None
-        deadline = self.loop.time() - self.idle_timeout
-        while self.idle and (self.idle[0].idle_since <= deadline or not self.idle[0].usable):
-            self.idle.popleft().channel.close()
-        if self.idle:
-            delay = max(self.idle[0].idle_since + self.idle_timeout - self.loop.time(), 0.05)
-            self._sweeper = self.loop.call_later(delay, self._sweep)
+    def release(self, conn) -> None:
+        """Give back a connection whose last exchange ended cleanly and left it reusable."""
+        conn.owner = None
+        if self.keepalive == 0 or not conn.usable or not conn.parser.reusable:
+            self.close_conn(conn)
+            return
+        conn.parser.start_next_cycle()
+        conn.idle_since = self.loop.time()
+        self.move(conn, IDLE)
+        self.idle.append(conn)
+        self.timers.arm(conn, self.idle_timeout)
+        while len(self.idle) > self.keepalive:
+            self.close_conn(self.idle.popleft())
+
+    def detach(self, conn) -> None:
+        """The connection leaves the pool for good (it became a tunnel)."""
+        conn.owner = None
+        self.move(conn, CLOSED)
+
+    # --- the connection's side ---
+
+    def close_conn(self, conn) -> None:
+        """Close a connection (an idle one that expired or went stale, or an active one that failed)."""
+        conn.owner = None
+        if conn.state is IDLE:
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+        if conn.state in (CONNECTING, CLOSED):
+            return
+        self.timers.disarm(conn)
+        self.move(conn, CLOSING)
+        conn.close_transport()
+
+    def lost(self, conn) -> None:
+        """The connection is gone (whoever closed it)."""
+        if conn.state is IDLE:
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+        self.timers.disarm(conn)
+        self.move(conn, CLOSED)
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for task in list(self._opening):
+            task.cancel()
         while self.idle:
-            self.idle.pop().channel.close()
+            self.close_conn(self.idle[-1])

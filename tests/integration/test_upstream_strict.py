@@ -3,11 +3,8 @@ could read differently is a 502, and the connection it came on is never used aga
 
 from __future__ import annotations
 
-import h11
 import pytest
 
-from proxy.errors import UpstreamError
-from proxy.http.outbound import UpstreamProtocol
 from tests.bad_responses import BAD, GOOD, POISON
 from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of
 
@@ -81,87 +78,3 @@ def test_bytes_beyond_the_declared_length_never_reach_the_next_client(stack):
     second = get(proxy, "/good")
     assert b"POISON" not in second and second.endswith(b"\r\n\r\ngood")
     assert upstream.connections == before + 1
-
-
-# --- the same checks without sockets ------------------------------------------------------
-
-def exchange(response: bytes) -> tuple[UpstreamProtocol, list]:
-    protocol = UpstreamProtocol()
-    protocol.request(b"GET", b"/", [(b"host", b"h")])
-    protocol.end()
-    protocol.receive_data(response)
-    events = []
-    while True:
-        event = protocol.next_event()
-        events.append(event)
-        if event is h11.NEED_DATA or type(event) is h11.EndOfMessage or event is h11.PAUSED:
-            return protocol, events
-
-
-@pytest.mark.parametrize("name", sorted(BAD))
-def test_protocol_refuses(name):
-    with pytest.raises(UpstreamError):
-        exchange(BAD[name])
-
-
-def test_protocol_accepts_and_reuses_a_clean_response():
-    protocol, events = exchange(b"HTTP/1.1 100 Continue\r\n\r\n" + GOOD)
-    assert [type(e) for e in events] == [h11.InformationalResponse, h11.Response, h11.Data, h11.EndOfMessage]
-    assert protocol.reusable
-    protocol.start_next_cycle()
-    protocol.request(b"GET", b"/again", [(b"host", b"h")])
-    protocol.end()
-    protocol.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert protocol.next_event().status_code == 204
-
-
-def test_protocol_is_not_reusable_with_bytes_left_over():
-    protocol, events = exchange(POISON.replace(b"Content-Length: 4", b"Content-Length: 2", 1))
-    assert type(events[-1]) is h11.EndOfMessage
-    assert not protocol.reusable
-
-
-def test_protocol_accepts_obs_text():
-    # RFC 9110 5.5: obs-text is field content.
-    protocol, events = exchange(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
-    assert (b"x-name", b"caf\xe9") in list(events[0].headers)
-    assert protocol.reusable
-
-
-def test_protocol_drops_content_length_from_a_204():
-    # RFC 9110 8.6: a server MUST NOT send Content-Length in a 204, so the client must not receive it.
-    protocol, events = exchange(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: b\r\n\r\n")
-    assert events[0].status_code == 204 and list(events[0].headers) == [(b"x-a", b"b")]
-    assert type(events[1]) is h11.EndOfMessage and protocol.reusable
-
-
-def test_protocol_early_close_is_an_error():
-    protocol, events = exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-    assert events[-1] is h11.NEED_DATA
-    protocol.receive_data(b"")
-    with pytest.raises(UpstreamError):
-        protocol.next_event()
-
-
-@pytest.mark.parametrize("pieces", [1, 2, 7])
-def test_a_huge_response_head_is_refused_however_it_arrives(pieces):
-    """The limit must not depend on how many reads the head takes (h11 alone checks only the incomplete case)."""
-    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\nok"
-    protocol = UpstreamProtocol()
-    protocol.request(b"GET", b"/", [(b"host", b"x")])
-    protocol.end()
-    size = len(head) // pieces + 1
-    with pytest.raises(UpstreamError, match="head larger|invalid response"):
-        for start in range(0, len(head), size):
-            protocol.receive_data(head[start:start + size])
-            while protocol.next_event() is not h11.NEED_DATA:
-                pass
-
-
-def test_a_large_but_allowed_response_head_passes():
-    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 40_000 + b"\r\nContent-Length: 2\r\n\r\nok"
-    protocol = UpstreamProtocol()
-    protocol.request(b"GET", b"/", [(b"host", b"x")])
-    protocol.end()
-    protocol.receive_data(head)
-    assert type(protocol.next_event()) is h11.Response

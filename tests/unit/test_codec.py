@@ -565,6 +565,19 @@ def test_a_huge_response_head_is_refused_however_it_arrives(engine, pieces):
                 pass
 
 
+@pytest.mark.parametrize("garbage", [b"\x00\x01\x02\x03", b"NOT HTTP", b"H", b"HTTQ"])
+def test_bytes_that_cannot_start_a_status_line_are_refused_at_once(engine, garbage):
+    # No waiting for a head that will never end (read_timeout would make it a 504).
+    parser = codec.response_parser(engine)
+    parser.expect(b"GET")
+    parser.feed(garbage)
+    if b"HTTP/".startswith(garbage):
+        assert parser.next_event() is NEED_DATA
+        return
+    with pytest.raises(UpstreamError, match="not an HTTP/1.x status line"):
+        parser.next_event()
+
+
 def test_a_large_but_allowed_response_head_passes(engine):
     _, events = exchange(engine, b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 60_000 + b"\r\nContent-Length: 2\r\n\r\nok")
     assert body_of(events) == b"ok"
