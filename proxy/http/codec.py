@@ -106,6 +106,27 @@ class Data:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedHead:
+    """What the access log keeps of a request refused once its head was read (nginx logs the request
+    line, referer and user agent of a 400 or 413 too): the line as sent, and the fields split plainly."""
+
+    method: bytes
+    request_line: str
+    fields: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def of(cls, head: bytes, line_end: int) -> "RefusedHead":
+        line = head[:line_end].rstrip(b"\r")
+        return cls(line.partition(b" ")[0], line.decode("latin-1"), tuple(split_fields(head)))
+
+    def get(self, name: bytes) -> bytes | None:
+        for n, v in self.fields:
+            if n == name:
+                return v
+        return None
+
+
 class _Sentinel:
     __slots__ = ("name",)
 
@@ -617,7 +638,11 @@ class RequestParser(_Framer):
         head = bytes(buf[:end])
         del buf[:end]
         self.requests += 1
-        result, decoder = self._engine.request(head, line_end, limits)
+        try:
+            result, decoder = self._engine.request(head, line_end, limits)
+        except ClientError as exc:
+            exc.head = RefusedHead.of(head, line_end)  # so the access log shows what was refused
+            raise
         self._head = result
         kind = "none" if not result.has_body else "chunked" if result.content_length is None else "length"
         self._frame(kind, result.content_length or 0, limits.max_body_bytes, limits.max_header_bytes, decoder)

@@ -158,3 +158,21 @@ def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "log.access: cannot open" in result.stderr and "No such file or directory" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_requests_refused_for_their_head_keep_their_line_in_the_access_log(start_proxy, tmp_path):
+    """nginx logs the request line, referer and user agent of a 400 or a 413 too; so does the proxy
+    (the error log gets nothing for these: they are the client's mistakes)."""
+    (tmp_path / "www").mkdir()
+    proxy = start_proxy(proxy_config(static="www", limits='max_body_bytes = "1k"'))
+    too_large = (b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nUser-Agent: big-sender\r\n"
+                 b"Referer: http://x/form\r\n\r\n")
+    climbing = b"GET /a/../../etc/passwd HTTP/1.1\r\nHost: x\r\nUser-Agent: climber\r\n\r\n"
+    for raw, status in ((too_large, b"413"), (climbing, b"400")):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(raw)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 " + status)
+    lines = wait_until(lambda: proxy.access_lines() if len(proxy.access_lines()) >= 2 else None,
+                       what="two access lines")
+    assert '"POST /upload HTTP/1.1" 413' in lines[0] and '"http://x/form" "big-sender"' in lines[0]
+    assert '"GET /a/../../etc/passwd HTTP/1.1" 400' in lines[1] and '"climber"' in lines[1]
