@@ -589,6 +589,101 @@ class Upstream:
         "proxy_read_timeout per location).")
 
 
+# --- compression of responses (http/encoding.py) ---------------------------
+
+def _convert_levels(value: Any, ctx: Context) -> tuple[tuple[str, int], ...]:
+    from .http.encoding import CODINGS
+
+    if not isinstance(value, dict):
+        raise Invalid
+    levels = dict(COMPRESS_LEVELS)
+    for name, level in value.items():
+        coding = CODINGS.get(name.encode())
+        if coding is None:
+            raise Invalid(f"unknown coding {name!r} (expected some of: {', '.join(COMPRESS_CODINGS)})")
+        low, high = coding.levels
+        if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+            raise Invalid(f"the {name} level must be a whole number from {low} to {high}, got {level!r}")
+        levels[name] = level
+    return tuple((name, levels[name]) for name in COMPRESS_CODINGS)
+
+
+_MEDIA_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MEDIA_RANGE_RE = re.compile(rf"^(?:\*/\*|{_MEDIA_TOKEN}/(?:\*|\*\+{_MEDIA_TOKEN}|{_MEDIA_TOKEN}))$")
+
+
+def _convert_media_range(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _MEDIA_RANGE_RE.match(value.lower()):
+        raise Invalid
+    return value.lower()
+
+
+COMPRESS_CODINGS = ("zstd", "br", "gzip")
+# Measured with `python -m bench.compression` (docs/performance.md): past these the ratio gains a few
+# per cent while the CPU per byte doubles or more.
+COMPRESS_LEVELS = (("zstd", 3), ("br", 4), ("gzip", 5))
+CODINGS = Kind('a list of "zstd", "br", "gzip"',
+               _list_of(_choice(*COMPRESS_CODINGS)).convert)
+LEVELS = Kind("a table of levels by coding, like { gzip = 6, br = 5 } (gzip 1-9, br 0-11, zstd 1-19)",
+              _convert_levels)
+MEDIA_RANGE = Kind('a media type like "application/json", "text/*", "application/*+json" or "*/*"',
+                   _convert_media_range)
+
+
+@dataclass(frozen=True)
+class Compress:
+    """A route's ``compress`` table: responses compressed on their way to the client."""
+
+    encodings: tuple[str, ...] = setting(
+        COMPRESS_CODINGS, CODINGS,
+        "Codings offered, in the proxy's order of preference: the client's q-values decide, this order "
+        "breaks ties.", shown='["zstd", "br", "gzip"]')
+    level: tuple[tuple[str, int], ...] = setting(
+        COMPRESS_LEVELS, LEVELS, "Compression level per coding; the ones not named keep their default.",
+        shown="{zstd = 3, br = 4, gzip = 5}")
+    min_length: int = setting(
+        1024, SIZE, "A response whose length is known and smaller than this is sent as it is (a streamed one "
+        "of unknown length is always compressed).")
+    types: tuple[str, ...] = setting(
+        ("text/*", "application/json", "application/*+json", "application/javascript", "application/xml",
+         "application/*+xml", "image/svg+xml", "application/wasm"), _list_of(MEDIA_RANGE),
+        "Media types compressed (Content-Type without its parameters); others are sent as they are.",
+        shown='["text/*", "application/json", "application/*+json", "application/javascript", '
+              '"application/xml", "application/*+xml", "image/svg+xml", "application/wasm"]')
+    # Derived once, read by http/encoding.py on each response.
+    codings: tuple[bytes, ...] = field(init=False, repr=False, compare=False, metadata={"internal": True})
+    levels: Mapping[bytes, int] = field(init=False, repr=False, compare=False, metadata={"internal": True})
+    exact_types: frozenset = field(init=False, repr=False, compare=False, metadata={"internal": True})
+    wild_types: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False,
+                                                        metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        if len(set(self.encodings)) != len(self.encodings):
+            raise Invalid("encodings: each coding at most once")
+        # "text/*" -> ("text/", ""), "application/*+json" -> ("application/", "+json"), "*/*" -> ("", "")
+        wild = [(b"", b"") if kind == "*/*" else tuple(part.encode() for part in kind.split("*"))
+                for kind in self.types if "*" in kind]
+        derived = {
+            "codings": tuple(name.encode() for name in self.encodings),
+            "levels": MappingProxyType({name.encode(): level for name, level in self.level}),
+            "exact_types": frozenset(kind.encode() for kind in self.types if "*" not in kind),
+            "wild_types": tuple(wild),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+
+def _convert_compress(value: Any, ctx: Context) -> Compress | None:
+    if isinstance(value, bool):
+        return Compress() if value else None
+    if not isinstance(value, dict):
+        raise Invalid
+    return _build(Compress, value, ctx)
+
+
+COMPRESS = Kind("true, false, or a table of encodings, level, min_length, types", _convert_compress)
+
+
 @dataclass(frozen=True)
 class Route:
     position: int = field(default=0, metadata={"internal": True})

@@ -263,10 +263,11 @@ def status_of(response: bytes) -> int | None:
 
 
 def proxy_config(*, upstream: str | None = None, static: str | None = None, prefix: str = "/", server: str = "",
-                 limits: str = "", log: str = "", upstream_extra: str = "", status: bool = False) -> str:
+                 limits: str = "", log: str = "", upstream_extra: str = "", status: bool = False,
+                 route: str = "") -> str:
     """A proxy.toml on a free port of 127.0.0.1 with one route: forwarded to ``upstream``, served from
-    ``static``, or both. ``server``, ``limits``, ``log`` and ``upstream_extra`` are extra TOML lines
-    for those tables; ``status`` adds an empty [status] table."""
+    ``static``, or both. ``server``, ``limits``, ``log``, ``upstream_extra`` and ``route`` are extra TOML
+    lines for those tables; ``status`` adds an empty [status] table."""
     parts = ["[server]", 'listen = ["127.0.0.1:0"]', server]
     if limits:
         parts += ["[limits]", limits]
@@ -281,9 +282,25 @@ def proxy_config(*, upstream: str | None = None, static: str | None = None, pref
         parts.append(f'static = "{static}"')
     if upstream:
         parts.append('upstream = "app"')
+    parts.append(route)
     return "\n".join(textwrap.dedent(part).strip() for part in parts if part) + "\n"
 
 
 def single_upstream_config(address: str, extra: str = "") -> str:
     """A proxy.toml that forwards everything to one server: the shape most tests need."""
     return proxy_config(upstream=address, upstream_extra=extra)
+
+
+def decoder(coding: str):
+    """A streaming decoder for a Content-Encoding the proxy makes: ``feed(bytes) -> bytes``, what can be
+    decoded of everything fed so far (as a browser decodes a body as it arrives)."""
+    import zlib
+
+    import brotli
+    import zstandard
+
+    if coding == "gzip":
+        return zlib.decompressobj(31).decompress
+    if coding == "br":
+        return brotli.Decompressor().process
+    return zstandard.ZstdDecompressor().decompressobj().decompress
