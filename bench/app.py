@@ -1,4 +1,4 @@
-"""The app-tier workload for the benchmark: a small JSON answer and a 10 MiB stream.
+"""The app-tier workload for the benchmark: a small JSON answer, a 100 KiB one, and a 10 MiB stream.
 
 Kept apart from demo_app so the measured work never changes under the
 benchmark's feet: ``/api/json`` is the cheapest Flask view there is, so the
@@ -7,11 +7,43 @@ proxied scenarios measure the two proxies rather than the application.
 
 from __future__ import annotations
 
+import json
+import random
+
 from flask import Flask, Response, jsonify
 
 BIG_BYTES = 10 * 1024 * 1024
 BIG_CHUNK = 256 * 1024
 _CHUNK = b"x" * BIG_CHUNK  # made once: the app tier should cost as little as possible per byte
+
+JSON_100K_BYTES = 100 * 1024
+
+
+def json_100k() -> bytes:
+    """About 100 KiB of a typical API listing (records of ids, names, dates, numbers, flags), the same
+    bytes on every call: what the compression scenario sends and bench/compression.py measures."""
+    rng = random.Random(14)
+    words = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+             "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango")
+    records, size = [], 2
+    while True:
+        i = len(records)
+        first, last = rng.choice(words), rng.choice(words)
+        record = {"id": 100000 + i * 7, "name": f"{first.title()} {last.title()}",
+                  "email": f"{first}.{last}{rng.randrange(100)}@example.test",
+                  "created": f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T"
+                             f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z",
+                  "active": rng.random() < 0.8, "score": round(rng.uniform(0, 100), 2),
+                  "tags": rng.sample(words, rng.randrange(4)), "orders": rng.randrange(500)}
+        size += len(json.dumps(record, separators=(",", ":"))) + 1
+        if size > JSON_100K_BYTES:
+            break
+        records.append(record)
+    body = json.dumps(records, separators=(",", ":")).encode()
+    return body + b" " * (JSON_100K_BYTES - len(body))  # JSON allows trailing whitespace: exactly 100 KiB
+
+
+_JSON_100K = json_100k()
 
 app = Flask(__name__, static_folder=None)
 
@@ -19,6 +51,12 @@ app = Flask(__name__, static_folder=None)
 @app.get("/api/json")
 def small_json():
     return jsonify(ok=True, service="twotier-bench", items=[1, 2, 3])
+
+
+@app.get("/api/json-100k")
+def json_100k_view():
+    # Made once: the scenario measures the proxies' compression, not Flask's json.dumps.
+    return Response(_JSON_100K, mimetype="application/json")
 
 
 @app.get("/api/big")

@@ -701,6 +701,11 @@ class Route:
     dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")
     precompressed: bool = setting(
         True, BOOL, "Serve a .br or .gz sibling of a file when the client accepts that encoding.")
+    compress: Compress | None = setting(
+        None, COMPRESS,
+        "Compress responses on their way to the client (gzip, Brotli, zstd by Accept-Encoding): true for the "
+        "defaults of the [routes.compress] table, or that table. Static files are compressed once and kept in "
+        "the open-file cache; a .br/.gz sibling still wins.", shown="false")
 
     @property
     def where(self) -> str:
@@ -940,7 +945,8 @@ def reference() -> str:
     """The configuration reference as Markdown, generated from the declarations above."""
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
-              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status),
+              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[routes.compress]", Compress),
+              ("[status]", Status),
               ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
     out: list[str] = []
     for title, cls in tables:

@@ -17,6 +17,7 @@ from .config import Config
 from .errors import ClientError
 from .http import codec, static
 from .http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
+from .http.encoding import negotiate
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
 
 
@@ -116,7 +117,18 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
         others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
     lines, status = describe(cfg, action, head, facts, shown)
+    if route is not None and route.compress is not None and type(action) is not Reply:
+        lines.append(_compress_line(route.compress, head))
     return Explanation(tuple(out + lines), status, forwarded=status is None)
+
+
+def _compress_line(policy, head) -> str:
+    coding = negotiate(head.get(b"accept-encoding"), policy.codings)
+    if coding is None:
+        return (f"compress: none for this Accept-Encoding (the route offers {', '.join(policy.encodings)}); "
+                "answers that could be compressed say Vary: Accept-Encoding")
+    return (f"compress: {coding.decode()} at level {policy.levels[coding]} for answers without Content-Encoding "
+            f"of {', '.join(policy.types)} and {policy.min_length} bytes or more (or of unknown length)")
 
 
 def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:
@@ -158,9 +170,15 @@ def _explain_static(route, head) -> tuple[str, int | None]:
         return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301
     if type(found) is static.Listing:
         return f"answer:  200 listing of {found.folder} (autoindex)", 200
-    variant = found.choose(head.get(b"accept-encoding"))
+    accept = head.get(b"accept-encoding")
+    variant = found.choose(accept)
+    coding = static.coding_for(found, variant, route, head.headers, accept)
+    if coding is not None:
+        variant = static.encode(found, coding, route.compress.levels[coding]) or variant
     plan = static.plan(variant, head.method, head.headers)
     encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
+    if coding is not None and variant.encoding == coding:
+        encoding += " (compressed once, then kept in the open-file cache)"
     return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
             f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status
 

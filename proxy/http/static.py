@@ -32,11 +32,12 @@ import re
 import stat as stat_module
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from ..config import Route
 from ..errors import ClientError
+from . import encoding
 
 _TYPES = mimetypes.MimeTypes(filenames=())  # the stdlib table only: same answer on every machine
 for _ext, _type in {
@@ -62,6 +63,9 @@ ENCODINGS = ((".br", b"br"), (".gz", b"gzip"))
 
 MAX_RANGES = 16  # more parts than this in one Range header: the whole file is sent instead
 SMALL_FILE = 64 * 1024  # files up to this size are kept in memory by the cache (and written with their head)
+# On a route with ``compress``, files up to this size are compressed whole, once per coding, and kept by the
+# cache; larger ones are compressed as they are sent (compressing a large file at once would hold the loop).
+ENCODE_ONCE = 1024 * 1024
 
 
 def content_type(name: str) -> bytes:
@@ -111,32 +115,6 @@ class Redirect:
 class Listing:
     folder: str
     url_path: str
-
-
-def encoding_weights(header: bytes | None) -> dict[bytes, float]:
-    """Coding -> q-value of an Accept-Encoding header, RFC 9110 section 12.5.3.
-
-    ``*`` gives its weight to the precompressed codings the header does not name.
-    """
-    weights: dict[bytes, float] = {}
-    for item in (header or b"").lower().split(b","):
-        coding, _, params = item.partition(b";")
-        coding = coding.strip()
-        q = 1.0
-        if params:
-            params = params.strip()
-            if params.startswith(b"q="):
-                try:
-                    q = float(params[2:])
-                except ValueError:
-                    q = 0.0
-        if coding:
-            weights[coding] = q
-    star = weights.pop(b"*", None)
-    if star is not None:
-        for _, coding in ENCODINGS:
-            weights.setdefault(coding, star)
-    return weights
 
 
 def locate(route: Route, path: str, query: bytes = b"") -> Located | Redirect | Listing:
@@ -265,11 +243,20 @@ def _variant(found: OnDisk, kind: bytes, route_headers: tuple, body: bytes | Non
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Entry:
-    """What a path resolved to: its variants, the file itself first."""
+    """What a path resolved to: its variants, the file itself first. ``compressible``: the route
+    compresses this file on the fly (its type, its size); ``encoded`` holds what was compressed once,
+    by coding, for as long as the entry lives (the cache counts those bytes too)."""
 
     located: Located
     variants: tuple[Variant, ...]
     cached_bytes: int  # file bytes held in the variants
+    compressible: bool = False
+    encoded: dict = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        """Bytes of memory this entry holds: file bytes and compressed ones."""
+        return self.cached_bytes + sum(len(v.body) for v in self.encoded.values())
 
     def choose(self, accept_encoding: bytes | None) -> Variant:
         """The variant for a request's Accept-Encoding: the client's q-values decide (RFC 9110
@@ -278,15 +265,8 @@ class Entry:
         variants = self.variants
         if len(variants) == 1:
             return variants[0]
-        weights = encoding_weights(accept_encoding)
-        best, best_q = variants[0], 0.0
-        for variant in variants[1:]:
-            q = weights.get(variant.encoding, 0.0)
-            if q > best_q:
-                best, best_q = variant, q
-        if best_q > 0 and best_q >= weights.get(b"identity", best_q):
-            return best
-        return variants[0]
+        coding = encoding.negotiate(accept_encoding, tuple(v.encoding for v in variants[1:]))
+        return next((v for v in variants[1:] if v.encoding == coding), variants[0])
 
 
 def describe(route: Route, located: Located, body_budget: int = 0) -> Entry:
@@ -294,7 +274,10 @@ def describe(route: Route, located: Located, body_budget: int = 0) -> Entry:
     together they fit ``body_budget`` (0: never; an empty file needs no read)."""
     kind = content_type(located.files[0].path)
     route_headers = ((b"cache-control", route.cache_control.encode()),) if route.cache_control else ()
-    if len(located.files) > 1:  # a sibling exists, so the answer depends on Accept-Encoding
+    policy = route.compress
+    compressible = policy is not None and encoding.choose(
+        policy, (), None, 200, (*route_headers, (b"content-type", kind)), located.files[0].identity[2]) is not False
+    if len(located.files) > 1 or compressible:  # the answer depends on Accept-Encoding
         route_headers += ((b"vary", b"Accept-Encoding"),)
     small = sum(f.identity[2] for f in located.files if f.identity[2] <= SMALL_FILE)
     read = small <= body_budget
@@ -303,7 +286,37 @@ def describe(route: Route, located: Located, body_budget: int = 0) -> Entry:
         size = found.identity[2]
         body = b"" if size == 0 else _read(found) if read and size <= SMALL_FILE else None
         variants.append(_variant(found, kind, route_headers, body))
-    return Entry(located, tuple(variants), sum(len(v.body) for v in variants if v.body))
+    return Entry(located, tuple(variants), sum(len(v.body) for v in variants if v.body), compressible)
+
+
+def coding_for(entry: Entry, variant: Variant, route: Route, request_headers, accept_encoding: bytes | None):
+    """The coding to compress ``variant`` with on the fly (http/encoding.py decides), or None: only the
+    file itself, when no precompressed sibling was taken, on a route that compresses it."""
+    if not entry.compressible or variant.encoding is not None:
+        return None
+    return encoding.choose(route.compress, request_headers, accept_encoding, 200, variant.headers,
+                           variant.size) or None
+
+
+def encode(entry: Entry, coding: bytes, level: int) -> Variant | None:
+    """The file of ``entry`` compressed whole with ``coding``: a variant whose body is the compressed
+    bytes, its ETag the file's made weak (RFC 9110 8.8.3: other bytes, the same meaning), without
+    Accept-Ranges (a Range request gets the file itself). None when the file is larger than
+    ENCODE_ONCE or is no longer the one the entry describes."""
+    plain = entry.variants[0]
+    data = plain.body
+    if data is None:
+        data = _read(entry.located.files[0]) if plain.size <= ENCODE_ONCE else None
+        if data is None:
+            return None
+    body = encoding.compress(coding, level, data)
+    tag = b"W/" + plain.etag
+    validators = ((b"etag", tag), *plain.validators[1:])
+    headers = ((b"content-type", plain.content_type), *validators, (b"content-encoding", coding),
+               (b"content-length", b"%d" % len(body)))
+    identity = (*plain.identity[:2], len(body), *plain.identity[3:])  # size: what plan() sends
+    return Variant(plain.path, coding, identity, plain.content_type, tag, plain.last_modified, validators,
+                   headers, body)
 
 
 def _read(found: OnDisk) -> bytes | None:
@@ -378,7 +391,21 @@ class OpenFileCache:
     def forget(self, route: Route, path: str) -> None:
         cached = self._entries.pop((route.prefix, path), None)
         if cached is not None:
-            self.cached_bytes -= cached[0].cached_bytes
+            self.cached_bytes -= cached[0].held
+
+    def encoded(self, route: Route, path: str, entry: Entry, coding: bytes) -> Variant | None:
+        """``entry``'s file compressed with ``coding``: compressed on the first request, then kept with
+        the entry (within ``max_bytes``) until the file changes. None when it cannot be (see ``encode``)."""
+        variant = entry.encoded.get(coding)
+        if variant is not None:
+            return variant
+        variant = encode(entry, coding, route.compress.levels[coding])
+        cached = self._entries.get((route.prefix, path))
+        if variant is not None and cached is not None and cached[0] is entry:
+            entry.encoded[coding] = variant
+            self.cached_bytes += len(variant.body)
+            self._trim()
+        return variant
 
     def _revalidate(self, key, route: Route, path: str, query: bytes, now: float, entry: Entry):
         try:
@@ -399,10 +426,13 @@ class OpenFileCache:
     def _store(self, key, entry: Entry, now: float) -> Entry:
         self._entries[key] = (entry, now + self.valid)
         self.cached_bytes += entry.cached_bytes
+        self._trim()
+        return entry
+
+    def _trim(self) -> None:
         while len(self._entries) > self.max_entries or self.cached_bytes > self.max_bytes:
             _, (old, _) = self._entries.popitem(last=False)
-            self.cached_bytes -= old.cached_bytes
-        return entry
+            self.cached_bytes -= old.held
 
 
 # --- conditional requests and ranges ---------------------------------------
@@ -461,11 +491,13 @@ def _etags(value: bytes) -> list[bytes]:
 
 
 def _weak_match(tags: list[bytes], current: bytes) -> bool:
+    current = current.removeprefix(b"W/")
     return any(t == b"*" or t.removeprefix(b"W/") == current for t in tags)
 
 
 def _strong_match(tags: list[bytes], current: bytes) -> bool:
-    return any(t == b"*" or t == current for t in tags)
+    # RFC 9110 8.8.3.2: a weak tag (a compressed variant's) never matches strongly, not even itself.
+    return any(t == b"*" or (t == current and not current.startswith(b"W/")) for t in tags)
 
 
 _OWS = b" \t"
@@ -589,7 +621,7 @@ def _if_range_holds(if_range: bytes | None, variant: Variant) -> bool:
     if if_range is None:
         return True
     if if_range.startswith((b'"', b"W/")):
-        return if_range == variant.etag
+        return if_range == variant.etag and not if_range.startswith(b"W/")
     return _date_of(if_range, variant) == variant.mtime
 
 

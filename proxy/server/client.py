@@ -41,7 +41,7 @@ from time import perf_counter
 
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
-from ..http import codec
+from ..http import codec, encoding
 from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.responses import error_page, reason as reason_phrase
@@ -68,7 +68,8 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = ("w", "scheme", "transport", "parser", "facts", "client_ip", "state", "exchange", "action",
                  "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
-                 "eof", "tunnel", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
+                 "eof", "tunnel", "compress", "encoder", "_advancing", "_turn", "_held", "_read_paused",
+                 "_dropped")
 
     def __init__(self, worker, scheme: bytes = b"http") -> None:
         self.w = worker
@@ -90,6 +91,8 @@ class ClientProtocol(asyncio.Protocol):
         self.keep_alive = True
         self.eof = False  # the client sent FIN
         self.tunnel = None
+        self.compress = None  # the route's config.Compress while its answer is produced (http/encoding.py)
+        self.encoder = None  # the body's encoder when the answer is compressed
         self._advancing = False
         self._turn = 0
         self._held = 0
@@ -282,6 +285,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def execute(self, action) -> None:
         """Carry out ``action`` for the current request (also what a static miss falls back to)."""
+        route = getattr(action, "route", None)  # whatever answers for a route is compressed as the route says
+        self.compress = None if route is None else route.compress
         kind = type(action)
         if kind is Forward:
             self.exchange.route = action.route.prefix
@@ -353,14 +358,20 @@ class ClientProtocol(asyncio.Protocol):
         """
         if spool is not None:
             self.spool = Spool(self, spool[0], spool[1], self.w.config.server.temp_dir)
+        if self.compress is not None:
+            headers, length, self.encoder = encoding.begin(self.compress, self.exchange.head, status, headers, length)
         self.transport.write(self.head_bytes(status, headers, length, reason))
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
                 length: int | None = None, keep_alive: bool = True) -> None:
         """A complete answer in one write (one send(2)), then the next request. ``length``: the
         Content-Length of a body that is not sent (HEAD, 304), when it differs from ``len(body)``."""
-        payload = self.head_bytes(status, headers, len(body) if length is None else length,
-                                  keep_alive=keep_alive)
+        if length is None:
+            length = len(body)
+        if self.compress is not None:
+            headers, length, body = encoding.complete(self.compress, self.exchange.head, status, headers, length,
+                                                      body)
+        payload = self.head_bytes(status, headers, length, keep_alive=keep_alive)
         if self.framing != "none" and body:
             payload += body
             self.exchange.body_bytes += len(body)
@@ -368,7 +379,13 @@ class ClientProtocol(asyncio.Protocol):
         self.finish()
 
     def write(self, data) -> None:
-        """Bytes of the body, framed (chunked when the length was not known)."""
+        """Bytes of the body, compressed when the answer is (and flushed: a streamed body stays live),
+        framed (chunked when the length was not known)."""
+        encoder = self.encoder
+        if encoder is not None:
+            size = len(data)
+            data = encoder.feed(data) + encoder.flush()
+            self.exchange.body_bytes += len(data) - size  # the producer counted what it handed over
         if self.framing == "chunked":
             data = codec.chunk(data)
         elif self.framing == "none":
@@ -381,6 +398,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def finish(self) -> None:
         """The producer handed over the whole body: end it, then complete once the last byte is queued."""
+        encoder = self.encoder
+        if encoder is not None:
+            self.encoder = None
+            tail = encoder.finish()
+            self.exchange.body_bytes += len(tail)
+            self.write(tail)
         if self.framing == "chunked":
             self.write_raw(codec.LAST_CHUNK)
         spool = self.spool
@@ -425,6 +448,7 @@ class ClientProtocol(asyncio.Protocol):
         self.exchange = None
         self.action = None
         self.responder = None
+        self.compress = self.encoder = None
         if self.body is not None:
             self.body.close()
             self.body = None

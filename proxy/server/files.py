@@ -57,7 +57,12 @@ def serve_static(client, action) -> None:
     if kind is static.Listing:
         client.respond(200, [HTML], static.listing_page(found.folder, found.url_path, route.dotfiles))
         return
-    variant = found.choose(head.get(b"accept-encoding"))
+    accept = head.get(b"accept-encoding")
+    variant = found.choose(accept)
+    if found.compressible:  # compressed once and kept; a file too large for that is compressed as it is sent
+        coding = static.coding_for(found, variant, route, head.headers, accept)
+        if coding is not None:
+            variant = files.encoded(route, head.path, found, coding) or variant
     plan = static.plan(variant, head.method, head.headers)
     status = plan.status
     if status == 412:
@@ -98,9 +103,10 @@ def serve_static(client, action) -> None:
             if len(data) == length:
                 client.respond(plan.status, _without_length(plan.headers), data)
                 return
-        sender = FileSender(client, fd, plan.parts, w.config.server.sendfile)
-        fd = -1  # the sender owns it now
         client.start_response(plan.status, _without_length(plan.headers), plan.content_length)
+        # A body compressed on its way (client.encoder) must pass through client.write: no sendfile.
+        sender = FileSender(client, fd, plan.parts, w.config.server.sendfile and client.encoder is None)
+        fd = -1  # the sender owns it now
         client.responder = sender
         sender.writable()
     finally:

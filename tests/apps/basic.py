@@ -56,6 +56,18 @@ def app(environ, start_response):
                 left -= len(block)
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
         return chunks()
+    if path == "/json":
+        # A JSON answer of about ``size`` bytes with a strong ETag and a Vary of its own (compression tests).
+        size = int(query.split("=")[1]) if query.startswith("size=") else 20000
+        payload = json_records(size)
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                                  ("ETag", '"v1"'), ("Vary", "Cookie")])
+        return [payload]
+    if path == "/json-stream":
+        # A JSON array of ``size`` bytes streamed in 64 KiB pieces with no Content-Length (chunked).
+        size = int(query.split("=")[1]) if query.startswith("size=") else 1024 * 1024
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return json_pieces(size)
     if path == "/slow":
         time.sleep(float(query.split("=")[1]) if query.startswith("s=") else 1.0)
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
@@ -66,3 +78,25 @@ def app(environ, start_response):
         return [b"status"]
     start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
     return [b"not found"]
+
+
+RECORD = b'{"id":"%07d","name":"user %07d","email":"user%07d@example.test","active":true,"rank":"%07d"},'
+
+
+def json_records(size: int) -> bytes:
+    """A JSON array of records, ``size`` bytes or a little less."""
+    count = max(0, (size - 2) // len(RECORD % (0, 0, 0, 0)))
+    return b"[" + b"".join(RECORD % (i, i, i, i * 7) for i in range(count)).rstrip(b",") + b"]"
+
+
+def json_pieces(size: int, piece: int = 65536):
+    """``json_records(size)`` made and sent a piece at a time: the app never holds the whole body."""
+    record = len(RECORD % (0, 0, 0, 0))
+    count = max(1, (size - 2) // record)
+    per_piece = max(1, piece // record)
+    yield b"["
+    for start in range(0, count, per_piece):
+        end = min(start + per_piece, count)
+        chunk = b"".join(RECORD % (i, i, i, i * 7) for i in range(start, end))
+        yield chunk[:-1] if end == count else chunk
+    yield b"]"

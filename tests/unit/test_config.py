@@ -89,6 +89,15 @@ def test_full_example_loads(tmp_path):
     ("[upstreams.app]\nservers = [\"a:1\"]\n[upstreams.app.health]\ninterval = 0\n", "upstreams.app.health.interval: expected a number of seconds > 0"),
     ("[upstreams.app]\nservers = [\"a:1\"]\n[upstreams.app.health]\nexpect_status = [700]\n", "upstreams.app.health.expect_status: expected a list of HTTP status codes"),
     ("[status]\nallow = [\"nonsense\"]\n", "status.allow: expected a list of an address or network"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = \"yes\"\n", "routes[0].compress: expected true, false, or a table"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { level = { br = 12 } }\n", "routes[0].compress.level: the br level must be a whole number from 0 to 11, got 12"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { level = { lz4 = 1 } }\n", "routes[0].compress.level: unknown coding 'lz4'"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { encodings = [\"gzip\", \"deflate\"] }\n", 'routes[0].compress.encodings: expected a list of "zstd", "br", "gzip"'),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { encodings = [\"gzip\", \"gzip\"] }\n", "routes[0].compress: encodings: each coding at most once"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { types = [\"text\"] }\n", "routes[0].compress.types: expected a list of a media type"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { types = [\"*/json\"] }\n", "routes[0].compress.types: expected a list of a media type"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\ncompress = { min_length = -1 }\n", "routes[0].compress.min_length: expected a size"),
+    ("[upstreams.a]\nservers = [\"a:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"a\"\n[routes.compress]\ngzip = 5\n", "routes[0].compress.gzip: unknown key (expected one of: encodings, level, min_length, types)"),
 ])
 def test_errors_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
@@ -97,6 +106,37 @@ def test_errors_name_the_file_and_key(tmp_path, text, message):
     assert text_of_error.startswith(str(tmp_path / "proxy.toml")), text_of_error
     assert message in text_of_error
     assert "\n" not in text_of_error
+
+
+def test_compress_is_off_unless_a_route_asks(tmp_path):
+    cfg = load_text(tmp_path, """
+        [upstreams.a]
+        servers = ["a:1"]
+        [[routes]]
+        prefix = "/plain/"
+        upstream = "a"
+        [[routes]]
+        prefix = "/on/"
+        upstream = "a"
+        compress = true
+        [[routes]]
+        prefix = "/"
+        upstream = "a"
+        [routes.compress]
+        encodings = ["br", "gzip"]
+        level = { gzip = 9 }
+        min_length = "2k"
+        types = ["Application/JSON", "text/*"]
+    """.replace("\n        ", "\n"))
+    plain, on, table = cfg.routes
+    assert plain.compress is None
+    assert on.compress == config.Compress()
+    assert on.compress.codings == (b"zstd", b"br", b"gzip")
+    assert dict(on.compress.levels) == {b"zstd": 3, b"br": 4, b"gzip": 5}
+    assert table.compress.codings == (b"br", b"gzip") and table.compress.min_length == 2048
+    assert dict(table.compress.levels) == {b"zstd": 3, b"br": 4, b"gzip": 9}
+    assert table.compress.exact_types == {b"application/json"} and table.compress.wild_types == ((b"text/", b""),)
+    assert len({plain, on, table}) == 3  # routes stay hashable values
 
 
 def test_missing_file(tmp_path):

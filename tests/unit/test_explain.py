@@ -55,6 +55,29 @@ def test_forwarded_request_shows_route_server_and_headers(site):
     assert "dropped: X-Foo: named by Connection" in text
 
 
+def test_compression_is_shown_for_the_clients_accept_encoding(tmp_path):
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "data.json").write_text("[" + ",".join(["1234567890"] * 500) + "]")
+    (tmp_path / "proxy.toml").write_text("""
+[upstreams.app]
+servers = ["127.0.0.1:8001"]
+[[routes]]
+prefix = "/"
+static = "public"
+upstream = "app"
+compress = { encodings = ["br", "gzip"], level = { br = 5 } }
+""")
+    cfg = config.load(tmp_path / "proxy.toml")
+    text = explain(cfg, "GET", "/data.json", [("Accept-Encoding", "gzip, br")])
+    assert "Content-Encoding br (compressed once, then kept in the open-file cache)" in text
+    assert "compress: br at level 5 for answers without Content-Encoding" in text
+    forwarded = explain(cfg, "GET", "/api", [("Accept-Encoding", "gzip")])
+    assert "compress: gzip at level 5" in forwarded
+    plain = explain(cfg, "GET", "/data.json", [])
+    assert "compress: none for this Accept-Encoding (the route offers br, gzip)" in plain
+    assert "Content-Encoding" not in plain.split("compress:")[0]
+
+
 def test_static_file_served_by_the_proxy(site, tmp_path):
     text = explain(site, "GET", "/page.html", [])
     assert f"file:    {tmp_path / 'public' / 'page.html'} (text/html; charset=utf-8, 9 bytes) -> 200" in text

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
-from proxy.config import Route
+from proxy.config import Compress, Route
 from proxy.errors import ClientError
-from proxy.http import static
+from proxy.http import encoding, static
 from proxy.http.routing import normalize_path
 
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
@@ -746,6 +747,127 @@ def test_a_variant_tells_whether_it_describes_an_opened_file(files):
     assert dict(restated.headers)[b"content-length"] == b"%d" % (static.SMALL_FILE + 2)
     assert restated.validators[2:] == variant.validators[2:]  # the route's Cache-Control and Vary stay
     assert restated.etag != variant.etag
+
+
+# --- compressed once (a route with compress) ----------------------------------------------
+
+TEXT = b"".join(b"line %d of a text file that compresses well\n" % i for i in range(2000))
+
+
+@pytest.fixture
+def compressing(tmp_path):
+    write(tmp_path / "big.txt", TEXT)
+    write(tmp_path / "tiny.txt", b"too small to compress")
+    write(tmp_path / "photo.png", TEXT)
+    return tmp_path, route(tmp_path, compress=Compress()), static.OpenFileCache(valid=1.0)
+
+
+def encoded(cache, where, url, accept=b"gzip", now=0.0, request=()) -> static.Variant:
+    """The variant the server would send for ``url``, as files.serve_static picks it."""
+    entry = cache.lookup(where, url, b"", now)
+    variant = entry.choose(accept)
+    coding = static.coding_for(entry, variant, where, list(request), accept)
+    return variant if coding is None else cache.encoded(where, url, entry, coding) or variant
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"br", b"zstd"])
+def test_a_file_is_compressed_once_and_kept_with_its_entry(compressing, coding):
+    root, where, cache = compressing
+    first = encoded(cache, where, "/static/big.txt", coding)
+    assert first.encoding == coding and len(first.body) < len(TEXT) // 5
+    assert encoding.compress(coding, where.compress.levels[coding], TEXT) == first.body
+    assert encoded(cache, where, "/static/big.txt", coding, now=0.5) is first  # not compressed again
+    assert cache.cached_bytes == len(first.body)  # the file itself (over 64 KiB) is not held, its coded bytes are
+    plan = static.plan(first, b"GET", [])
+    assert (plan.status, plan.body, plan.content_length) == (200, first.body, len(first.body))
+    headers = dict(plan.headers)
+    assert headers[b"content-encoding"] == coding and headers[b"vary"] == b"Accept-Encoding"
+    assert headers[b"etag"] == b"W/" + tag_of(root / "big.txt") and b"accept-ranges" not in headers
+    assert headers[b"content-length"] == b"%d" % len(first.body)
+
+
+def test_the_compressed_variant_answers_conditionals(compressing):
+    root, where, cache = compressing
+    variant = encoded(cache, where, "/static/big.txt")
+    weak = variant.etag
+    assert static.plan(variant, b"GET", [(b"if-none-match", weak)]).status == 304
+    assert static.plan(variant, b"GET", [(b"if-none-match", tag_of(root / "big.txt"))]).status == 304
+    assert static.plan(variant, b"GET", [(b"if-match", weak)]).status == 412  # a weak tag never matches strongly
+    assert dict(static.plan(variant, b"GET", [(b"if-none-match", weak)]).headers)[b"etag"] == weak
+    head = static.plan(variant, b"HEAD", [])
+    assert (head.body, head.content_length) == (b"", len(variant.body))  # HEAD: the length a GET would have
+
+
+def test_the_plain_file_varies_too_and_keeps_its_strong_tag(compressing):
+    root, where, cache = compressing
+    plain = encoded(cache, where, "/static/big.txt", accept=b"identity")
+    assert plain.encoding is None and plain.etag == tag_of(root / "big.txt")
+    assert dict(plain.headers)[b"vary"] == b"Accept-Encoding"
+
+
+@pytest.mark.parametrize("url, accept, asked", [
+    ("/static/tiny.txt", b"gzip", ()),  # below min_length
+    ("/static/photo.png", b"gzip", ()),  # a type not listed
+    ("/static/big.txt", None, ()),
+    ("/static/big.txt", b"gzip;q=0", ()),
+    ("/static/big.txt", b"gzip", [(b"range", b"bytes=0-9")]),  # the range is of the file itself
+    ("/static/big.txt", b"gzip", [(b"cache-control", b"no-transform")]),
+])
+def test_what_is_sent_as_it_is(compressing, url, accept, asked):
+    root, where, cache = compressing
+    assert encoded(cache, where, url, accept, request=asked).encoding is None
+    assert cache.cached_bytes == 0 or url == "/static/tiny.txt"
+
+
+def test_no_transform_on_the_route_keeps_files_as_they_are(compressing):
+    root, _, cache = compressing
+    where = route(root, compress=Compress(), cache_control="public, no-transform")
+    entry = cache.lookup(where, "/static/big.txt", b"", 0.0)
+    assert not entry.compressible and b"vary" not in dict(entry.variants[0].headers)
+
+
+def test_a_precompressed_sibling_still_wins(compressing):
+    root, where, cache = compressing
+    write(root / "big.txt.br", b"made by the build")
+    assert encoded(cache, where, "/static/big.txt", b"br, gzip").body == b"made by the build"
+    # A coding the siblings lack is still made on the fly.
+    assert encoded(cache, where, "/static/big.txt", b"zstd").encoding == b"zstd"
+
+
+def test_a_changed_file_is_compressed_again_after_the_interval(compressing):
+    root, where, cache = compressing
+    old = encoded(cache, where, "/static/big.txt")
+    write(root / "big.txt", TEXT + b"one more line\n")
+    assert encoded(cache, where, "/static/big.txt", now=0.5) is old  # trusted for `valid` seconds
+    new = encoded(cache, where, "/static/big.txt", now=1.5)
+    assert new is not old and zlib.decompress(new.body, 31).endswith(b"one more line\n")
+    assert cache.cached_bytes == len(new.body)  # the old entry's coded bytes left with it
+
+
+def test_compressed_bytes_count_in_the_byte_budget(compressing):
+    root, where, _ = compressing
+    for i in range(3):
+        write(root / f"t{i}.txt", TEXT + b"%d" % i)
+    size = len(encoding.compress(b"gzip", 5, TEXT + b"0"))
+    cache = static.OpenFileCache(valid=10, max_bytes=2 * size + size // 2)
+    for i in range(3):
+        assert encoded(cache, where, f"/static/t{i}.txt").encoding == b"gzip"
+    assert len(cache) == 2 and cache.cached_bytes <= cache.max_bytes  # the least recently used went
+    assert cache.cached_bytes == sum(entry.held for entry, _ in cache._entries.values())
+
+
+def test_a_file_too_large_to_compress_at_once_is_left_to_the_stream(compressing, monkeypatch):
+    root, where, cache = compressing
+    monkeypatch.setattr(static, "ENCODE_ONCE", len(TEXT) - 1)
+    assert encoded(cache, where, "/static/big.txt").encoding is None
+    assert cache.cached_bytes == 0
+
+
+def test_without_the_cache_nothing_is_kept(compressing):
+    root, where, _ = compressing
+    cache = static.OpenFileCache(valid=0)
+    assert encoded(cache, where, "/static/big.txt").encoding == b"gzip"
+    assert cache.cached_bytes == 0 and len(cache) == 0
 
 
 # --- the rest ------------------------------------------------------------------------
