@@ -171,7 +171,8 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
     meter = UsageMeter(stack.child(server))
     app = UsageMeter(stack.gunicorn)
     wrk_before = _children_cpu()
-    result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads)
+    result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads,
+                     scenario.headers)
     usage = meter.read()
     app_usage = app.read()
     wrk_cpu = _children_cpu() - wrk_before
@@ -183,14 +184,15 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
 def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
     if opts.warmup:
         for server in report.SERVERS:
-            wrk.run(stack.url(server, scenario.path), scenario.connections, opts.warmup, opts.wrk_threads)
+            wrk.run(stack.url(server, scenario.path), scenario.connections, opts.warmup, opts.wrk_threads,
+                    scenario.headers)
     runs = []
     for pair in range(opts.pairs):
         for server in order(pair):
             run = measure_one(stack, server, scenario, opts, pair)
             runs.append(run)
             print(f"  pair {pair + 1}/{opts.pairs} {server:5}: {run.wrk.rps:10,.0f} req/s  "
-                  f"p99 {run.wrk.p99_ms:8.2f} ms  CPU µs/req: {run.cpu_us_per_request:5.0f} {server}, "
+                  f"p99 {run.wrk.p99_ms:8.2f} ms  {run.bytes_per_request:8,.0f} B/req  CPU µs/req: {run.cpu_us_per_request:5.0f} {server}, "
                   f"{run.per_request_us(run.app_cpu_seconds):5.0f} app, {run.per_request_us(run.wrk_cpu_seconds):4.0f} wrk"
                   f"  errors {run.wrk.error_count}", flush=True)
     return runs
@@ -204,7 +206,7 @@ def estimate_seconds(opts: Options) -> float:
 def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
     started = time.monotonic()
     stack = stack_module.start(procs, layout, nginx, opts.source)
-    stack_module.sanity_check(stack, sorted({s.path for s in opts.scenarios}))
+    stack_module.sanity_check(stack, opts.scenarios)
     print(f"servers up: proxy :{stack.proxy_port}, nginx :{layout.nginx_port}, gunicorn :{layout.app_port} "
           f"({time.monotonic() - started:.1f}s)", flush=True)
     summaries, runs = [], {}

@@ -7,7 +7,10 @@ in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
 64 KiB of response buffered in memory before spilling to a temporary file.
 Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
-stat the other makes.
+stat the other makes. The gzip scenario's path compresses on both: nginx's
+``gzip on`` with the proxy's settings (level, minimum length, the type,
+proxied answers, Vary), the proxy's ``compress`` limited to gzip at that
+level.
 
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from .scenarios import GZIP_LEVEL, GZIP_PATH
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,26 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+
+
+# One nginx location's forwarding, the same in every location that forwards.
+NGINX_PROXY = """\
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+            proxy_set_header X-Request-ID $request_id;
+            add_header X-Request-ID $request_id always;
+            proxy_connect_timeout 3s;
+            proxy_read_timeout 60s;
+            proxy_send_timeout 60s;
+            proxy_buffer_size 8k;
+            proxy_buffers 8 8k;"""
 
 
 def nginx_conf(layout: Layout) -> str:
@@ -85,22 +110,17 @@ http {{
         }}
 
         location /api/ {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
+{NGINX_PROXY}
+        }}
+
+        location {GZIP_PATH} {{
+{NGINX_PROXY}
+            gzip on;
+            gzip_comp_level {GZIP_LEVEL};
+            gzip_min_length 1024;
+            gzip_types application/json;
+            gzip_proxied any;
+            gzip_vary on;
         }}
     }}
 }}
@@ -130,4 +150,9 @@ def proxy_toml(layout: Layout) -> str:
         [[routes]]
         prefix = "/api/"
         upstream = "app"
+
+        [[routes]]
+        prefix = "{GZIP_PATH}"
+        upstream = "app"
+        compress = {{ encodings = ["gzip"], level = {{ gzip = {GZIP_LEVEL} }} }}
         """)

@@ -172,10 +172,10 @@ def _measure(procs: Processes, layout, scenario: Scenario, opts, runner: tuple[s
     proxy, port = stack_module.start_proxy(procs, layout, opts.source, runner, name=name)
     url = f"http://127.0.0.1:{port}{scenario.path}"
     if warmup and opts.warmup:
-        wrk.run(url, scenario.connections, opts.warmup, opts.wrk_threads)
+        wrk.run(url, scenario.connections, opts.warmup, opts.wrk_threads, scenario.headers)
     waiter = during(proxy) if during else None
     meter = UsageMeter(proxy)
-    result = wrk.run(url, scenario.connections, opts.seconds, opts.wrk_threads)
+    result = wrk.run(url, scenario.connections, opts.seconds, opts.wrk_threads, scenario.headers)
     usage = meter.read()
     if waiter:
         waiter()

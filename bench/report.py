@@ -39,6 +39,11 @@ class Run:
     def cpu_us_per_request(self) -> float:
         return self.per_request_us(self.cpu_seconds)
 
+    @property
+    def bytes_per_request(self) -> float:
+        """Bytes on the wire per answer, head and body (wrk's count of what it read)."""
+        return self.wrk.bytes / self.wrk.requests if self.wrk.requests else 0.0
+
 
 @dataclass(frozen=True)
 class ServerSummary:
@@ -48,6 +53,7 @@ class ServerSummary:
     cpu_us_per_request: float
     peak_rss_mb: float  # the highest over the runs
     errors: dict[str, int]  # summed over the runs
+    bytes_per_request: float = 0.0  # on the wire, head and body
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class ScenarioSummary:
     p99_ratio: float  # median over pairs of proxy/nginx p99
     rps_ratios: tuple[float, ...]
     verdict: str  # "met", "missed: ..." or "-"
+    bytes_ratio: float = float("nan")  # median over pairs of proxy/nginx bytes per answer
 
 
 def _server_summary(runs: list[Run]) -> ServerSummary:
@@ -74,6 +81,7 @@ def _server_summary(runs: list[Run]) -> ServerSummary:
         cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in runs),
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         errors=errors,
+        bytes_per_request=statistics.median(r.bytes_per_request for r in runs),
     )
 
 
@@ -105,22 +113,28 @@ def summarise(scenario: Scenario, runs: list[Run]) -> ScenarioSummary:
         raise ValueError(f"{scenario.key}: no complete pair of runs")
     rps_ratios = tuple(_ratio(p["proxy"].wrk.rps, p["nginx"].wrk.rps) for p in complete)
     p99_ratios = [_ratio(p["proxy"].wrk.p99_ms, p["nginx"].wrk.p99_ms) for p in complete]
+    bytes_ratios = [_ratio(p["proxy"].bytes_per_request, p["nginx"].bytes_per_request) for p in complete]
     proxy = _server_summary([p["proxy"] for p in complete])
     nginx = _server_summary([p["nginx"] for p in complete])
     rps_ratio = statistics.median(rps_ratios)
     p99_ratio = statistics.median(p99_ratios)
     return ScenarioSummary(scenario, len(complete), proxy, nginx, rps_ratio, p99_ratio, rps_ratios,
-                           verdict(scenario, proxy, rps_ratio, p99_ratio))
+                           verdict(scenario, proxy, rps_ratio, p99_ratio), statistics.median(bytes_ratios))
 
 
 # --- output -----------------------------------------------------------------
 
 COLUMNS = ("scenario", "proxy req/s", "nginx req/s", "ratio", "proxy p50 / p99 ms", "nginx p50 / p99 ms",
-           "p99 ratio", "proxy CPU µs/req", "nginx CPU µs/req", "proxy peak RSS", "errors p/n", "target")
+           "p99 ratio", "proxy CPU µs/req", "nginx CPU µs/req", "proxy peak RSS", "bytes/answer p/n", "errors p/n",
+           "target")
 
 
 def _rps(value: float) -> str:
     return f"{value / 1000:.1f}k" if value >= 10_000 else f"{value:,.0f}"
+
+
+def _size(value: float) -> str:
+    return f"{value / 1024:.1f}k" if value >= 10_240 else f"{value:,.0f}"
 
 
 def _ms(value: float) -> str:
@@ -137,6 +151,7 @@ def row(summary: ScenarioSummary) -> tuple[str, ...]:
         f"{summary.p99_ratio:.2f}x",
         f"{p.cpu_us_per_request:.0f}", f"{n.cpu_us_per_request:.0f}",
         f"{p.peak_rss_mb:.0f} MB",
+        f"{_size(p.bytes_per_request)} / {_size(n.bytes_per_request)} ({summary.bytes_ratio:.2f}x)",
         f"{sum(p.errors.values())}/{sum(n.errors.values())}",
         f"{summary.scenario.targets.describe()}: {summary.verdict}",
     )
@@ -162,10 +177,12 @@ def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: 
             "rps_ratio": s.rps_ratio,
             "p99_ratio": s.p99_ratio,
             "rps_ratios": list(s.rps_ratios),
+            "bytes_ratio": s.bytes_ratio,
             "verdict": s.verdict,
             "proxy": asdict(s.proxy),
             "nginx": asdict(s.nginx),
             "runs": [{"server": r.server, "pair": r.pair, "rps": r.wrk.rps, "cpu_seconds": r.cpu_seconds,
+                      "bytes_per_request": r.bytes_per_request,
                       "cpu_us_per_request": r.cpu_us_per_request,
                       "system_us_per_request": r.per_request_us(r.system_seconds),
                       "app_cpu_us_per_request": r.per_request_us(r.app_cpu_seconds),

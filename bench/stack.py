@@ -7,6 +7,7 @@ block, which stops them however the run ends.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -50,9 +51,11 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
     return layout
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.status, response.read()
+def http_get(url: str, timeout: float = 5.0, headers=()) -> tuple[int, bytes, str | None]:
+    """Status, body as sent (not decoded) and Content-Encoding of one GET."""
+    request = urllib.request.Request(url, headers=dict(headers))
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read(), response.headers.get("Content-Encoding")
 
 
 @dataclass
@@ -128,17 +131,21 @@ def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path) ->
     return Stack(layout, gunicorn, nginx_child, proxy, port)
 
 
-def sanity_check(stack: Stack, paths: list[str]) -> None:
-    """Every path answers 200 with the same body on both servers before anything is timed."""
-    for path in paths:
-        bodies = {}
+def sanity_check(stack: Stack, scenarios) -> None:
+    """Every scenario's request is answered 200 with the same body, coded the same way (a compressed
+    scenario must be compressed by both), on both servers before anything is timed."""
+    for path, headers in sorted({(s.path, s.headers) for s in scenarios}):
+        bodies, codings = {}, {}
         for server in ("proxy", "nginx"):
             try:
-                status, body = http_get(stack.url(server, path))
+                status, body, codings[server] = http_get(stack.url(server, path), headers=headers)
             except OSError as exc:
                 raise StartError(f"{server} GET {path}: {exc}") from None
             if status != 200:
                 raise StartError(f"{server} GET {path}: status {status}")
-            bodies[server] = body
+            bodies[server] = gzip.decompress(body) if codings[server] == "gzip" else body
+        if codings["proxy"] != codings["nginx"]:
+            raise StartError(f"GET {path}: Content-Encoding {codings['proxy']} from the proxy, "
+                             f"{codings['nginx']} from nginx")
         if len(bodies["proxy"]) != len(bodies["nginx"]):
             raise StartError(f"GET {path}: proxy sent {len(bodies['proxy'])} bytes, nginx {len(bodies['nginx'])}")

@@ -49,10 +49,11 @@ def find() -> str | None:
     return shutil.which("wrk")
 
 
-def command(url: str, connections: int, seconds: float, threads: int) -> list[str]:
+def command(url: str, connections: int, seconds: float, threads: int, headers=()) -> list[str]:
     threads = max(1, min(threads, connections))
+    sent = [f"-H{name}: {value}" for name, value in headers]
     return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={TIMEOUT_SECONDS}s", "-s", str(SCRIPT), url]
+            f"--timeout={TIMEOUT_SECONDS}s", *sent, "-s", str(SCRIPT), url]
 
 
 def parse(output: str) -> WrkResult:
@@ -77,8 +78,8 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def run(url: str, connections: int, seconds: float, threads: int) -> WrkResult:
-    argv = command(url, connections, seconds, threads)
+def run(url: str, connections: int, seconds: float, threads: int, headers=()) -> WrkResult:
+    argv = command(url, connections, seconds, threads, headers)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + EXTRA_SECONDS,
                               stdin=subprocess.DEVNULL)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 
 from bench import cli, configs, report, wrk
-from bench.scenarios import BY_KEY
+from bench.scenarios import BY_KEY, GZIP_LEVEL
 
 WRK_LINE = ('WRK_JSON {"requests":3000,"duration_us":3000000,"bytes":123,"connect_errors":0,"read_errors":1,'
             '"write_errors":0,"status_errors":2,"timeouts":0,"p50_us":1500,"p90_us":2500,"p99_us":4000,'
@@ -94,3 +96,30 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
     assert "worker_processes 2;" in configs.nginx_conf(layout(workers=2))
     assert "workers = 2" in configs.proxy_toml(layout(workers=2, proxy_master=True))
     assert "workers = 1" in configs.proxy_toml(layout(proxy_master=True))  # said explicitly when the key exists
+
+
+def test_the_gzip_scenario_compresses_on_both_at_the_same_level():
+    scenario = BY_KEY["gzip-100k"]
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    location = nginx.split(f"location {scenario.path} {{", 1)[1].split("}", 1)[0]
+    for directive in ("gzip on;", f"gzip_comp_level {GZIP_LEVEL};", "gzip_min_length 1024;",
+                      "gzip_types application/json;", "gzip_proxied any;", "gzip_vary on;", "proxy_pass http://app;"):
+        assert directive in location
+    assert "gzip on;" not in nginx.split(f"location {scenario.path}", 1)[0]  # only there
+    route = proxy.split(f'prefix = "{scenario.path}"', 1)[1]
+    assert f'compress = {{ encodings = ["gzip"], level = {{ gzip = {GZIP_LEVEL} }} }}' in route
+    assert "-HAccept-Encoding: gzip" in wrk.command("http://127.0.0.1:1/", 32, 1, 2, scenario.headers)
+
+
+def sized(rps: float, bytes_per_request: int) -> wrk.WrkResult:
+    return dataclasses.replace(result(rps, 10), bytes=int(rps * 3) * bytes_per_request)
+
+
+def test_bytes_on_the_wire_are_compared_per_answer_within_each_pair():
+    runs = [report.Run("proxy", 0, sized(300, 20000), 1.0, 20), report.Run("nginx", 0, sized(400, 19000), 0.1, 5),
+            report.Run("nginx", 1, sized(100, 19500), 0.1, 5), report.Run("proxy", 1, sized(90, 19800), 1.0, 20)]
+    summary = report.summarise(BY_KEY["gzip-100k"], runs)
+    assert summary.bytes_ratio == pytest.approx(statistics.median([20000 / 19000, 19800 / 19500]))
+    assert summary.proxy.bytes_per_request == pytest.approx(19900)
+    assert "19.4k / 18.8k (1.03x)" in report.row(summary)
