@@ -18,7 +18,7 @@ import pytest
 
 from tests.apps.basic import json_pieces, json_records
 from tests.edge import worker_pid
-from tests.helpers import GunicornProcess, ProxyProcess, decoder, proxy_config, stop_all
+from tests.helpers import GunicornProcess, ProxyProcess, decoder, proxy_config, raw_request, stop_all
 
 CODINGS = ("gzip", "br", "zstd")
 MiB = 1024 * 1024
@@ -95,6 +95,13 @@ def test_what_is_never_compressed(proxy):
     assert ranged.getheader("Content-Encoding") is None
     untouched, _, _ = fetch(proxy.port, "/json?size=20000", "gzip", headers={"Cache-Control": "no-transform"})
     assert untouched.getheader("Content-Encoding") is None
+
+
+def test_an_http_1_0_client_gets_the_body_ended_by_the_close(proxy):
+    raw = raw_request(proxy.port, b"GET /json?size=20000 HTTP/1.0\r\nAccept-Encoding: gzip\r\n\r\n", timeout=10)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-encoding: gzip" in head and b"transfer-encoding" not in head and b"content-length" not in head
+    assert gzip.decompress(body) == json_records(20000)
 
 
 def test_head_gets_the_head_a_get_would(proxy):

@@ -62,6 +62,15 @@ def test_the_client_weights_decide_and_the_server_order_breaks_ties(header, chos
     assert encoding.negotiate(header, ORDER) == chosen
 
 
+@pytest.mark.parametrize("header", [
+    b"gzip;q=0.5;q=1", b";;;,,,", b"gzip;q=", b"gzip;q=-1", b"gzip;q=nan", b"gzip;q=inf", b"\xff\xfe, br",
+    b"br" * 10000, b"gzip;q=0.9, " * 2000, b"identity;q=0, *;q=0",
+])
+def test_a_hostile_accept_encoding_is_read_without_error(header):
+    chosen = encoding.negotiate(header, ORDER)
+    assert chosen is None or chosen in ORDER
+
+
 def test_the_server_order_is_configurable():
     assert encoding.negotiate(b"gzip, br, zstd", (b"gzip", b"br")) == b"gzip"
     assert encoding.negotiate(b"zstd", (b"gzip", b"br")) is None
