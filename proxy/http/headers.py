@@ -85,6 +85,7 @@ def upstream_request_headers(
     via: bytes,
     body_length: int | None,
     upgrade: bytes | None = None,
+    named: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The header list the upstream receives.
 
@@ -93,7 +94,8 @@ def upstream_request_headers(
     ``upgrade`` is the protocol of an allowed upgrade (http/upgrade.py): the
     one case where Connection and Upgrade are passed on.
     """
-    named = connection_tokens(headers)
+    if named is None:
+        named = connection_tokens(headers)
     out: list[tuple[bytes, bytes]] = [(b"host", host)] if host else []
     client_via = None
     for name, value in headers:
@@ -151,19 +153,26 @@ def client_response_headers(
     *,
     via: bytes,
     extra: list[tuple[bytes, bytes]],
+    named: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers as the client receives them.
 
-    Content-Length is kept only when the caller passes it in ``extra``: h11
-    then frames the body with it, or chooses chunked/close-delimited itself.
+    Content-Length is kept only when the caller passes it in ``extra``: the
+    client connection frames the body itself (codec.response_framing).
+    ``named``: the response's Connection tokens, when already known.
     """
-    named = connection_tokens(headers)
-    out = [(n, v) for n, v in headers if n not in _RESPONSE_REPLACED and n not in named]
-    upstream_via = next((v for n, v in headers if n == b"via" and n not in named), None)
-    if upstream_via is not None:
-        out = [(n, v) for n, v in out if n != b"via"]
-        via = upstream_via + b", " + via
-    out.append((b"via", via))
+    if named is None:
+        named = connection_tokens(headers)
+    out = []
+    upstream_via = None
+    for n, v in headers:
+        if n in _RESPONSE_REPLACED or n in named:
+            continue
+        if n == b"via":
+            upstream_via = v if upstream_via is None else upstream_via
+            continue
+        out.append((n, v))
+    out.append((b"via", upstream_via + b", " + via if upstream_via is not None else via))
     out += extra
     return out
 

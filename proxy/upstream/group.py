@@ -204,6 +204,10 @@ class UpstreamGroup:
     def pick(self, key: bytes, tried: set) -> Peer | None:
         """The peer for the next try of a request, or None when no untried one is available."""
         now = self.loop.time()
+        peers = self.peers
+        if len(peers) == 1:  # one server (the usual app tier): no policy to consult
+            peer = peers[0]
+            return peer if peer not in tried and peer.available(now) else None
 
         def usable(peer) -> bool:
             return peer not in tried and peer.available(now)
