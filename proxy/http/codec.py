@@ -467,12 +467,15 @@ _HEAD, _LENGTH, _CHUNKED, _UNTIL_EOF, _END, _PAUSED, _CLOSED, _SWITCHED, _FAILED
 class _Framer:
     """What both parsers share: the buffer, EOF, and body framing."""
 
-    __slots__ = ("_engine", "_buf", "_scanned", "_eof", "_state", "_left", "_chunks", "_decoder", "_error",
-                 "_failure")
+    __slots__ = ("_engine", "_buf", "_direct", "_scanned", "_eof", "_state", "_left", "_chunks", "_decoder",
+                 "_error", "_failure")
 
     def __init__(self, engine, error: type) -> None:
         self._engine = engine
         self._buf = bytearray()
+        # A read that is all body (Content-Length or until the close) and found the buffer empty is kept
+        # as it came and handed on as it is: a 10 MiB response is then not copied twice on its way.
+        self._direct: bytes | None = None
         self._scanned = 0  # where the search for the end of the head resumes
         self._eof = False
         self._left = 0
@@ -513,6 +516,17 @@ class _Framer:
             return self._decoder.feed(raw, last, eof)
         return data
 
+    def _take(self, data: bytes) -> None:
+        """What ``feed`` does with bytes: keep a body's read as it is (see ``_direct``), or buffer."""
+        if self._direct is None:
+            if not self._buf and (self._state is _LENGTH or self._state is _UNTIL_EOF):
+                self._direct = data
+                return
+        else:
+            self._buf += self._direct
+            self._direct = None
+        self._buf += data
+
     def _body(self):
         """The next body event, or NEED_DATA."""
         buf = self._buf
@@ -521,6 +535,23 @@ class _Framer:
             if state is _END:
                 self._state = _PAUSED
                 return EndOfMessage
+            direct = self._direct
+            if direct is not None:
+                self._direct = None
+                if state is _LENGTH:
+                    if len(direct) > self._left:  # more than the body: the rest waits in the buffer
+                        buf += direct[self._left:]
+                        direct = direct[:self._left]
+                    self._left -= len(direct)
+                    last = not self._left
+                else:
+                    last = False
+                data = self._body_part(direct, last, direct)
+                if last:
+                    self._state = _END
+                if data:
+                    return Data(data)
+                continue
             if not buf:
                 if not self._eof:
                     return NEED_DATA
@@ -615,7 +646,7 @@ class RequestParser(_Framer):
             # RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the
             # request-line (nginx skips CR and LF there); llhttp does too, h11 does not.
             data = data.lstrip(b"\r\n")
-        self._buf += data
+        self._take(data)
 
     @property
     def head_started(self) -> bool:
@@ -717,7 +748,7 @@ class ResponseParser(_Framer):
         if not data:
             self._eof = True
             return
-        self._buf += data
+        self._take(data)
 
     def _read_head(self):
         buf = self._buf

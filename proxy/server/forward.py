@@ -108,7 +108,7 @@ class Forwarding:
         self.peer = peer
         peer.requests += 1
         peer.in_flight += 1
-        self.exchange.upstream_addr.append(str(peer.address))
+        self.exchange.upstream_addr.append(peer.name)
         self.more = len(self.tried) < self.upstream.tries and group.has_other(self.tried)
         self._acquire()
 
