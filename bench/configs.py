@@ -9,12 +9,18 @@ Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
 stat the other makes.
 
+What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
+block and the proxy's ``[[routes]]`` entry side by side, so a new scenario
+that needs a new kind of work adds one row (and, if it needs one, a line in
+``nginx_conf``'s http block) and both servers get it.
+
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,54 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+
+
+@dataclass(frozen=True)
+class Location:
+    """One URL prefix, served alike by both servers."""
+
+    prefix: str
+    nginx: Callable[[Layout], str]  # the directives inside nginx's `location PREFIX { }`
+    proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
+
+
+def _nginx_static(layout: Layout) -> str:
+    return f"""\
+alias {layout.static}/;
+gzip_static on;
+"""
+
+
+def _nginx_api(layout: Layout) -> str:
+    return """\
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Forwarded-For $remote_addr;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Forwarded-Host $http_host;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+proxy_set_header X-Request-ID $request_id;
+add_header X-Request-ID $request_id always;
+proxy_connect_timeout 3s;
+proxy_read_timeout 60s;
+proxy_send_timeout 60s;
+proxy_buffer_size 8k;
+proxy_buffers 8 8k;
+"""
+
+
+LOCATIONS: tuple[Location, ...] = (
+    Location("/static/", _nginx_static, lambda layout: f'static = "{layout.static}"\n'),
+    Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
+)
+
+
+def _nginx_locations(layout: Layout) -> str:
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n" for loc in LOCATIONS]
+    return textwrap.indent("\n".join(blocks), " " * 8)
 
 
 def nginx_conf(layout: Layout) -> str:
@@ -79,36 +133,14 @@ http {{
     server {{
         listen 127.0.0.1:{layout.nginx_port} backlog=1024;
 
-        location /static/ {{
-            alias {layout.static}/;
-            gzip_static on;
-        }}
-
-        location /api/ {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
-        }}
-    }}
+{_nginx_locations(layout)}    }}
 }}
 """
 
 
 def proxy_toml(layout: Layout) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]
@@ -122,12 +154,4 @@ def proxy_toml(layout: Layout) -> str:
         [upstreams.app]
         servers = ["127.0.0.1:{layout.app_port}"]
         keepalive = 32
-
-        [[routes]]
-        prefix = "/static/"
-        static = "{layout.static}"
-
-        [[routes]]
-        prefix = "/api/"
-        upstream = "app"
-        """)
+        """) + routes

@@ -94,3 +94,14 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
     assert "worker_processes 2;" in configs.nginx_conf(layout(workers=2))
     assert "workers = 2" in configs.proxy_toml(layout(workers=2, proxy_master=True))
     assert "workers = 1" in configs.proxy_toml(layout(proxy_master=True))  # said explicitly when the key exists
+
+
+def test_every_location_reaches_both_servers():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    for location in configs.LOCATIONS:
+        assert f"location {location.prefix} {{" in nginx
+        assert f'prefix = "{location.prefix}"' in proxy
+    assert "alias /tmp/w/static/;" in nginx and 'static = "/tmp/w/static"' in proxy
+    assert "proxy_pass http://app;" in nginx and 'upstream = "app"' in proxy
+    assert nginx.count("{") == nginx.count("}")
