@@ -1,6 +1,6 @@
-"""The two servers' configurations, written so that they do the same work.
+"""The servers' configurations, written so that they do the same work.
 
-Both: one worker, access log off, /static/ served from the same folder,
+All of them: one worker, access log off, /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -8,6 +8,9 @@ in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
 Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
 stat the other makes.
+
+The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
+identical but for ``[server] http_engine``.
 
 What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
 block and the proxy's ``[[routes]]`` entry side by side, so a new scenario
@@ -24,6 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# The proxy's [server] http_engine values the harness measures, in the order they are reported.
+# "auto" means llhttp; the harness names the engine so the label and the config cannot disagree.
+ENGINES = ("llhttp", "h11")
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -38,6 +45,10 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+
+    def proxy_config(self, engine: str) -> Path:
+        """Where the config of the proxy running ``engine`` is written."""
+        return self.work / f"proxy-{engine}.toml"
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ http {{
 """
 
 
-def proxy_toml(layout: Layout) -> str:
+def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
     routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
     return textwrap.dedent(f"""\
@@ -146,6 +157,7 @@ def proxy_toml(layout: Layout) -> str:
         [server]
         listen = ["127.0.0.1:0"]
         sendfile = {"true" if layout.proxy_sendfile else "false"}
+        http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
 
         [log]
