@@ -12,6 +12,7 @@ too, shown for scale.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,16 +120,31 @@ def _server_summary(runs: list[Run]) -> ServerSummary:
 
 
 def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+    return a / b if b else float("nan")  # nginx answered nothing in that run (possible in a 1 s --quick run)
+
+
+def _median_ratio(ratios: tuple[float, ...]) -> float:
+    """The median of the groups' ratios that are defined; NaN when none is."""
+    defined = [r for r in ratios if math.isfinite(r)]
+    return statistics.median(defined) if defined else float("nan")
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "n/a"
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined ratio is saved as null."""
+    return value if math.isfinite(value) else None
 
 
 def verdict(scenario: Scenario, proxy: ServerSummary, rps_ratio: float, p99_ratio: float) -> str:
     targets = scenario.targets
     missed = []
     if targets.min_rps_ratio is not None and not rps_ratio >= targets.min_rps_ratio:
-        missed.append(f"req/s {rps_ratio:.2f}x < {targets.min_rps_ratio:g}x")
+        missed.append(f"req/s {_times(rps_ratio)} < {targets.min_rps_ratio:g}x")
     if targets.max_p99_ratio is not None and not p99_ratio <= targets.max_p99_ratio:
-        missed.append(f"p99 {p99_ratio:.2f}x > {targets.max_p99_ratio:g}x")
+        missed.append(f"p99 {_times(p99_ratio)} > {targets.max_p99_ratio:g}x")
     if targets.max_rss_mb is not None and not proxy.peak_rss_mb < targets.max_rss_mb:
         missed.append(f"RSS {proxy.peak_rss_mb:.0f} MB >= {targets.max_rss_mb:g} MB")
     if targets.no_errors and sum(proxy.errors.values()):
@@ -140,7 +156,7 @@ def _engine_summary(scenario: Scenario, engine: str, groups: list[dict[str, Run]
     rps_ratios = tuple(_ratio(g[engine].wrk.rps, g[NGINX].wrk.rps) for g in groups)
     p99_ratios = tuple(_ratio(g[engine].wrk.p99_ms, g[NGINX].wrk.p99_ms) for g in groups)
     proxy = _server_summary([g[engine] for g in groups])
-    rps_ratio, p99_ratio = statistics.median(rps_ratios), statistics.median(p99_ratios)
+    rps_ratio, p99_ratio = _median_ratio(rps_ratios), _median_ratio(p99_ratios)
     return EngineSummary(engine, proxy, rps_ratio, p99_ratio, rps_ratios, p99_ratios,
                          verdict(scenario, proxy, rps_ratio, p99_ratio))
 
@@ -179,8 +195,8 @@ def _figures(s: ServerSummary) -> tuple[str, ...]:
 
 def rows(summary: ScenarioSummary) -> list[tuple[str, ...]]:
     """One row per proxy engine, then nginx's; the scenario's first cell names it, the second its target."""
-    out = [(label(e.engine), _rps(e.proxy.rps), f"**{e.rps_ratio:.2f}x**",
-            f"{_ms(e.proxy.p50_ms)} / {_ms(e.proxy.p99_ms)}", f"{e.p99_ratio:.2f}x", *_figures(e.proxy), e.verdict)
+    out = [(label(e.engine), _rps(e.proxy.rps), f"**{_times(e.rps_ratio)}**",
+            f"{_ms(e.proxy.p50_ms)} / {_ms(e.proxy.p99_ms)}", _times(e.p99_ratio), *_figures(e.proxy), e.verdict)
            for e in summary.engines]
     n = summary.nginx
     out.append((label(NGINX), _rps(n.rps), "", f"{_ms(n.p50_ms)} / {_ms(n.p99_ms)}", "", *_figures(n), ""))
@@ -210,8 +226,9 @@ def run_json(run: Run) -> dict:
 
 def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: dict) -> dict:
     def engine_json(e: EngineSummary) -> dict:
-        return {"rps_ratio": e.rps_ratio, "p99_ratio": e.p99_ratio, "rps_ratios": list(e.rps_ratios),
-                "p99_ratios": list(e.p99_ratios), "verdict": e.verdict, "proxy": asdict(e.proxy)}
+        return {"rps_ratio": _finite(e.rps_ratio), "p99_ratio": _finite(e.p99_ratio),
+                "rps_ratios": [_finite(r) for r in e.rps_ratios], "p99_ratios": [_finite(r) for r in e.p99_ratios],
+                "verdict": e.verdict, "proxy": asdict(e.proxy)}
 
     def scenario_json(s: ScenarioSummary) -> dict:
         return {
@@ -228,5 +245,5 @@ def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: 
 def save(document: dict, folder: Path, stem: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path

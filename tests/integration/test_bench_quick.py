@@ -28,7 +28,11 @@ def bench(tmp_path, *args: str, timeout: float = 90) -> tuple[subprocess.Complet
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", *args, "--results-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     saved = list(tmp_path.glob("*-quick.json"))
-    return done, json.loads(saved[0].read_text()) if len(saved) == 1 else None
+    return done, json.loads(saved[0].read_text(), parse_constant=refuse) if len(saved) == 1 else None
+
+
+def refuse(constant: str):
+    raise AssertionError(f"the saved document is not strict JSON: {constant}")
 
 
 @needs_tools
@@ -37,15 +41,17 @@ def test_quick_bench_runs_every_scenario_on_both_engines_and_saves_the_table(tmp
     assert done.returncode == 0, done.stdout + done.stderr
     assert document["meta"]["options"]["engines"] == ENGINES
     assert [s["scenario"]["key"] for s in document["scenarios"]] == [s.key for s in cli.SCENARIOS]
+    # Well-formed, not fast: on a busy machine a 1 s run may end before a 10 MiB answer does.
     for scenario in document["scenarios"]:
         key = scenario["scenario"]["key"]
         assert scenario["groups"] == 1
         assert sorted(r["server"] for r in scenario["runs"]) == sorted([*ENGINES, "nginx"])
-        assert scenario["nginx"]["rps"] > 0, key
+        assert all(r["wrk"]["requests"] >= 0 and r["peak_rss_mb"] > 0 for r in scenario["runs"]), key
+        assert scenario["nginx"]["rps"] >= 0, key
         assert list(scenario["engines"]) == ENGINES
         for engine, summary in scenario["engines"].items():
-            assert summary["proxy"]["rps"] > 0 and summary["rps_ratio"] > 0, (key, engine)
-            assert summary["proxy"]["cpu_us_per_request"] > 0 and summary["proxy"]["peak_rss_mb"] > 0, (key, engine)
+            assert summary["proxy"]["rps"] >= 0 and summary["proxy"]["cpu_us_per_request"] >= 0, (key, engine)
+            assert summary["rps_ratio"] is None or summary["rps_ratio"] >= 0, (key, engine)
             assert summary["verdict"] == "met" or summary["verdict"].startswith("missed: "), (key, engine)
     table = document["table"]
     assert table in done.stdout
@@ -77,5 +83,5 @@ def test_one_engine_and_workers_run_or_are_refused_with_a_reason(tmp_path):
     assert document["meta"]["options"]["workers"] == 2
     [scenario] = document["scenarios"]
     assert list(scenario["engines"]) == ["h11"]
-    assert scenario["engines"]["h11"]["proxy"]["rps"] > 0
+    assert scenario["engines"]["h11"]["proxy"]["peak_rss_mb"] > 0
     assert "proxy llhttp" not in document["table"]

@@ -76,6 +76,22 @@ def test_incomplete_groups_are_left_out():
         report.summarise(BY_KEY["static-4k"], runs[3:], BOTH)
 
 
+def test_a_group_where_nginx_answered_nothing_has_no_ratio_and_the_json_stays_json(tmp_path):
+    # A 1 s --quick run of the 10 MiB stream on a busy machine can end before nginx finishes one answer.
+    runs = [run("llhttp", 0, 30), run("nginx", 0, 0, p99_ms=0), run("h11", 0, 20),
+            run("nginx", 1, 40), run("h11", 1, 20), run("llhttp", 1, 40)]
+    summary = report.summarise(BY_KEY["stream-10m"], runs, BOTH)
+    llhttp, h11 = summary.engines
+    assert llhttp.rps_ratio == pytest.approx(1.0) and h11.rps_ratio == pytest.approx(0.5)  # group 1 alone
+    alone = report.summarise(BY_KEY["proxied"], runs[:3], BOTH)
+    assert math.isnan(alone.engines[0].rps_ratio)
+    assert "req/s n/a < 0.9x" in alone.engines[0].verdict
+    path = report.save(report.to_json([alone], {"proxied": runs[:3]}, {}), tmp_path, "nan")
+    saved = json.loads(path.read_text())  # allow_nan=False when writing: the file is strict JSON
+    assert saved["scenarios"][0]["engines"]["llhttp"]["rps_ratio"] is None
+    assert "**n/a**" in saved["table"]
+
+
 def test_one_engine_alone_is_summarised_against_nginx():
     summary = report.summarise(BY_KEY["static-1m"], [run("h11", 0, 900), run("nginx", 0, 1000)], ("h11",))
     [h11] = summary.engines
