@@ -13,9 +13,11 @@ The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
 identical but for ``[server] http_engine``.
 
 What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
-block and the proxy's ``[[routes]]`` entry side by side, so a new scenario
-that needs a new kind of work adds one row (and, if it needs one, a line in
-``nginx_conf``'s http block) and both servers get it.
+block and the proxy's ``[[routes]]`` entry side by side, with what either
+needs beside them (an nginx ``http``-level directive such as
+``proxy_cache_path``, a top-level proxy table such as ``[caches.NAME]``), so
+a new scenario that needs a new kind of work adds one row and both servers
+get it.
 
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
@@ -51,13 +53,19 @@ class Layout:
         return self.work / f"proxy-{engine}.toml"
 
 
+def _nothing(layout: Layout) -> str:
+    return ""
+
+
 @dataclass(frozen=True)
 class Location:
-    """One URL prefix, served alike by both servers."""
+    """One URL prefix, served alike by both servers. Each part is a function of the Layout, giving lines."""
 
     prefix: str
     nginx: Callable[[Layout], str]  # the directives inside nginx's `location PREFIX { }`
     proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
+    nginx_http: Callable[[Layout], str] = _nothing  # directives it needs in nginx's http block
+    proxy_tables: Callable[[Layout], str] = _nothing  # top-level TOML tables it needs in the proxy's config
 
 
 def _nginx_static(layout: Layout) -> str:
@@ -99,6 +107,10 @@ def _nginx_locations(layout: Layout) -> str:
     return textwrap.indent("\n".join(blocks), " " * 8)
 
 
+def _nginx_http(layout: Layout) -> str:
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in LOCATIONS), " " * 4)
+
+
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
     user = "user root root;\n" if layout.run_as_root else ""
@@ -134,7 +146,7 @@ http {{
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
     uwsgi_temp_path {work}/nginx-uwsgi-temp;
     scgi_temp_path {work}/nginx-scgi-temp;
-
+{_nginx_http(layout)}
     upstream app {{
         server 127.0.0.1:{layout.app_port};
         keepalive 32;
@@ -152,6 +164,7 @@ http {{
 def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
     routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in LOCATIONS) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]
@@ -166,4 +179,4 @@ def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
         [upstreams.app]
         servers = ["127.0.0.1:{layout.app_port}"]
         keepalive = 32
-        """) + routes
+        """) + routes + tables

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,21 @@ def test_every_location_reaches_both_servers():
     assert "alias /tmp/w/static/;" in nginx and 'static = "/tmp/w/static"' in proxy
     assert "proxy_pass http://app;" in nginx and 'upstream = "app"' in proxy
     assert nginx.count("{") == nginx.count("}")
+
+
+def test_a_location_brings_what_it_needs_beside_its_block(monkeypatch):
+    cached = configs.Location(
+        "/api/cached/", lambda layout: "proxy_pass http://app;\nproxy_cache bench;\n",
+        lambda layout: 'upstream = "app"\ncache = "bench"\n',
+        nginx_http=lambda layout: f"proxy_cache_path {layout.work}/nginx-cache keys_zone=bench:1m;\n",
+        proxy_tables=lambda layout: '[caches.bench]\nmemory = "64m"\n')
+    monkeypatch.setattr(configs, "LOCATIONS", (*configs.LOCATIONS, cached))
+    nginx = configs.nginx_conf(layout())
+    assert "\n    proxy_cache_path /tmp/w/nginx-cache keys_zone=bench:1m;\n" in nginx.split("server {")[0]
+    assert "location /api/cached/ {\n            proxy_pass http://app;\n            proxy_cache bench;\n        }" in nginx
+    proxy = tomllib.loads(configs.proxy_toml(layout()))
+    assert proxy["routes"][-1] == {"prefix": "/api/cached/", "upstream": "app", "cache": "bench"}
+    assert proxy["caches"] == {"bench": {"memory": "64m"}}
 
 
 def test_the_engines_configs_differ_only_in_the_engine():
