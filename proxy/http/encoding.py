@@ -165,20 +165,23 @@ def choose(policy: Compress, request_headers, accept_encoding: bytes | None, sta
 def rewrite(headers, coding: bytes | None) -> list[tuple[bytes, bytes]]:
     """The head of a response that depends on Accept-Encoding, for ``coding`` (None: identity)."""
     out = []
-    varied = False
+    vary_at = None  # the first Vary field: Accept-Encoding joins it unless a Vary field names it already
+    named = False
     for name, value in headers:
         if name == b"vary":
-            varied = True
-            if not _names_accept_encoding(value):
-                value += b", Accept-Encoding"
+            if vary_at is None:
+                vary_at = len(out)
+            named = named or _names_accept_encoding(value)
         elif coding is not None:
             if name == b"content-length" or name == b"accept-ranges":
                 continue  # the coded length is not known; ranges would be of the identity body
             if name == b"etag" and value.startswith(b'"'):
                 value = b"W/" + value
         out.append((name, value))
-    if not varied:
+    if vary_at is None:
         out.append((b"vary", b"Accept-Encoding"))
+    elif not named:  # RFC 9110 5.3: several Vary fields are one list
+        out[vary_at] = (b"vary", out[vary_at][1] + b", Accept-Encoding")
     if coding is not None:
         out.append((b"content-encoding", coding))
     return out

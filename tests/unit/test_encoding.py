@@ -156,6 +156,13 @@ def test_vary_is_merged_with_the_upstreams(vary, merged):
         assert [v for n, v in out if n == b"vary"] == [merged]
 
 
+def test_several_vary_fields_are_one_list():
+    two = [(b"vary", b"Cookie"), *JSON, (b"vary", b"Accept-Language")]
+    assert encoding.rewrite(two, b"gzip")[::2] == [(b"vary", b"Cookie, Accept-Encoding"), (b"vary", b"Accept-Language")]
+    named = [(b"vary", b"Cookie"), (b"vary", b"accept-encoding")]
+    assert encoding.rewrite(named, None) == named
+
+
 def test_a_compressed_head_has_a_weak_etag_no_length_no_ranges():
     headers = [*JSON, (b"etag", b'"v1"'), (b"content-length", b"5000"), (b"accept-ranges", b"bytes"),
                (b"cache-control", b"max-age=60")]
