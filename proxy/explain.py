@@ -17,7 +17,7 @@ from .config import Config
 from .errors import ClientError
 from .http import codec, static
 from .http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
-from .http.encoding import negotiate
+from .http.encoding import choose, negotiate
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
 
 
@@ -75,6 +75,7 @@ class Explanation:
     lines: tuple[str, ...]
     status: int | None
     forwarded: bool = False
+    encoding: str | None = None  # the Content-Encoding of the answer the proxy itself would make
 
     def __str__(self) -> str:
         return "\n".join(self.lines)
@@ -116,10 +117,10 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
         matching = [r.prefix for r in decider.router.matching(head.path)]
         others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
-    lines, status = describe(cfg, action, head, facts, shown)
+    lines, status, coding = describe(cfg, action, head, facts, shown)
     if route is not None and route.compress is not None and type(action) is not Reply:
         lines.append(_compress_line(route.compress, head))
-    return Explanation(tuple(out + lines), status, forwarded=status is None)
+    return Explanation(tuple(out + lines), status, forwarded=status is None, encoding=coding)
 
 
 def _compress_line(policy, head) -> str:
@@ -131,21 +132,22 @@ def _compress_line(policy, head) -> str:
             f"of {', '.join(policy.types)} and {policy.min_length} bytes or more (or of unknown length)")
 
 
-def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:
-    """The lines that say what ``action`` does with ``head``, and the status the proxy would answer
-    (None: forwarded)."""
+def describe(cfg: Config, action, head, facts: ConnFacts,
+             headers: list[tuple[str, str]]) -> tuple[list[str], int | None, str | None]:
+    """The lines that say what ``action`` does with ``head``, the status the proxy would answer
+    (None: forwarded) and the Content-Encoding of that answer (None: identity, or forwarded)."""
     kind = type(action)
     if kind is StatusPage:
-        return [f"answer:  200 the proxy's own {action.kind} page"], 200
+        return [f"answer:  200 the proxy's own {action.kind} page"], 200, None
     if kind is Reply:
-        return [_reply_line(action)], action.status
+        return [_reply_line(action)], action.status, None
     if kind is Static:
-        line, status = _explain_static(action.route, head)
+        line, status, coding = _explain_static(action.route, head)
         if status is not None or action.otherwise is None:
-            return [line], status if status is not None else 404
-        lines, status = describe(cfg, action.otherwise, head, facts, headers)
-        return [line, *lines], status
-    return _explain_forward(cfg, action, head, facts, headers), None
+            return [line], status if status is not None else 404, coding
+        lines, status, coding = describe(cfg, action.otherwise, head, facts, headers)
+        return [line, *lines], status, coding
+    return _explain_forward(cfg, action, head, facts, headers), None, None
 
 
 def _reply_line(reply: Reply) -> str:
@@ -157,19 +159,23 @@ def _reply_line(reply: Reply) -> str:
     return f"answer:  {reply.status} from the proxy: {reply.why}"
 
 
-def _explain_static(route, head) -> tuple[str, int | None]:
-    """One line about the file, and the status it gets (None: no file, the upstream of the route takes it)."""
+def _explain_static(route, head) -> tuple[str, int | None, str | None]:
+    """One line about the file, the status it gets (None: no file, the upstream of the route takes it)
+    and the Content-Encoding of the answer."""
     try:
         found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
         where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
         if route.upstream and exc.status == 404:
-            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", None
-        return f"answer:  {exc.status} from the proxy: {exc} ({where})", exc.status
+            return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", None, None
+        return f"answer:  {exc.status} from the proxy: {exc} ({where})", exc.status, None
     if type(found) is static.Redirect:
-        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301
+        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301, None
     if type(found) is static.Listing:
-        return f"answer:  200 listing of {found.folder} (autoindex)", 200
+        page = static.listing_page(found.folder, found.url_path, route.dotfiles)
+        coding = _coded(route, head, 200, ((b"content-type", b"text/html"),), len(page))
+        coded = f", Content-Encoding {coding}" if coding else ""
+        return f"answer:  200 listing of {found.folder} (autoindex{coded})", 200, coding
     accept = head.get(b"accept-encoding")
     variant = found.choose(accept)
     coding = static.coding_for(found, variant, route, head.headers, accept)
@@ -177,10 +183,24 @@ def _explain_static(route, head) -> tuple[str, int | None]:
         variant = static.encode(found, coding, route.compress.levels[coding]) or variant
     plan = static.plan(variant, head.method, head.headers)
     encoding = f", Content-Encoding {variant.encoding.decode()}" if variant.encoding else ""
-    if coding is not None and variant.encoding == coding:
-        encoding += " (compressed once, then kept in the open-file cache)"
+    if coding is not None:
+        encoding += (" (compressed once, then kept in the open-file cache)" if variant.encoding == coding else
+                     f", Content-Encoding {coding.decode()} (compressed as it is sent: too large to keep)")
+    # What the client gets: the variant's own coding, or the one the server's seam adds on the way.
+    # (412 and 416 are error pages of a few hundred bytes, below min_length.)
+    sent = next((value.decode() for name, value in plan.headers if name == b"content-encoding"), None)
+    if sent is None and plan.status < 400:
+        sent = _coded(route, head, plan.status, plan.headers, plan.content_length if plan.status != 304 else None)
     return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
-            f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status
+            f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status, sent
+
+
+def _coded(route, head, status: int, headers, length: int | None) -> str | None:
+    """The coding the server gives an answer the proxy makes on ``route`` (http/encoding.py decides)."""
+    if route.compress is None:
+        return None
+    coding = choose(route.compress, head.headers, head.get(b"accept-encoding"), status, headers, length)
+    return coding.decode() if coding else None
 
 
 def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,

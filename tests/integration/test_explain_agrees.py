@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 import socket
 
 import pytest
@@ -31,6 +33,11 @@ static = "www/only"
 [[routes]]
 prefix = "/plain/"
 upstream = "plain"
+[[routes]]
+prefix = "/zip/"
+static = "www/zip"
+autoindex = true
+compress = true
 """
 
 TABLE = [
@@ -56,7 +63,28 @@ TABLE = [
     b"GET /a/../file.txt HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET / HTTP/1.1\r\n\r\n",  # no Host
     b"GET / HTTP/1.0\r\n\r\n",
+    # A route that compresses: the coding explain names is the one the server sends.
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip;q=0.5, br, zstd\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: zstd;q=0.1, br;q=0.9\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip;q=0, identity\r\n\r\n",
+    b"HEAD /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nRange: bytes=0-9\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nCache-Control: no-transform\r\n\r\n",
+    b"GET /zip/page.html HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n"
+    b"If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n\r\n",
+    b"GET /zip/app.js HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br, gzip\r\n\r\n",  # the .gz sibling wins
+    b"GET /zip/app.js HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br\r\n\r\n",  # made on the fly
+    b"GET /zip/tiny.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",  # below min_length
+    b"GET /zip/photo.png HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",  # a type not listed
+    b"GET /zip/big.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: zstd\r\n\r\n",  # compressed as it is sent
+    b"HEAD /zip/big.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",
+    b"GET /zip/many/ HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",  # a listing of 2 KiB and more
+    b"GET /zip/missing HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",
 ]
+
+TEXT = b"".join(b"line %d of a text file that compresses well\n" % i for i in range(30000))  # 1.3 MB
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +94,16 @@ def stack(tmp_path_factory):
     (folder / "www" / "index.html").write_text("<p>index</p>")
     (folder / "www" / "file.txt").write_text("a file\n")
     (folder / "www" / "only" / "a.txt").write_text("a\n")
+    zipped = folder / "www" / "zip"
+    (zipped / "many").mkdir(parents=True)
+    (zipped / "page.html").write_bytes(TEXT[:5000])
+    (zipped / "big.txt").write_bytes(TEXT)  # too large to keep compressed
+    (zipped / "app.js").write_bytes(b"console.log('app.js');\n" * 100)
+    (zipped / "app.js.gz").write_bytes(gzip.compress(b"console.log('app.js');\n" * 100))
+    (zipped / "tiny.txt").write_bytes(b"small")
+    (zipped / "photo.png").write_bytes(TEXT[:5000])
+    for i in range(40):
+        (zipped / "many" / f"a-file-with-a-long-name-{i:02d}.txt").write_bytes(b"x")
     upstream = RecordingUpstream()
     text = CONFIG.format(upstream=upstream.address)
     from tests.helpers import ProxyProcess
@@ -77,7 +115,8 @@ def stack(tmp_path_factory):
     upstream.close()
 
 
-def _answer(port: int, raw: bytes) -> int | None:
+def _answer(port: int, raw: bytes) -> tuple[int | None, str | None]:
+    """The status of the server's answer and its Content-Encoding."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(raw)
         data = b""
@@ -86,7 +125,8 @@ def _answer(port: int, raw: bytes) -> int | None:
             if not chunk:
                 break
             data += chunk
-    return status_of(data)
+    coding = re.search(rb"\r\ncontent-encoding: *([^\r]*)\r\n", data.partition(b"\r\n\r\n")[0] + b"\r\n", re.I)
+    return status_of(data), coding[1].decode() if coding else None
 
 
 @pytest.mark.parametrize("raw", TABLE, ids=[r.split(b"\r\n")[0].decode() for r in TABLE])
@@ -94,8 +134,9 @@ def test_explain_agrees_with_the_server(stack, raw):
     proxy, upstream, cfg = stack
     told = explain_bytes(cfg, raw)
     before = len(upstream.received)
-    status = _answer(proxy.port, raw)
+    status, coding = _answer(proxy.port, raw)
     reached = len(upstream.received) > before
     assert reached is told.forwarded, f"server {'forwarded' if reached else 'answered'} it:\n{told}"
     if not told.forwarded:
         assert status == told.status, f"the server answered {status}:\n{told}"
+        assert coding == told.encoding, f"the server answered with Content-Encoding {coding}:\n{told}"

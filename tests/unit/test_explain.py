@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from proxy import config
-from proxy.explain import explain
+from proxy.explain import explain, explain_bytes
+from proxy.http import static
 from proxy.http.headers import connection_tokens, upstream_request_headers, why_dropped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,24 @@ compress = { encodings = ["br", "gzip"], level = { br = 5 } }
     plain = explain(cfg, "GET", "/data.json", [])
     assert "compress: none for this Accept-Encoding (the route offers br, gzip)" in plain
     assert "Content-Encoding" not in plain.split("compress:")[0]
+
+
+def test_explain_names_the_coding_a_static_answer_is_sent_with(tmp_path, monkeypatch):
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "data.json").write_text("[" + ",".join(["1234567890"] * 500) + "]")
+    (tmp_path / "proxy.toml").write_text('[[routes]]\nprefix = "/"\nstatic = "public"\ncompress = true\n')
+    cfg = config.load(tmp_path / "proxy.toml")
+
+    def told(*headers: str):
+        raw = b"GET /data.json HTTP/1.1\r\nHost: t\r\n" + b"".join(h.encode() + b"\r\n" for h in headers) + b"\r\n"
+        return explain_bytes(cfg, raw)
+
+    assert told("Accept-Encoding: br").encoding == "br"
+    assert told().encoding is None and told("Accept-Encoding: gzip", "Range: bytes=0-1").encoding is None
+    assert told("Accept-Encoding: gzip", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT").encoding is None
+    monkeypatch.setattr(static, "ENCODE_ONCE", 100)  # too large to keep: compressed by the server as it is sent
+    large = told("Accept-Encoding: zstd")
+    assert large.encoding == "zstd" and "(compressed as it is sent: too large to keep)" in str(large)
 
 
 def test_static_file_served_by_the_proxy(site, tmp_path):
