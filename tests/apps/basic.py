@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import time
+import zlib
+from functools import lru_cache
 
 
 def app(environ, start_response):
@@ -68,6 +70,12 @@ def app(environ, start_response):
         size = int(query.split("=")[1]) if query.startswith("size=") else 1024 * 1024
         start_response("200 OK", [("Content-Type", "application/json")])
         return json_pieces(size)
+    if path == "/gzipped":
+        # A body the app compressed itself: ``mib`` MiB of zeros as a little gzip (a bomb to whoever decodes it).
+        payload = zeros_gzipped(int(query.split("=")[1]) if query.startswith("mib=") else 64)
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Encoding", "gzip"),
+                                  ("Content-Length", str(len(payload)))])
+        return [payload]
     if path == "/slow":
         time.sleep(float(query.split("=")[1]) if query.startswith("s=") else 1.0)
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
@@ -100,3 +108,11 @@ def json_pieces(size: int, piece: int = 65536):
         chunk = b"".join(RECORD % (i, i, i, i * 7) for i in range(start, end))
         yield chunk[:-1] if end == count else chunk
     yield b"]"
+
+
+@lru_cache
+def zeros_gzipped(mib: int) -> bytes:
+    """``mib`` MiB of zero bytes, gzip-compressed at level 9 (about a thousandth of the size)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1024 * 1024)
+    return b"".join(z.compress(block) for _ in range(mib)) + z.flush()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps.basic import json_pieces, json_records
+from tests.apps.basic import json_pieces, json_records, zeros_gzipped
 from tests.edge import worker_pid
 from tests.helpers import GunicornProcess, ProxyProcess, decoder, proxy_config, raw_request, stop_all
 
@@ -153,27 +153,51 @@ def _memory_kib(pid: int, field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
 
 
-def _peak_growth(proxy: ProxyProcess, pid: int, target: str, coding: str) -> tuple[int, bytes]:
-    """KiB the worker's peak RSS rose above its RSS while the response to ``target`` was sent."""
+def _peak_growth(pid: int, send):
+    """(KiB the worker's peak RSS rose above its RSS while ``send()`` ran, what it returned)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _memory_kib(pid, "VmRSS")
+    result = send()
+    return _memory_kib(pid, "VmHWM") - before, result
+
+
+def _compressed_body(proxy: ProxyProcess, target: str, coding: str) -> bytes:
     response, body, _ = fetch(proxy.port, target, coding)
     assert response.status == 200 and response.getheader("Content-Encoding") == coding
-    return _memory_kib(pid, "VmHWM") - before, body
+    return body
 
 
 @pytest.mark.parametrize("coding", CODINGS)
 def test_a_10_mib_streamed_json_compresses_in_flat_memory(proxy, coding):
     pid = worker_pid(proxy)
     fetch(proxy.port, f"/json-stream?size={MiB}", coding)  # the encoder's first allocations, once
-    small, small_body = _peak_growth(proxy, pid, f"/json-stream?size={MiB}", coding)
-    large, large_body = _peak_growth(proxy, pid, f"/json-stream?size={10 * MiB}", coding)
+    small, small_body = _peak_growth(pid, lambda: _compressed_body(proxy, f"/json-stream?size={MiB}", coding))
+    large, large_body = _peak_growth(pid, lambda: _compressed_body(proxy, f"/json-stream?size={10 * MiB}", coding))
     assert large_body == b"".join(json_pieces(10 * MiB)) and small_body == b"".join(json_pieces(MiB))
     # Ten times the body, about the same memory: the encoder holds its window, never the body. The slack
     # is the allocator's (freed pieces of a long stream are not always given back at once).
     figures = f"peak RSS rose {large} KiB for 10 MiB, {small} KiB for 1 MiB"
     assert large < small + 4096, figures
     assert large < 8 * 1024, figures
+
+
+def test_a_body_the_app_compressed_passes_byte_for_byte_and_is_never_decoded(proxy):
+    """64 MiB of zeros as 64 KiB of gzip from the app: the client gets the app's bytes (no second coding,
+    though it prefers br), and the worker's memory does not grow by what they would decode to."""
+
+    def send():
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        try:
+            connection.request("GET", "/gzipped?mib=64", headers={"Accept-Encoding": "br, gzip;q=0.5"})
+            response = connection.getresponse()
+            return response, response.read()  # read as it came, not decoded
+        finally:
+            connection.close()
+
+    grew, (response, body) = _peak_growth(worker_pid(proxy), send)
+    assert response.status == 200 and response.getheader("Content-Encoding") == "gzip"
+    assert body == zeros_gzipped(64) and response.getheader("Content-Length") == str(len(body))
+    assert grew < 16 * 1024, f"peak RSS rose {grew} KiB"
 
 
 # --- static files -------------------------------------------------------------------------
