@@ -45,6 +45,12 @@ class ClientTimeout(ClientError):
     status = 408
 
 
+class ProxyHeaderError(ClientError):
+    """A connection on a ``proxy_protocol`` listener did not begin with a valid PROXY header
+    (http/proxyproto.py). Never answered: the peer is a load balancer, not an HTTP client, and
+    whatever follows cannot be trusted to be HTTP; the connection is closed."""
+
+
 class UpstreamError(ProxyError):
     """The upstream refused, broke the protocol, or closed early (502)."""
 
