@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy import config
-from proxy.config import Address, ConfigError, parse_address, parse_size
+from proxy.config import Address, ConfigError, Listen, parse_address, parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def load_text(tmp_path: Path, text: str) -> config.Config:
 
 def test_defaults_with_an_empty_file(tmp_path):
     cfg = load_text(tmp_path, "")
-    assert cfg.server.listen == (Address("127.0.0.1", 8080),)
+    assert cfg.server.listen == (Listen(Address("127.0.0.1", 8080)),)
     assert cfg.limits.max_body_bytes == 1024 * 1024
     assert cfg.limits.max_header_bytes == 32768
     assert cfg.log.format == "combined"
@@ -54,7 +54,7 @@ def test_full_example_loads(tmp_path):
         prefix = "/"
         upstream = "app"
     """.replace("\n        ", "\n"))
-    assert cfg.server.listen[1] == Address("::1", 8080)
+    assert cfg.server.listen[1] == Listen(Address("::1", 8080))
     assert cfg.limits.max_body_bytes == 16384
     assert cfg.upstreams["app"].servers[1].address == Address("app", 8001)
     assert cfg.routes[0].static == (tmp_path / "static").resolve()
@@ -165,7 +165,7 @@ def test_upgrade_protocols(tmp_path, protocols, expected):
     ('["[::]:80"]', Address("::", 80)),
 ])
 def test_listen_accepts_what_nginx_accepts(tmp_path, listen, expected):
-    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (expected,)
+    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (Listen(expected),)
 
 
 @pytest.mark.parametrize("listen, message", [
