@@ -5,9 +5,13 @@ health checks go over TLS too."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import pytest
 import requests
 import trustme
+from websockets.asyncio.client import connect
 
 from tests.edge import write_cert
 from tests.helpers import GunicornProcess, wait_until
@@ -126,3 +130,25 @@ def test_health_checks_go_over_tls(start_proxy, tls_app, trusted):
     else:
         state = wait_until(lambda: (s := server_status(proxy))["state"] == "down" and s, what="the server down")
         assert state["last_error"] == "its certificate is not accepted: unable to get local issuer certificate"
+
+
+def test_a_websocket_tunnels_to_an_https_server(start_proxy, ca, tmp_path, event_loop):
+    # The upgraded connection is relayed over the upstream's TLS transport, which has no half-close.
+    chain, key = write_cert(ca.issue_cert("localhost"), tmp_path, "ws")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    app = GunicornProcess("tests.apps.websocket:app", "--threads", "8", "--certfile", str(chain), "--keyfile", str(key),
+                          worker_class="gthread")
+    try:
+        proxy = start_proxy(config(f"https://127.0.0.1:{app.port}",
+                                   f'tls = {{ ca_file = "{tmp_path / "ca.pem"}", server_name = "localhost" }}',
+                                   event_loop=event_loop))
+
+        async def go():
+            async with connect(f"ws://127.0.0.1:{proxy.port}/ws/echo", max_size=2 * 1024 * 1024) as ws:
+                for message in ("hello", os.urandom(1024 * 1024)):
+                    await ws.send(message)
+                    assert await ws.recv() == message
+        asyncio.run(asyncio.wait_for(go(), 60))
+        wait_until(lambda: any(" tunnel=websocket " in line for line in proxy.access_lines()), what="the tunnel's line")
+    finally:
+        app.stop()
