@@ -223,9 +223,9 @@ async def _proxy_header(worker, transport: asyncio.Transport, holding: _Holding,
 
 def _peer_text(peer) -> str:
     """A peer address for the log: "host:port", "unix:" for a unix socket's client, "?" when unknown."""
-    if isinstance(peer, tuple) and peer:
+    if isinstance(peer, tuple) and peer and peer[0] != UNIX_CLIENT:
         return str(Address(peer[0], peer[1]))
-    return UNIX_CLIENT if isinstance(peer, str) else "?"
+    return UNIX_CLIENT if isinstance(peer, (str, tuple)) else "?"
 
 
 class EdgeState:
