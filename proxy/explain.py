@@ -108,6 +108,7 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
     action = decider.decide(head, facts)
     out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
+    out += _client_lines(cfg)
     route = getattr(action, "route", None)
     if route is None and type(action) is Reply and head.path != "*":
         route = decider.router.match(head.path)
@@ -117,6 +118,20 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
     lines, status = describe(cfg, action, head, facts, shown)
     return Explanation(tuple(out + lines), status, forwarded=status is None)
+
+
+def _client_lines(cfg: Config) -> list[str]:
+    """Where the client address comes from on listeners that do not take it from the TCP peer."""
+    entries = [*cfg.server.listen, *(cfg.tls.listen if cfg.tls else ())]
+    proxied = [str(e.address) for e in entries if e.proxy_protocol]
+    unix = [str(e.address) for e in entries if type(e.address) is UnixAddress and not e.proxy_protocol]
+    out = []
+    if proxied:
+        out.append(f"client:  on {', '.join(proxied)} (proxy_protocol) the address its PROXY header names "
+                   "(what --client-ip stands for here)")
+    if unix:
+        out.append(f"client:  on {', '.join(unix)} \"unix:\" (a unix socket's client has no address)")
+    return out
 
 
 def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:

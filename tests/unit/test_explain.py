@@ -153,3 +153,23 @@ upstream = "app"
     text = explain(config.load(tmp_path / "proxy.toml"), "GET", "/", [])
     assert line in text + "\n"
     assert "  host: localhost" in text  # a unix listener: the Host a request without one is given
+
+
+def test_explain_says_where_the_client_address_comes_from(tmp_path):
+    (tmp_path / "proxy.toml").write_text("""
+[server]
+listen = ["127.0.0.1:8080", { address = ":8081", proxy_protocol = true }, "unix:/run/twotier.sock"]
+[upstreams.app]
+servers = ["127.0.0.1:8000"]
+[[routes]]
+prefix = "/"
+upstream = "app"
+""")
+    text = explain(config.load(tmp_path / "proxy.toml"), "GET", "/", [], client_ip="203.0.113.7")
+    assert ("client:  on 0.0.0.0:8081 (proxy_protocol) the address its PROXY header names "
+            "(what --client-ip stands for here)") in text
+    assert 'client:  on unix:/run/twotier.sock "unix:" (a unix socket\'s client has no address)' in text
+    assert "  x-forwarded-for: 203.0.113.7" in text
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[upstreams.app]\nservers = ["127.0.0.1:8000"]\n[[routes]]\nprefix = "/"\nupstream = "app"\n')
+    assert "client:" not in explain(config.load(plain), "GET", "/", [])
