@@ -507,10 +507,6 @@ def _convert_tls_name(value: Any, ctx: Context) -> str:
     return value.lower()
 
 
-def _convert_ca_file(value: Any, ctx: Context) -> Path | None:
-    return None if value == "" else _convert_file(value, ctx)
-
-
 @dataclass(frozen=True)
 class UpstreamTls:
     """HTTPS to a group's servers: an ``[upstreams.NAME.tls]`` table, or the defaults for "https://" servers."""
@@ -521,7 +517,8 @@ class UpstreamTls:
         "A server that fails is a failed try (502) with the reason logged. (nginx's proxy_ssl_verify is off "
         "by default; here it is on.)")
     ca_file: Path | None = setting(
-        None, Kind('a PEM file (relative to the config file), or "" for the system\'s CAs', _convert_ca_file, ("",)),
+        None,
+        Kind('a PEM file (relative to the config file), or "" for the system\'s CAs', _convert_optional_file, ("",)),
         "CA certificates to trust for this group instead of the system's (a private CA).", shown='""')
     server_name: str = setting(
         "", Kind('a host name or IP address, or ""', _convert_tls_name),
@@ -1044,7 +1041,9 @@ def reference() -> str:
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
               ("listen = [{...}] entries", Listen),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
-              ("[upstreams.NAME.health]", Health), ("[upstreams.NAME.tls]", UpstreamTls), ("[[routes]]", Route), ("[status]", Status),
+              ("[upstreams.NAME.health]", Health),
+              ("[upstreams.NAME.tls]", UpstreamTls),
+              ("[[routes]]", Route), ("[status]", Status),
               ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
     out: list[str] = []
     for title, cls in tables:

@@ -181,8 +181,9 @@ def client_context(settings: UpstreamTls, where: str, source: Path) -> ssl.SSLCo
     try:
         context.load_verify_locations(cafile=settings.ca_file)
     except ssl.SSLError as exc:
+        reason = str(getattr(exc, "reason", None) or "not valid PEM").lower().replace("_", " ")
         raise ConfigError(f"{source}: {where}.ca_file: {settings.ca_file} holds no PEM CA certificate "
-                          f"({str(getattr(exc, 'reason', None) or 'not valid PEM').lower().replace('_', ' ')})") from None
+                          f"({reason})") from None
     except OSError as exc:
         raise ConfigError(f"{source}: {where}.ca_file: cannot read {settings.ca_file}: {exc.strerror}") from None
     return context
