@@ -6,7 +6,9 @@ the handshake."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import textwrap
 import time
 
 import pytest
@@ -182,3 +184,22 @@ def test_on_a_tls_listener_a_handshake_without_a_header_is_refused(proxied_tls, 
             client.close()
     proxied_tls.wait_for_line(r"PROXY protocol header refused from 127\.0\.0\.1:\d+: the connection did not begin")
     assert proxied_tls.upstream.received == []
+
+
+def test_a_reload_turns_the_proxy_protocol_on_for_a_listener_it_keeps(start_proxy, recording_upstream):
+    upstream = recording_upstream()
+    proxied = config(upstream.address, "auto")
+    plain = proxied.replace('{ address = "127.0.0.1:0", proxy_protocol = true }', '"127.0.0.1:0"')
+    proxy = start_proxy(plain)
+    ports = wait_until(lambda: [int(m[1]) for line in proxy.lines
+                                if (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line))][1:],
+                       what="the second listener")
+    second = ports[0]
+    assert status_of(raw_request(second, GET)) == 200
+    proxy.config_path.write_text(textwrap.dedent(proxied))
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for_line("reload complete")
+    # The same socket (same port), read by the new workers as a proxy_protocol one.
+    wait_until(lambda: raw_request(second, GET) == b"", what="plain requests to be refused")
+    assert status_of(raw_request(second, V1 + GET)) == 200
+    assert forwarded_for(upstream.received[-1]) == "203.0.113.7"
