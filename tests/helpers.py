@@ -65,10 +65,11 @@ def connect(target: int | str, timeout: float = 5.0) -> socket.socket:
 def accepting(port: int | str, host: str = "127.0.0.1") -> bool:
     """Something listens on ``port`` of ``host`` (or, a str, on that unix socket)."""
     try:
-        with connect(port, timeout=0.2) if isinstance(port, str) else socket.create_connection((host, port), 0.2):
-            return True
+        sock = connect(port, timeout=0.2) if isinstance(port, str) else socket.create_connection((host, port), 0.2)
     except OSError:
         return False
+    sock.close()
+    return True
 
 
 class Process:
