@@ -249,7 +249,7 @@ def _convert_temp_dir(value: Any, ctx: Context) -> str:
 def _convert_prefix(value: Any, ctx: Context) -> str:
     # Printable ASCII without quotes or backslashes: a prefix is also written into the
     # Server-Timing header's quoted desc, and headers are not re-validated on the way out.
-    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+    if not isinstance(value, str) or not _PREFIX_RE.fullmatch(value):
         raise Invalid
     return value
 
@@ -267,7 +267,7 @@ def _convert_header_value(value: Any, ctx: Context) -> str:
 
 
 def _convert_token(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise Invalid
     return value
 
@@ -379,13 +379,13 @@ _PROTOCOL_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)
 
 
 def _convert_server_name(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _SERVER_NAME_RE.match(value.lower()):
+    if not isinstance(value, str) or not _SERVER_NAME_RE.fullmatch(value.lower()):
         raise Invalid
     return value.lower()
 
 
 def _convert_protocol(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _PROTOCOL_RE.match(value.lower()):
+    if not isinstance(value, str) or not _PROTOCOL_RE.fullmatch(value.lower()):
         raise Invalid
     return value.lower()
 
@@ -643,7 +643,7 @@ _RULE_REFUSED = frozenset({"connection", "keep-alive", "proxy-connection", "te",
 
 
 def _rule_name(value: Any, *, host: bool) -> bytes:
-    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise Invalid(f"{value!r} is not a header name (an HTTP token)")
     name = value.lower()
     if name in _RULE_REFUSED:
@@ -706,7 +706,7 @@ def _convert_error_pages(value: Any, ctx: Context) -> tuple[tuple[str, Path], ..
     pages = []
     for code, file in value.items():
         code = str(code)
-        if not _ERROR_CODE_RE.match(code):
+        if not _ERROR_CODE_RE.fullmatch(code):
             raise Invalid(f'{code}: expected a status from 400 to 599, "4xx" or "5xx"')
         try:
             pages.append((code, _convert_file(file, ctx.at(code))))
@@ -719,7 +719,7 @@ _LIMIT_KEY_RE = re.compile(r"^(?:client_ip|host|header:[-!#$%&'*+.^_`|~0-9A-Za-z
 
 
 def _convert_limit_key(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _LIMIT_KEY_RE.match(value):
+    if not isinstance(value, str) or not _LIMIT_KEY_RE.fullmatch(value):
         raise Invalid
     return value if not value.startswith("header:") else value.lower()
 
@@ -736,7 +736,7 @@ def _convert_rate(value: Any, ctx: Context) -> float:
 
 def _convert_realm(value: Any, ctx: Context) -> str:
     # Written into WWW-Authenticate as a quoted-string (RFC 7617 2): no quotes, backslashes or controls.
-    if not isinstance(value, str) or not value or not re.match(r'^[ !#-\[\]-~]+$', value):
+    if not isinstance(value, str) or not value or not re.fullmatch(r'^[ !#-\[\]-~]+$', value):
         raise Invalid
     return value
 
@@ -766,7 +766,7 @@ def _convert_users_file(value: Any, ctx: Context) -> Users:
         user = name.decode("utf-8", "replace")
         if not sep or not name:
             raise Invalid(f'{path} line {number}: expected "user:hash"')
-        if not _BCRYPT_RE.match(hashed):
+        if not _BCRYPT_RE.fullmatch(hashed):
             raise Invalid(f"{path} line {number}: the hash of {user!r} is not bcrypt; make one with "
                           f"`htpasswd -B` or `proxy hash-password`")
         if user in users:

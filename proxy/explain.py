@@ -109,7 +109,7 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
     decider = Decider(cfg)
     connection = ConnFacts(scheme.encode(), client_ip, str(listen).encode(),
                            cfg.tls.listen[0].port if cfg.tls else None, server_name)
-    facts = decider.request_facts(head, connection)
+    facts = decider.request_facts(head.headers, connection)
     rid = request_id(head.get(b"x-request-id"))
     trace: list[str] = []
     action = decider.decide(head, facts, rid, trace)

@@ -55,7 +55,8 @@ from . import upgrade as upgrade_rules
 from .clientip import TrustedProxies
 from .placeholders import Vars
 from .policy import Applied, Credentials, RoutePolicy, limit_key
-from .routing import Router
+from .routing import Router, normalize_path
+from .rules import split_target
 from .sites import Sites, misdirected
 from .upgrade import Upgrade
 
@@ -196,13 +197,13 @@ class Decider:
     def __repr__(self) -> str:
         return f"<Decider {self.sites!r}>"
 
-    def request_facts(self, head, conn: ConnFacts) -> ConnFacts:
-        """The facts of ``head``'s connection with the client's real address (``[server] trusted_proxies``);
-        ``conn`` itself when nothing changes."""
+    def request_facts(self, headers: list[tuple[bytes, bytes]], conn: ConnFacts) -> ConnFacts:
+        """The facts of a request's connection with the client's real address (``[server] trusted_proxies``,
+        from the request's ``headers``); ``conn`` itself when nothing changes."""
         trusted = self.trusted
         if trusted is None:
             return conn
-        client = trusted.client(conn.client_ip, head.headers)
+        client = trusted.client(conn.client_ip, headers)
         if client == conn.client_ip:
             return conn
         return ConnFacts(conn.scheme, client, conn.local, conn.https_port, conn.server_name, conn.client_ip)
@@ -211,6 +212,14 @@ class Decider:
         sites = self.sites
         only = sites.only
         return only if only is not None else sites.pick(head.host or conn.local)
+
+    def pages_for(self, seen: "Seen", conn: ConnFacts) -> Applied | None:
+        """The policy of the route a refused request named (its body was declared too large), for its error
+        page and response headers only: it counts in no limit, and nothing else is decided."""
+        site = self.sites.only or self.sites.pick(seen.host or conn.local)
+        route = site.router.match(seen.path) if site is not None and site.policies else None
+        policy = site.policies.get(id(route)) if route is not None else None
+        return policy.plain if policy is not None else None
 
     def decide(self, head, conn: ConnFacts, request_id: bytes = b"", trace: list[str] | None = None) -> Action:
         """What ``head`` gets. ``request_id`` is for the {request_id} of a redirect; ``trace`` collects a line
@@ -343,6 +352,26 @@ class Decider:
         if route.upstream:
             return self._forward(route, head, conn, policy, applied)
         return Reply(405, f"static route; {method.decode()} is not GET or HEAD", ALLOW_GET_HEAD, policy=applied)
+
+
+class Seen:
+    """What a refused request's head says of its target and host (codec.RefusedHead keeps only the line
+    and the fields), for the error page and header rules of the route it named."""
+
+    __slots__ = ("target", "path", "query", "host")
+
+    def __init__(self, target: bytes, path: str, query: bytes, host: bytes) -> None:
+        self.target, self.path, self.query, self.host = target, path, query, host
+
+    @classmethod
+    def of(cls, refused) -> "Seen | None":
+        """None when the line or the path is what was wrong with it."""
+        try:
+            target = refused.request_line.split(" ")[1].encode("latin-1")
+            origin, raw_path, query, host = split_target(target, refused.get(b"host") or b"")
+            return cls(origin, normalize_path(raw_path), query, host)
+        except (ClientError, IndexError):
+            return None
 
 
 def _has_policy(route: Route) -> bool:

@@ -61,7 +61,7 @@ def compile_template(text: str) -> Template:
     """Split ``text``; TemplateError for an unknown placeholder, a stray brace or a control character."""
     if not isinstance(text, str):
         raise TemplateError("expected a string")
-    if not _PRINTABLE_RE.match(text):
+    if not _PRINTABLE_RE.fullmatch(text):
         raise TemplateError("only printable ASCII is allowed (no CR, LF or other control characters)")
     if "{" in _stray(text) or "}" in _stray(text):
         raise TemplateError("a brace that is not part of a {placeholder}")

@@ -42,7 +42,7 @@ from time import perf_counter
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec
-from ..http.decide import Check, ConnFacts, Delayed, Forward, Reply, Static, StatusPage, refusal
+from ..http.decide import Check, ConnFacts, Delayed, Forward, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.placeholders import Vars
 from ..http.responses import error_page, reason as reason_phrase
@@ -258,7 +258,7 @@ class ClientProtocol(asyncio.Protocol):
     def _on_head(self, head) -> None:
         w = self.w
         decider = w.decider
-        facts = self.facts if decider.trusted is None else decider.request_facts(head, self.facts)
+        facts = self.facts if decider.trusted is None else decider.request_facts(head.headers, self.facts)
         request_id = w.new_request_id(head.get(b"x-request-id"))
         self.exchange = exchange = Exchange(head, request_id, facts.client_ip)
         w.conns.active += 1
@@ -338,10 +338,10 @@ class ClientProtocol(asyncio.Protocol):
         headers.append((b"content-type", page[1]))
         return page[0]
 
-    def placeholder_values(self) -> Vars:
-        """What the placeholders of this request's header rules stand for."""
+    def placeholder_values(self, seen=None) -> Vars:
+        """What the placeholders of this request's header rules stand for (``seen``: of a refused head)."""
         exchange = self.exchange
-        head = exchange.head
+        head = exchange.head if seen is None else seen
         return Vars(head, head.host or self.facts.local, self.scheme, exchange.client_ip, exchange.request_id,
                     exchange.policy.policy.prefix)
 
@@ -498,8 +498,17 @@ class ClientProtocol(asyncio.Protocol):
     def _refuse(self, exc: ClientError) -> None:
         """The request itself is refused (malformed, too large, too slow): answer, then close."""
         w = self.w
+        seen = None
         if self.exchange is None:
-            self.exchange = Exchange(getattr(exc, "head", None), w.new_request_id(None), self.client_ip)
+            head = getattr(exc, "head", None)
+            facts = self.facts
+            if head is not None:
+                seen = Seen.of(head)
+                if w.decider.trusted is not None:
+                    facts = w.decider.request_facts(list(head.fields), facts)
+            self.exchange = Exchange(head, w.new_request_id(None), facts.client_ip)
+            if seen is not None:
+                self.exchange.policy = w.decider.pages_for(seen, facts)
             w.conns.active += 1
         exchange = self.exchange
         exchange.handler = "local"
@@ -518,7 +527,7 @@ class ClientProtocol(asyncio.Protocol):
         applied = exchange.policy
         if applied is not None and applied.policy.response_rules is not None:
             rules = applied.policy.response_rules
-            headers = rules.apply(headers, self.placeholder_values() if rules.dynamic and head is not None else None)
+            headers = rules.apply(headers, self.placeholder_values(seen) if rules.dynamic else None)
         payload = codec.response_head(reply.status, reason_phrase(reply.status), headers)
         if head is None or head.method != b"HEAD":
             payload += body
