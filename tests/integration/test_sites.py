@@ -112,10 +112,3 @@ def test_unknown_host_over_tls_is_421_when_sni_differs(proxy, ca):
     context.check_hostname = False
     assert status_of(tls_get(proxy.tls_port, context, "elsewhere.test", "elsewhere.test")) == 404
     assert status_of(tls_get(proxy.tls_port, context, None, "elsewhere.test")) == 404
-
-
-@pytest.fixture(scope="module")
-def ca():
-    import trustme
-
-    return trustme.CA()
