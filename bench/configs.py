@@ -32,11 +32,48 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+    policy: bool = False  # add /policy/: /api/'s forwarding plus a header rule, an allow list and a rate limit
+
+
+# How both /api/ and /policy/ forward, in nginx's words.
+_NGINX_FORWARDING = """\
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+            proxy_set_header X-Request-ID $request_id;
+            add_header X-Request-ID $request_id always;
+            proxy_connect_timeout 3s;
+            proxy_read_timeout 60s;
+            proxy_send_timeout 60s;
+            proxy_buffer_size 8k;
+            proxy_buffers 8 8k;
+"""
+
+# The policy route: a rate no benchmark reaches, so every request is counted and none refused.
+POLICY_RATE = 1_000_000
+
+
+def _nginx_policy(layout: Layout) -> tuple[str, str]:
+    """(the http-level zone, the location) of /policy/ in nginx, or nothing."""
+    if not layout.policy:
+        return "", ""
+    zone = f"    limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n"
+    location = ("\n        location /policy/ {\n" + _NGINX_FORWARDING
+                + "            proxy_set_header X-Site shop;\n            allow 127.0.0.0/8;\n            deny all;\n"
+                + f"            limit_req zone=bench burst={POLICY_RATE} nodelay;\n        }}\n")
+    return zone, location
 
 
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
     user = "user root root;\n" if layout.run_as_root else ""
+    zone, policy = _nginx_policy(layout)
     return f"""\
 # Written by bench/configs.py for one benchmark run; not for deployment.
 {user}worker_processes {layout.workers};
@@ -69,7 +106,7 @@ http {{
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
     uwsgi_temp_path {work}/nginx-uwsgi-temp;
     scgi_temp_path {work}/nginx-scgi-temp;
-
+{zone}
     upstream app {{
         server 127.0.0.1:{layout.app_port};
         keepalive 32;
@@ -85,24 +122,8 @@ http {{
         }}
 
         location /api/ {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
-        }}
-    }}
+{_NGINX_FORWARDING}        }}
+{policy}    }}
 }}
 """
 
@@ -130,4 +151,15 @@ def proxy_toml(layout: Layout) -> str:
         [[routes]]
         prefix = "/api/"
         upstream = "app"
-        """)
+        """) + (textwrap.dedent(f"""
+        [rate_limits.bench]
+        rate = "{POLICY_RATE}r/s"
+        burst = {POLICY_RATE}
+
+        [[routes]]
+        prefix = "/policy/"
+        upstream = "app"
+        request_headers = {{ set = {{ "X-Site" = "shop" }} }}
+        allow = ["127.0.0.0/8"]
+        rate_limit = "bench"
+        """) if layout.policy else "")

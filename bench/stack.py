@@ -34,7 +34,7 @@ def find_nginx() -> str | None:
 
 
 def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: int,
-            proxy_master: bool = False) -> configs.Layout:
+            proxy_master: bool = False, policy: bool = False) -> configs.Layout:
     static = work / "static"
     static.mkdir()
     for name, size in STATIC_FILES.items():
@@ -44,7 +44,7 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
         (work / name).mkdir()
     layout = configs.Layout(work=work, static=static, app_port=free_port(), nginx_port=free_port(),
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
-                            proxy_master=proxy_master, run_as_root=os.geteuid() == 0)
+                            proxy_master=proxy_master, run_as_root=os.geteuid() == 0, policy=policy)
     (work / "nginx.conf").write_text(configs.nginx_conf(layout))
     (work / "proxy.toml").write_text(configs.proxy_toml(layout))
     return layout

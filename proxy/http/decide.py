@@ -277,73 +277,70 @@ class Decider:
 
     def _with_policy(self, route: Route, policy: RoutePolicy, head, conn: ConnFacts, request_id: bytes,
                      trace: list[str] | None) -> Action:
-        note = trace.append if trace is not None else _ignore
+        # Lines for explain are made only when it asks (``trace``): the server pays for none of them.
         client_ip = conn.client_ip
         wait = 0.0
-        if policy.rate is not None:
-            zone = policy.rate
+        zone = policy.rate
+        if zone is not None:
             settings = zone.settings
             key = limit_key(settings.key, head, client_ip)
-            if key is None:
-                note(f"rate:    rate_limits.{settings.name}: no {settings.key[7:]} header, not counted")
-            else:
-                verdict = zone.take(hash(key), self.clock())
-                about = f"rate:    rate_limits.{settings.name} ({settings.rate:g}r/s, burst {settings.burst}) " \
-                        f"for {settings.key} {key!r}"
+            verdict = zone.take(hash(key), self.clock()) if key is not None else None
+            if trace is not None:
+                trace.append(_rate_line(settings, key, verdict))
+            if verdict is not None:
                 if not verdict.allowed:
-                    note(f"{about}: over the limit")
                     return Reply(429, f"over rate_limits.{settings.name}",
                                  ((b"retry-after", b"%d" % verdict.retry_after),), policy=policy.plain)
                 wait = verdict.wait
-                note(f"{about}: within it" + (f", held {wait:.3g}s (beyond delay {settings.delay})" if wait else ""))
         applied = policy.plain
         if policy.conns is not None:
             key = limit_key(route.conn_limit_key, head, client_ip)
             if key is not None:
                 hold = hash(f"{route.where}\0{key}")
-                if not policy.conns.acquire(hold, route.conn_limit):
-                    note(f"conns:   conn_limit {route.conn_limit} per {route.conn_limit_key}: {key!r} has that many "
-                         "in progress")
+                counted = policy.conns.acquire(hold, route.conn_limit)
+                if trace is not None:
+                    trace.append(f"conns:   conn_limit {route.conn_limit} per {route.conn_limit_key} {key!r}: "
+                                 + ("counted while in progress" if counted else "that many are in progress"))
+                if not counted:
                     return Reply(route.conn_limit_status, f"conn_limit ({route.conn_limit}) reached for {key}",
                                  policy=applied)
                 applied = Applied(policy, hold)
-                note(f"conns:   conn_limit {route.conn_limit} per {route.conn_limit_key} {key!r}: counted while "
-                     "in progress")
-        why = policy.refuses(client_ip)
-        if why is not None:
-            note(f"access:  {why}")
-            return Reply(403, why, policy=applied)
         if policy.allow or policy.deny:
-            note(f"access:  {policy.allowed_by(client_ip)}")
+            why = policy.refuses(client_ip)
+            if trace is not None:
+                trace.append(f"access:  {why or policy.allowed_by(client_ip)}")
+            if why is not None:
+                return Reply(403, why, policy=applied)
         credentials = None
-        if policy.auth is not None:
-            auth = policy.auth
+        auth = policy.auth
+        if auth is not None:
             found = auth.credentials(head)
-            realm = auth.settings.realm
             if type(found) is str:
-                note(f"auth:    basic, realm {realm!r}: {found}")
+                if trace is not None:
+                    trace.append(f"auth:    basic, realm {auth.settings.realm!r}: {found}")
                 return Reply(401, found, auth.challenge, policy=applied)
-            if auth.known_good(found):
-                note(f"auth:    basic, realm {realm!r}: user {found.user!r}, checked before")
-            else:
+            known = auth.known_good(found)
+            if trace is not None:
+                trace.append(f"auth:    basic, realm {auth.settings.realm!r}: user {found.user!r}, "
+                             + ("checked before" if known else "checked (bcrypt, off the event loop) before the rest"))
+            if not known:
                 credentials = found
-        action = self._content(route, policy, applied, head, conn, request_id, note)
+        action = self._content(route, policy, applied, head, conn, request_id, trace)
         if credentials is not None:
-            note(f"auth:    basic, realm {policy.auth.settings.realm!r}: user {credentials.user!r}, checked "
-                 "(bcrypt, off the event loop) before the rest")
             action = Check(credentials, action, Reply(401, f"wrong credentials for {credentials.user!r}",
-                                                      policy.auth.challenge, policy=applied), applied)
+                                                      auth.challenge, policy=applied), applied)
         if wait:
             action = Delayed(wait, action, applied)
         return action
 
     def _content(self, route: Route, policy: RoutePolicy, applied: Applied, head, conn: ConnFacts,
-                 request_id: bytes, note) -> Action:
+                 request_id: bytes, trace: list[str] | None) -> Action:
         method = head.method
         if route.redirect is not None:
             values = Vars(head, head.host or conn.local, conn.scheme, conn.client_ip, request_id, route.prefix)
             location = route.redirect.expand(values)
-            note(f"redirect: {route.redirect} -> {location.decode('latin-1')}")
+            if trace is not None:
+                trace.append(f"redirect: {route.redirect} -> {location.decode('latin-1')}")
             return Reply(route.redirect_status, "redirect", ((b"location", location),), handler="redirect",
                          policy=applied)
         if route.static is not None and method in _GET_HEAD:
@@ -387,8 +384,16 @@ def _unknown_host(host: bytes, conn: ConnFacts) -> Reply:
     return Reply(404, f"no site serves {host.decode('latin-1')}")
 
 
-def _ignore(line: str) -> None:
-    pass
+def _rate_line(settings, key: str | None, verdict) -> str:
+    """What a rate limit did, for explain."""
+    if key is None:
+        return f"rate:    rate_limits.{settings.name}: no {settings.key[7:]} header, not counted"
+    about = f"rate:    rate_limits.{settings.name} ({settings.rate:g}r/s, burst {settings.burst}) for {settings.key} " \
+            f"{key!r}"
+    if not verdict.allowed:
+        return f"{about}: over the limit"
+    return f"{about}: within it" + (f", held {verdict.wait:.3g}s (beyond delay {settings.delay})"
+                                    if verdict.wait else "")
 
 
 def decide(head, conn: ConnFacts, config: Config) -> Action:

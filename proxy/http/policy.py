@@ -222,7 +222,7 @@ class RoutePolicy:
     """Everything one route's policy keys need at request time (see the module docstring)."""
 
     __slots__ = ("route", "prefix", "allow", "deny", "auth", "rate", "conns", "rewrite", "upstream_prefix",
-                 "request_rules", "response_rules", "pages", "intercept", "plain")
+                 "request_rules", "response_rules", "pages", "intercept", "plain", "_access")
 
     def __init__(self, route: Route, zones, rate_limits) -> None:
         self.route = route
@@ -240,6 +240,7 @@ class RoutePolicy:
         self.pages = Pages(route.error_pages) if route.error_pages else None
         self.intercept = route.intercept_errors
         self.plain = Applied(self)  # shared by the requests that hold nothing
+        self._access: dict[str, str | None] = {}  # client address -> why it is refused (clients repeat)
 
     def __repr__(self) -> str:
         return f"<RoutePolicy {self.route.where}>"
@@ -248,6 +249,15 @@ class RoutePolicy:
 
     def refuses(self, client_ip: str) -> str | None:
         """Why ``client_ip`` gets 403 (deny wins over allow), or None."""
+        known = self._access
+        if client_ip in known:
+            return known[client_ip]
+        if len(known) >= 4096:
+            known.clear()
+        why = known[client_ip] = self._refuses(client_ip)
+        return why
+
+    def _refuses(self, client_ip: str) -> str | None:
         if not self.allow and not self.deny:
             return None
         address = _ip(client_ip)
@@ -295,18 +305,8 @@ class RoutePolicy:
         return self.pages.get(status) if self.intercept and status >= 400 else None
 
 
-_IPS: dict[str, object] = {}
-
-
 def _ip(text: str):
-    """``ipaddress`` object for a client address, memoised (clients repeat)."""
-    found = _IPS.get(text)
-    if found is None:
-        try:
-            found = ipaddress.ip_address(text)
-        except ValueError:
-            return None
-        if len(_IPS) >= 4096:
-            _IPS.clear()
-        _IPS[text] = found
-    return found
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

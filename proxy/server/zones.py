@@ -35,7 +35,7 @@ import math
 import mmap
 import os
 import tempfile
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger("proxy")
 
@@ -212,15 +212,14 @@ class Region:
 
 # --- nginx's limit_req -------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a rate limit says about one request: served (now, or after ``wait`` seconds) or refused
-    (429, with ``retry_after`` seconds)."""
+    (429, with ``retry_after`` seconds). A tuple: one is made per limited request."""
 
     allowed: bool
     wait: float = 0.0
     retry_after: int = 0
-    excess: float = 0.0  # requests beyond the rate, this one included (for explain)
+    excess: float = 0.0  # requests beyond the rate, this one included
 
 
 def limit_req(excess: float | None, elapsed: float, rate: float, burst: int, delay: int) -> Verdict:

@@ -94,3 +94,11 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
     assert "worker_processes 2;" in configs.nginx_conf(layout(workers=2))
     assert "workers = 2" in configs.proxy_toml(layout(workers=2, proxy_master=True))
     assert "workers = 1" in configs.proxy_toml(layout(proxy_master=True))  # said explicitly when the key exists
+
+
+def test_the_policy_route_is_in_both_configs_only_when_measured():
+    assert "/policy/" not in configs.nginx_conf(layout()) and "/policy/" not in configs.proxy_toml(layout())
+    nginx, proxy = configs.nginx_conf(layout(policy=True)), configs.proxy_toml(layout(policy=True))
+    for same in (("proxy_set_header X-Site shop;", '"X-Site" = "shop"'), ("allow 127.0.0.0/8;", 'allow = ["127.0.0.0/8"]'),
+                 ("limit_req zone=bench", 'rate_limit = "bench"')):
+        assert same[0] in nginx and same[1] in proxy

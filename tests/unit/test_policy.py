@@ -414,3 +414,18 @@ def test_delayed_and_check_wrap_the_content(tmp_path, users):
     request = head(cfg, headers=[basic("alice", "wonderland")])
     actions = [decider.decide(request, HTTP) for _ in range(3)]
     assert type(actions[2]) is Delayed and type(actions[2].then) is Check and type(actions[2].then.then) is Static
+
+
+def test_with_absolute_paths_reaches_sites_error_pages_and_users_files():
+    from pathlib import Path
+
+    data = {"sites": [{"names": ["a.test"], "certificate": "c.pem", "key": "", "routes": [
+        {"prefix": "/", "static": "www", "error_pages": {"404": "e/404.html", "5xx": "/abs/5xx.html"},
+         "basic_auth": {"realm": "r", "users_file": "htpasswd"}}]}]}
+    out = config.with_absolute_paths(data, Path("/etc/twotier"))
+    site = out["sites"][0]
+    assert (site["certificate"], site["key"]) == ("/etc/twotier/c.pem", "")
+    route = site["routes"][0]
+    assert route["static"] == "/etc/twotier/www"
+    assert route["error_pages"] == {"404": "/etc/twotier/e/404.html", "5xx": "/abs/5xx.html"}
+    assert route["basic_auth"] == {"realm": "r", "users_file": "/etc/twotier/htpasswd"}
