@@ -283,7 +283,10 @@ class ClientProtocol(asyncio.Protocol):
         self.state = RESPOND
         self.w.timers.disarm(self)
         self._held = 0
-        self.carry_out(self.action)
+        try:
+            self.execute(self.action)
+        except ProxyError as exc:
+            self.fail(exc)
 
     def carry_out(self, action) -> None:
         """``execute``, with a ProxyError answered (what a deferred action calls back into)."""

@@ -7,7 +7,9 @@ machine), so the proxy sees different peers without any other host."""
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import socket
 import threading
 
@@ -356,3 +358,35 @@ def test_conn_limit_refuses_beyond_the_requests_in_progress(stack, path, limit, 
             thread.join(20)
     assert results == [200] * limit
     assert status_of(get(proxy.port, path)) == 200  # released when they ended
+
+
+def test_conn_limit_counts_are_forgotten_when_a_worker_dies_holding_them(start_proxy):
+    """A worker killed in the middle of a request can never give its count back: the master resets the
+    counts, so the route is not closed to that client for good."""
+    from tests.integration.test_processes import worker_pids
+
+    upstream = Upstream()
+    try:
+        proxy = start_proxy(f"""
+[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+[upstreams.app]
+servers = ["{upstream.address}"]
+[[routes]]
+prefix = "/"
+upstream = "app"
+conn_limit = 1
+""")
+        wait_until(lambda: worker_pids(proxy), what="the worker")
+        [first] = worker_pids(proxy)
+        held = threading.Thread(target=lambda: request(proxy.port, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"))
+        held.start()
+        wait_until(lambda: upstream.waiting == 1, 10, what="the slow request to reach the upstream")
+        assert status_of(get(proxy.port, "/quick")) == 429
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(proxy)) == 2, what="a new worker")
+        wait_until(lambda: status_of(get(proxy.port, "/quick")) == 200, 10, what="the route to admit the client")
+    finally:
+        upstream.release.set()
+        upstream.close()
