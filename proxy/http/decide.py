@@ -269,7 +269,7 @@ class Decider:
                          policy=applied)
         if policy is None:
             return Forward(route, route.upstream, head.host or conn.local, wanted)
-        target = policy.target(head)
+        target = policy.target(head) if policy.rewrite else None
         return Forward(route, route.upstream, head.host or conn.local, wanted,
                        None if target == head.target else target, applied)
 
@@ -283,7 +283,7 @@ class Decider:
         zone = policy.rate
         if zone is not None:
             settings = zone.settings
-            key = limit_key(settings.key, head, client_ip)
+            key = client_ip if settings.key == "client_ip" else limit_key(settings.key, head, client_ip)
             verdict = zone.take(hash(key), self.clock()) if key is not None else None
             if trace is not None:
                 trace.append(_rate_line(settings, key, verdict))

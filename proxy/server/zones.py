@@ -38,6 +38,7 @@ import tempfile
 from typing import NamedTuple
 
 log = logging.getLogger("proxy")
+_lockf, LOCK_EX, LOCK_UN = fcntl.lockf, fcntl.LOCK_EX, fcntl.LOCK_UN
 
 _MAGIC = 0x74776F7469657231  # "twotier1": the table in a region is initialised
 _HEAD, _TAIL, _USED = 3, 4, 5  # slots of the header (int64s): magic, capacity, index size, head, tail, used
@@ -196,10 +197,10 @@ class Region:
         return f"<Region {self.name} {self.size} bytes>"
 
     def __enter__(self) -> None:
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        _lockf(self.fd, LOCK_EX)
 
     def __exit__(self, *exc) -> None:
-        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+        _lockf(self.fd, LOCK_UN)
 
     def close(self) -> None:
         """The master lets go of a region no configuration uses; workers that map it keep their mapping."""
@@ -229,9 +230,8 @@ def limit_req(excess: float | None, elapsed: float, rate: float, burst: int, del
     ``delay`` is served once the extra has leaked away (``delay`` 0: never held back)."""
     now = 0.0 if excess is None else max(0.0, excess - rate * max(0.0, elapsed) + 1.0)
     if now > burst:
-        return Verdict(False, retry_after=max(1, math.ceil((now - burst) / rate)), excess=now)
-    wait = (now - delay) / rate if delay and now > delay else 0.0
-    return Verdict(True, wait, excess=now)
+        return Verdict(False, 0.0, max(1, math.ceil((now - burst) / rate)), now)
+    return Verdict(True, (now - delay) / rate if delay and now > delay else 0.0, 0, now)
 
 
 class RateZone:
@@ -251,7 +251,9 @@ class RateZone:
         """Count one request of ``key`` at ``now`` (time.monotonic(), the same clock in every process)."""
         settings = self.settings
         table = self.table
-        with self.region:
+        fd = self.region.fd
+        _lockf(fd, LOCK_EX)  # not ``with self.region``: this runs for every limited request
+        try:
             entry = table.find(key)
             if entry < 0:
                 verdict = limit_req(None, 0.0, settings.rate, settings.burst, settings.delay)
@@ -263,6 +265,8 @@ class RateZone:
             if verdict.allowed:  # as in nginx, a refused request is not counted
                 table.a[entry] = verdict.excess
                 table.b[entry] = now
+        finally:
+            _lockf(fd, LOCK_UN)
         return verdict
 
 
