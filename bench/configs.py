@@ -1,6 +1,6 @@
-"""The two servers' configurations, written so that they do the same work.
+"""The servers' configurations, written so that they do the same work.
 
-Both: one worker, access log off, /static/ served from the same folder,
+All of them: one worker, access log off, /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -9,14 +9,29 @@ Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
 stat the other makes.
 
+The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
+identical but for ``[server] http_engine``.
+
+What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
+block and the proxy's ``[[routes]]`` entry side by side, with what either
+needs beside them (an nginx ``http``-level directive such as
+``proxy_cache_path``, a top-level proxy table such as ``[caches.NAME]``), so
+a new scenario that needs a new kind of work adds one row and both servers
+get it.
+
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+# The proxy's [server] http_engine values the harness measures, in the order they are reported.
+# "auto" means llhttp; the harness names the engine so the label and the config cannot disagree.
+ENGINES = ("llhttp", "h11")
 
 
 @dataclass(frozen=True)
@@ -32,48 +47,107 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
-    policy: bool = False  # add /policy/: /api/'s forwarding plus a header rule, an allow list and a rate limit
+    policy: bool = False  # serve /policy/ too (a proxy older than request policy has no such keys)
+
+    def proxy_config(self, engine: str) -> Path:
+        """Where the config of the proxy running ``engine`` is written."""
+        return self.work / f"proxy-{engine}.toml"
 
 
-# How both /api/ and /policy/ forward, in nginx's words.
-_NGINX_FORWARDING = """\
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
+def _nothing(layout: Layout) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Location:
+    """One URL prefix, served alike by both servers. Each part is a function of the Layout, giving lines."""
+
+    prefix: str
+    nginx: Callable[[Layout], str]  # the directives inside nginx's `location PREFIX { }`
+    proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
+    nginx_http: Callable[[Layout], str] = _nothing  # directives it needs in nginx's http block
+    proxy_tables: Callable[[Layout], str] = _nothing  # top-level TOML tables it needs in the proxy's config
+    wanted: Callable[[Layout], bool] = lambda layout: True  # whether this run serves it at all
+
+
+def _nginx_static(layout: Layout) -> str:
+    return f"""\
+alias {layout.static}/;
+gzip_static on;
 """
 
-# The policy route: a rate no benchmark reaches, so every request is counted and none refused.
+
+def _nginx_api(layout: Layout) -> str:
+    return """\
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Forwarded-For $remote_addr;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Forwarded-Host $http_host;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+proxy_set_header X-Request-ID $request_id;
+add_header X-Request-ID $request_id always;
+proxy_connect_timeout 3s;
+proxy_read_timeout 60s;
+proxy_send_timeout 60s;
+proxy_buffer_size 8k;
+proxy_buffers 8 8k;
+"""
+
+
+# /policy/: /api/ through a route with a request header rule, an allow list and a rate limit, at a rate no
+# run reaches (every request is counted, none refused): what request policy costs a proxied request.
 POLICY_RATE = 1_000_000
 
 
-def _nginx_policy(layout: Layout) -> tuple[str, str]:
-    """(the http-level zone, the location) of /policy/ in nginx, or nothing."""
-    if not layout.policy:
-        return "", ""
-    zone = f"    limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n"
-    location = ("\n        location /policy/ {\n" + _NGINX_FORWARDING
-                + "            proxy_set_header X-Site shop;\n            allow 127.0.0.0/8;\n            deny all;\n"
-                + f"            limit_req zone=bench burst={POLICY_RATE} nodelay;\n        }}\n")
-    return zone, location
+def _nginx_policy(layout: Layout) -> str:
+    return _nginx_api(layout) + f"""\
+proxy_set_header X-Site shop;
+allow 127.0.0.0/8;
+deny all;
+limit_req zone=bench burst={POLICY_RATE} nodelay;
+"""
+
+
+def _proxy_policy(layout: Layout) -> str:
+    return """\
+upstream = "app"
+request_headers = { set = { "X-Site" = "shop" } }
+allow = ["127.0.0.0/8"]
+rate_limit = "bench"
+"""
+
+
+LOCATIONS: tuple[Location, ...] = (
+    Location("/static/", _nginx_static, lambda layout: f'static = "{layout.static}"\n'),
+    Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
+    Location("/policy/", _nginx_policy, _proxy_policy,
+             nginx_http=lambda layout: f"limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n",
+             proxy_tables=lambda layout: f'[rate_limits.bench]\nrate = "{POLICY_RATE}r/s"\nburst = {POLICY_RATE}\n',
+             wanted=lambda layout: layout.policy),
+)
+
+
+def _locations(layout: Layout) -> list[Location]:
+    return [loc for loc in LOCATIONS if loc.wanted(layout)]
+
+
+def _nginx_locations(layout: Layout) -> str:
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n"
+              for loc in _locations(layout)]
+    return textwrap.indent("\n".join(blocks), " " * 8)
+
+
+def _nginx_http(layout: Layout) -> str:
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in _locations(layout)), " " * 4)
 
 
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
     user = "user root root;\n" if layout.run_as_root else ""
-    zone, policy = _nginx_policy(layout)
     return f"""\
 # Written by bench/configs.py for one benchmark run; not for deployment.
 {user}worker_processes {layout.workers};
@@ -106,7 +180,7 @@ http {{
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
     uwsgi_temp_path {work}/nginx-uwsgi-temp;
     scgi_temp_path {work}/nginx-scgi-temp;
-{zone}
+{_nginx_http(layout)}
     upstream app {{
         server 127.0.0.1:{layout.app_port};
         keepalive 32;
@@ -116,25 +190,21 @@ http {{
     server {{
         listen 127.0.0.1:{layout.nginx_port} backlog=1024;
 
-        location /static/ {{
-            alias {layout.static}/;
-            gzip_static on;
-        }}
-
-        location /api/ {{
-{_NGINX_FORWARDING}        }}
-{policy}    }}
+{_nginx_locations(layout)}    }}
 }}
 """
 
 
-def proxy_toml(layout: Layout) -> str:
+def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in _locations(layout))
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in _locations(layout)) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]
         listen = ["127.0.0.1:0"]
         sendfile = {"true" if layout.proxy_sendfile else "false"}
+        http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
 
         [log]
@@ -143,23 +213,4 @@ def proxy_toml(layout: Layout) -> str:
         [upstreams.app]
         servers = ["127.0.0.1:{layout.app_port}"]
         keepalive = 32
-
-        [[routes]]
-        prefix = "/static/"
-        static = "{layout.static}"
-
-        [[routes]]
-        prefix = "/api/"
-        upstream = "app"
-        """) + (textwrap.dedent(f"""
-        [rate_limits.bench]
-        rate = "{POLICY_RATE}r/s"
-        burst = {POLICY_RATE}
-
-        [[routes]]
-        prefix = "/policy/"
-        upstream = "app"
-        request_headers = {{ set = {{ "X-Site" = "shop" }} }}
-        allow = ["127.0.0.0/8"]
-        rate_limit = "bench"
-        """) if layout.policy else "")
+        """) + routes + tables

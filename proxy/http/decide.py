@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Config, Route
 from ..errors import ALLOW_GET_HEAD, ClientError
@@ -65,6 +66,9 @@ ALLOW_ALL = ((b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),)
 _GET_HEAD = (b"GET", b"HEAD")
 
 
+# Actions are immutable values made once per request: NamedTuples, which cost a fraction of a
+# frozen dataclass to build (see codec.py's events). ConnFacts, made once per connection, is one.
+
 @dataclass(frozen=True, slots=True)
 class ConnFacts:
     """What the decision needs to know about the connection a request came on.
@@ -81,8 +85,7 @@ class ConnFacts:
     peer: str | None = None  # set when client_ip was read from X-Forwarded-For: the trusted proxy
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """An answer the proxy makes itself. ``body`` None means the standard page for the status (or the
     route's error page)."""
 
@@ -95,16 +98,14 @@ class Reply:
     policy: Applied | None = None  # the route's policy: its response headers and error pages apply
 
 
-@dataclass(frozen=True, slots=True)
-class StatusPage:
+class StatusPage(NamedTuple):
     """``[status] path`` (JSON) or ``metrics_path`` (Prometheus text)."""
 
     kind: str  # "status" or "metrics"
     policy = None
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """Send the request to a server of ``group``; ``target`` is what the upstream receives (the client's,
     or rewritten by strip_prefix/upstream_prefix)."""
 
@@ -116,8 +117,7 @@ class Forward:
     policy: Applied | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Static:
+class Static(NamedTuple):
     """Serve a file of ``route.static``. ``otherwise`` is what a path with no file gets: None for
     404, or (a route with an upstream too) the Forward, or the Reply that refuses forwarding it."""
 
@@ -126,8 +126,7 @@ class Static:
     policy: Applied | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """Credentials to verify before carrying out ``then``; ``otherwise`` (401) when they are wrong.
     A bcrypt check takes milliseconds by design, so the server does it off the event loop."""
 
@@ -137,8 +136,7 @@ class Check:
     policy: Applied | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delayed:
+class Delayed(NamedTuple):
     """Within the rate limit's burst but beyond its ``delay``: carried out ``seconds`` from now (nginx
     limit_req without nodelay)."""
 
@@ -260,13 +258,18 @@ class Decider:
 
     def _forward(self, route: Route, head, conn: ConnFacts, policy: RoutePolicy | None = None,
                  applied: Applied | None = None) -> Forward | Reply:
-        upstream = self.config.upstreams[route.upstream]
-        try:
-            wanted = upgrade_rules.decide(head.headers, head.http_version, upstream.upgrade)
-        except ClientError as exc:
-            allowed = ", ".join(upstream.upgrade) or "no upgrades"
-            return Reply(exc.status, f"{exc} (upstream {upstream.name!r} allows {allowed})", keep_alive=exc.keep_alive,
-                         policy=applied)
+        if head.upgrade is None:  # the rules found no request to switch protocols (the usual case)
+            if policy is None:
+                return Forward(route, route.upstream, head.host or conn.local, None)
+            wanted = None
+        else:
+            upstream = self.config.upstreams[route.upstream]
+            try:
+                wanted = upgrade_rules.decide(head.headers, head.http_version, upstream.upgrade)
+            except ClientError as exc:
+                allowed = ", ".join(upstream.upgrade) or "no upgrades"
+                return Reply(exc.status, f"{exc} (upstream {upstream.name!r} allows {allowed})",
+                             keep_alive=exc.keep_alive, policy=applied)
         if policy is None:
             return Forward(route, route.upstream, head.host or conn.local, wanted)
         target = policy.target(head) if policy.rewrite else None
