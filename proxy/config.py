@@ -354,6 +354,16 @@ NETWORK_OR_UNIX = Kind('an address or network like "127.0.0.1/32" or "::1/128", 
                        lambda value, ctx: value if value == "unix:" else _convert_network(value, ctx))
 
 
+def matching_network(ip: str, networks: tuple):
+    """The entry of ``networks`` (ip_network values, or "unix:" for every client of a unix: listener) that
+    the client address ``ip`` is in, or None: one answer for [status] allow, trusted_proxies and allow/deny."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unix:" if ip == "unix:" and "unix:" in networks else None
+    return next((network for network in networks if network != "unix:" and address in network), None)
+
+
 def _convert_file(value: Any, ctx: Context) -> Path:
     """A file that must exist and be readable now; kept unresolved so a reload follows a changed symlink."""
     if not isinstance(value, str) or not value:
@@ -586,11 +596,12 @@ class ServerSettings:
         64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
         "used entries go first.", shown='"64m"')
     trusted_proxies: tuple = setting(
-        (), _list_of(NETWORK, non_empty=False),
+        (), _list_of(NETWORK_OR_UNIX, non_empty=False),
         "Load balancers and proxies in front of this one (nginx set_real_ip_from with real_ip_recursive, Caddy "
         "trusted_proxies): for a connection from one of these networks the client is the right-most address "
         "in X-Forwarded-For that is not one of them. Logs, rate limits, allow/deny and the X-Forwarded-For "
-        "sent upstream all use that address.", shown="[]")
+        "sent upstream all use that address. On a proxy_protocol listener the connection's address is the one "
+        'its PROXY header names; "unix:" trusts every client of a unix: listener.', shown="[]")
 
 
 @dataclass(frozen=True)
@@ -1008,7 +1019,7 @@ class RateLimit:
             raise Invalid(f"{self.delay} is more than burst ({self.burst})", key="delay")
 
 
-NETWORKS = _list_of(NETWORK, non_empty=False)
+NETWORKS = _list_of(NETWORK_OR_UNIX, non_empty=False)
 
 
 @dataclass(frozen=True)
@@ -1059,7 +1070,8 @@ class Route:
         "(nginx proxy_intercept_errors).")
     allow: tuple = setting(
         (), NETWORKS, "When given, only clients in these networks are served; others get 403 (nginx allow). "
-        "The client is the address after [server] trusted_proxies.", shown="[]")
+        'The client is the address after [server] trusted_proxies; "unix:" stands for the clients of unix: '
+        "listeners (nginx allow unix:).", shown="[]")
     deny: tuple = setting((), NETWORKS, "Clients in these networks get 403, even when allowed (nginx deny).",
                           shown="[]")
     basic_auth: BasicAuth | None = setting(
@@ -1167,11 +1179,7 @@ class Status:
                            shown='["127.0.0.1/32", "::1/128"]')
 
     def allows(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return ip == UNIX_PREFIX and UNIX_PREFIX in self.allow
-        return any(address in network for network in self.allow if network != UNIX_PREFIX)
+        return matching_network(ip, self.allow) is not None
 
 
 @dataclass(frozen=True)
