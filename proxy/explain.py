@@ -16,9 +16,11 @@ from pathlib import Path
 from .config import Config, UnixAddress, authority
 from .errors import ClientError
 from .http import codec, static
-from .http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
+from .http.decide import Check, ConnFacts, Decider, Delayed, Forward, Reply, Static, StatusPage
 from .http.encoding import choose, negotiate
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
+from .http.placeholders import Vars
+from .http.responses import HTML, error_page
 
 
 class _StillClock:
@@ -82,14 +84,16 @@ class Explanation:
 
 
 def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]],
-            client_ip: str = "127.0.0.1", scheme: str = "http") -> str:
+            client_ip: str = "127.0.0.1", scheme: str = "http", server_name: str | None = None) -> str:
     raw = build_request(method, target, headers, authority(cfg.server.listen[0].address))
-    return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers))
+    return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers, server_name=server_name))
 
 
 def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme: str = "http",
-                  shown: list[tuple[str, str]] | None = None, eof: bool = False) -> Explanation:
-    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here)."""
+                  shown: list[tuple[str, str]] | None = None, eof: bool = False,
+                  server_name: str | None = None) -> Explanation:
+    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here).
+    ``server_name``: the SNI name of a TLS connection (``scheme`` "https")."""
     local = authority(cfg.server.listen[0].address)
     line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:
@@ -106,19 +110,33 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
         shown = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
     decider = Decider(cfg)
     https_ports = [e.address.port for e in (cfg.tls.listen if cfg.tls else ()) if type(e.address) is not UnixAddress]
-    facts = ConnFacts(scheme.encode(), client_ip, local.encode(), https_ports[0] if https_ports else None)
-    action = decider.decide(head, facts)
+    connection = ConnFacts(scheme.encode(), client_ip, local.encode(), https_ports[0] if https_ports else None,
+                           server_name)
+    facts = decider.request_facts(head.headers, connection)
+    rid = request_id(head.get(b"x-request-id"))
+    trace: list[str] = []
+    action = decider.decide(head, facts, rid, trace)
     out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
     out += _client_lines(cfg)
-    route = getattr(action, "route", None)
-    if route is None and type(action) is Reply and head.path != "*":
-        route = decider.router.match(head.path)
-    if route is not None:
-        matching = [r.prefix for r in decider.router.matching(head.path)]
+    if facts.peer is not None:
+        out.append(f"client:  {facts.client_ip} (X-Forwarded-For: {facts.peer} is in [server] trusted_proxies)")
+    elif decider.trusted is not None:
+        out.append(f"client:  {facts.client_ip} (" + ("X-Forwarded-For names no other client)"
+                                                       if decider.trusted.trusts(client_ip)
+                                                       else "not a trusted proxy: X-Forwarded-For is ignored)"))
+    site = decider.site_for(head, facts) if head.path != "*" else None
+    if decider.sites.only is None and head.path != "*":
+        out.append(_site_line(decider, head, facts, site))
+    route = _route_of(action)
+    if route is None and type(action) is Reply and site is not None:
+        route = site.router.match(head.path)
+    if route is not None and site is not None:
+        matching = [r.prefix for r in site.router.matching(head.path)]
         others = f"; also matched: {', '.join(matching[1:])}" if len(matching) > 1 else ""
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
-    lines, status, coding = describe(cfg, action, head, facts, shown)
+    out += trace
+    lines, status, coding = describe(cfg, action, head, facts, shown, rid)
     if route is not None and route.compress is not None and type(action) is not Reply:
         lines.append(_compress_line(route.compress, head))
     return Explanation(tuple(out + lines), status, forwarded=status is None, encoding=coding)
@@ -131,6 +149,21 @@ def _compress_line(policy, head) -> str:
                 "answers that could be compressed say Vary: Accept-Encoding")
     return (f"compress: {coding.decode()} at level {policy.levels[coding]} for answers without Content-Encoding "
             f"of {', '.join(policy.types)} and {policy.min_length} bytes or more (or of unknown length)")
+
+
+def _route_of(action):
+    while type(action) in (Check, Delayed):
+        action = action.then
+    return getattr(action, "route", None)
+
+
+def _site_line(decider: Decider, head, facts: ConnFacts, site) -> str:
+    host = (head.host or facts.local).decode("latin-1")
+    if site is None:
+        return f"site:    none serves Host {host!r}, and no site is the default"
+    names = ", ".join(site.site.names) or "no names"
+    how = "its names" if decider.sites.named(head.host or facts.local) else "the default site"
+    return f"site:    {site.site.where} ({names}) for Host {host!r}, by {how}"
 
 
 def _client_lines(cfg: Config) -> list[str]:
@@ -147,22 +180,56 @@ def _client_lines(cfg: Config) -> list[str]:
     return out
 
 
-def describe(cfg: Config, action, head, facts: ConnFacts,
-             headers: list[tuple[str, str]]) -> tuple[list[str], int | None, str | None]:
+def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]],
+             rid: bytes = b"") -> tuple[list[str], int | None, str | None]:
     """The lines that say what ``action`` does with ``head``, the status the proxy would answer
     (None: forwarded) and the Content-Encoding of that answer (None: identity, or forwarded)."""
     kind = type(action)
     if kind is StatusPage:
         return [f"answer:  200 the proxy's own {action.kind} page"], 200, None
+    if kind is Delayed:
+        lines, status, coding = describe(cfg, action.then, head, facts, headers, rid)
+        return [f"delay:   {action.seconds:.3g}s (rate limit), then:", *lines], status, coding
+    if kind is Check:
+        credentials = action.credentials
+        if credentials.verify():
+            lines, status, coding = describe(cfg, action.then, head, facts, headers, rid)
+            return [f"auth:    user {credentials.user!r}: the password matches", *lines], status, coding
+        refused = action.otherwise
+        return [f"auth:    user {credentials.user!r}: wrong user or password (logged)",
+                *_response_lines(cfg, refused, head, facts, rid)], refused.status, _reply_coding(cfg, refused, head)
+    lines = _response_lines(cfg, action, head, facts, rid)
     if kind is Reply:
-        return [_reply_line(action)], action.status, None
+        coding = _reply_coding(cfg, action, head)
+        coded = [f"compress: the page goes out with Content-Encoding {coding} (the route's compress)"] if coding else []
+        return [_reply_line(action), *lines, *coded], action.status, coding
     if kind is Static:
-        line, status, coding = _explain_static(action.route, head)
+        line, status, coding = _explain_static(cfg, action, head)
         if status is not None or action.otherwise is None:
-            return [line], status if status is not None else 404, coding
-        lines, status, coding = describe(cfg, action.otherwise, head, facts, headers)
-        return [line, *lines], status, coding
-    return _explain_forward(cfg, action, head, facts, headers), None, None
+            return [line, *lines], status if status is not None else 404, coding
+        more, status, coding = describe(cfg, action.otherwise, head, facts, headers, rid)
+        return [line, *more], status, coding
+    return _explain_forward(cfg, action, head, facts, headers, rid) + lines, None, None
+
+
+def _response_lines(cfg: Config, action, head, facts: ConnFacts, rid: bytes) -> list[str]:
+    """What the route's policy does to the answer: header rules and error pages."""
+    applied = action.policy
+    if applied is None:
+        return []
+    policy = applied.policy
+    out = []
+    if policy.response_rules is not None:
+        values = Vars(head, head.host or facts.local, facts.scheme, facts.client_ip, rid, policy.prefix)
+        out.append("response headers (response_headers): " + "; ".join(policy.response_rules.describe(values)))
+    status = getattr(action, "status", None)
+    if status is not None and status >= 400 and policy.pages is not None and policy.pages.file(status):
+        out.append(f"page:    {policy.pages.file(status)} (error_pages)")
+    elif policy.pages is not None:
+        codes = ", ".join(sorted(policy.pages.files))
+        also = " and upstream errors (intercept_errors)" if policy.intercept else ""
+        out.append(f"pages:   error_pages for {codes}: the proxy's own errors{also}")
+    return out
 
 
 def _reply_line(reply: Reply) -> str:
@@ -174,18 +241,22 @@ def _reply_line(reply: Reply) -> str:
     return f"answer:  {reply.status} from the proxy: {reply.why}"
 
 
-def _explain_static(route, head) -> tuple[str, int | None, str | None]:
+def _explain_static(cfg: Config, action: Static, head) -> tuple[str, int | None, str | None]:
     """One line about the file, the status it gets (None: no file, the upstream of the route takes it)
     and the Content-Encoding of the answer."""
+    route = action.route
     try:
         found = static.lookup(route, head.path, head.query)
     except ClientError as exc:
         where = Path(route.static, head.path[len(route.prefix):].lstrip("/"))
         if route.upstream and exc.status == 404:
             return f"static:  no file {where} ({exc}) -> forwarded to upstream {route.upstream!r}", None, None
-        return f"answer:  {exc.status} from the proxy: {exc} ({where})", exc.status, None
+        coding = _error_coding(cfg, route, action.policy, head, exc.status, exc.headers)
+        coded = f", Content-Encoding {coding}" if coding else ""
+        return f"answer:  {exc.status} from the proxy: {exc} ({where}{coded})", exc.status, coding
     if type(found) is static.Redirect:
-        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301, None
+        coding = _coded(route, head, 301, (HTML,), len(error_page(301, cfg.server.name.encode())))
+        return f"answer:  301 to {found.location.decode()} (a folder: the trailing slash is added)", 301, coding
     if type(found) is static.Listing:
         page = static.listing_page(found.folder, found.url_path, route.dotfiles)
         coding = _coded(route, head, 200, ((b"content-type", b"text/html"),), len(page))
@@ -201,10 +272,14 @@ def _explain_static(route, head) -> tuple[str, int | None, str | None]:
     if coding is not None:
         encoding += (" (compressed once, then kept in the open-file cache)" if variant.encoding == coding else
                      f", Content-Encoding {coding.decode()} (compressed as it is sent: too large to keep)")
-    # What the client gets: the variant's own coding, or the one the server's seam adds on the way.
-    # (412 and 416 are error pages of a few hundred bytes, below min_length.)
+    # What the client gets: the variant's own coding, or the one the server's seam adds on the way
+    # (server/files.py: 412 is raised, so its page is the route's; 416 gets the standard page).
     sent = next((value.decode() for name, value in plan.headers if name == b"content-encoding"), None)
-    if sent is None and plan.status < 400:
+    if plan.status == 412:
+        sent = _error_coding(cfg, route, action.policy, head, 412)
+    elif plan.status == 416:
+        sent = _coded(route, head, 416, (HTML, *plan.headers), len(error_page(416, cfg.server.name.encode())))
+    elif sent is None:
         sent = _coded(route, head, plan.status, plan.headers, plan.content_length if plan.status != 304 else None)
     return (f"file:    {variant.path} ({variant.content_type.decode()}{encoding}, {variant.size} bytes) "
             f"-> {plan.status} from the proxy, the app tier is not involved"), plan.status, sent
@@ -212,14 +287,36 @@ def _explain_static(route, head) -> tuple[str, int | None, str | None]:
 
 def _coded(route, head, status: int, headers, length: int | None) -> str | None:
     """The coding the server gives an answer the proxy makes on ``route`` (http/encoding.py decides)."""
-    if route.compress is None:
+    if route is None or route.compress is None:
         return None
     coding = choose(route.compress, head.headers, head.get(b"accept-encoding"), status, headers, length)
     return coding.decode() if coding else None
 
 
+def _error_coding(cfg: Config, route, applied, head, status: int, headers=()) -> str | None:
+    """The coding of an error the proxy makes on ``route``: the page client.error_body puts in (the
+    route's error page, else the standard one), compressed as the route says."""
+    if route is None or route.compress is None:
+        return None
+    page = applied.policy.page(status) if applied is not None else None
+    body, content_type = page if page is not None else (error_page(status, cfg.server.name.encode()), HTML[1])
+    return _coded(route, head, status, (*headers, (b"content-type", content_type)), len(body))
+
+
+def _reply_coding(cfg: Config, reply: Reply, head) -> str | None:
+    """The coding of a Reply's answer. The server compresses it as its route says (client.execute), and a
+    Reply knows its route through its policy: a refusal or a redirect by a route's policy."""
+    applied = reply.policy
+    if applied is None:
+        return None
+    route = applied.policy.route
+    if reply.body is not None:
+        return _coded(route, head, reply.status, reply.headers, len(reply.body))
+    return _error_coding(cfg, route, applied, head, reply.status, reply.headers)
+
+
 def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
-                     headers: list[tuple[str, str]]) -> list[str]:
+                     headers: list[tuple[str, str]], rid: bytes) -> list[str]:
     upstream = cfg.upstreams[action.group]
     out = [_explain_server(upstream, facts.client_ip)]
     wanted = action.upgrade
@@ -227,12 +324,22 @@ def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
         out.append(f"upgrade: {wanted.protocol.decode('latin-1')}: Connection and Upgrade are forwarded; if the "
                    f"server answers 101 both connections become a tunnel of raw bytes (closed after "
                    f"{upstream.websocket_idle_timeout:g}s without one)")
-    rid = request_id(head.get(b"x-request-id"))
     body_length = head.content_length if head.has_body else None
     forwarded = upstream_request_headers(
         head.headers, host=action.host, client_ip=facts.client_ip, scheme=facts.scheme, request_id=rid,
         via=b"1.1 " + cfg.server.name.encode(), body_length=body_length,
         upgrade=wanted.protocol if wanted is not None else None)
+    target = head.target if action.target is None else action.target
+    if action.target is not None:
+        out.append(f"rewrite: {head.target.decode('latin-1')} -> {target.decode('latin-1')} (strip_prefix "
+                   f"{str(action.route.strip_prefix).lower()}, upstream_prefix {action.route.upstream_prefix!r})")
+    applied = action.policy
+    rules = applied.policy.request_rules if applied is not None else None
+    if rules is not None:
+        values = Vars(head, action.host, facts.scheme, facts.client_ip, rid, applied.policy.prefix)
+        forwarded = rules.apply(forwarded, values)
+        out.append("request headers (request_headers" + (", basic_auth" if b"authorization" in rules.drop else "")
+                   + "): " + "; ".join(rules.describe(values)))
     named = connection_tokens([(n.lower().encode(), v.encode()) for n, v in headers])
     for name, _ in headers:
         if wanted is not None and name.lower() in ("connection", "upgrade"):
@@ -241,7 +348,7 @@ def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
         if reason:
             out.append(f"dropped: {name}: {reason}")
     out.append("sent upstream (hop-by-hop headers removed, forwarding headers set by the proxy):")
-    out.append(f"  {head.method.decode()} {head.target.decode()} HTTP/1.1")
+    out.append(f"  {head.method.decode()} {target.decode('latin-1')} HTTP/1.1")
     out += [f"  {name.decode()}: {value.decode('latin-1')}" for name, value in forwarded]
     return out
 

@@ -12,6 +12,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 
+HTML = (b"content-type", b"text/html; charset=utf-8")  # the Content-Type of the proxy's own pages
+
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 

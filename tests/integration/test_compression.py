@@ -206,8 +206,8 @@ TEXT = b"".join(b"line %d of a text file that compresses well\n" % i for i in ra
 SCRIPT = b"console.log('hello from app.js');\n" * 100
 
 
-@pytest.fixture(scope="module", params=["sendfile = false", 'sendfile = true\nevent_loop = "asyncio"'],
-                ids=["read-write", "sendfile"])  # uvloop has no loop.sendfile: asyncio's is what could bypass the encoder
+# sendfile(2) would send the file's own bytes: a file compressed as it is sent must be read and written.
+@pytest.fixture(scope="module", params=["sendfile = false", "sendfile = true"], ids=["read-write", "sendfile"])
 def site(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("static")
     (folder / "big.txt").write_bytes(TEXT)  # larger than a file compressed at once: compressed as it is sent
@@ -249,3 +249,70 @@ def test_a_range_of_a_static_file_is_of_the_file_itself(site):
     response, body, _ = fetch(site.port, "/big.txt", "gzip", headers={"Range": "bytes=5-9"})
     assert (response.status, body) == (206, TEXT[5:10])
     assert response.getheader("Content-Encoding") is None
+
+
+# --- sites and request policy --------------------------------------------------------
+
+PAGE = b"<!doctype html><title>not here</title>" + b"<p>a page larger than min_length</p>\n" * 60
+
+SITES = """
+[server]
+listen = ["127.0.0.1:0"]
+[upstreams.app]
+servers = ["{upstream}"]
+[rate_limits.many]
+rate = "1000r/s"
+burst = 1000
+
+[[sites]]
+names = ["shop.test"]
+[[sites.routes]]
+prefix = "/"
+upstream = "app"
+compress = true
+rate_limit = "many"
+response_headers = {{ set = {{ "X-Frame-Options" = "DENY" }} }}
+[[sites.routes]]
+prefix = "/local/"
+upstream = "app"
+compress = true
+allow = ["10.0.0.0/8"]
+error_pages = {{ 403 = "page.html" }}
+[[sites.routes]]
+prefix = "/files/"
+static = "public"
+compress = true
+error_pages = {{ 404 = "page.html" }}
+response_headers = {{ set = {{ "X-Frame-Options" = "DENY" }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def shop(upstream, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shop")
+    (folder / "public").mkdir()
+    (folder / "public" / "big.txt").write_bytes(TEXT)
+    (folder / "page.html").write_bytes(PAGE)
+    proxy = ProxyProcess(folder, SITES.format(upstream=upstream.address))
+    yield proxy
+    proxy.stop()
+
+
+def test_a_route_of_a_site_compresses_with_its_header_rules_and_rate_limit(shop):
+    response, body, _ = fetch(shop.port, "/json?size=20000", "br", headers={"Host": "shop.test"})
+    assert (response.status, body) == (200, json_records(20000))
+    assert response.getheader("Content-Encoding") == "br" and response.getheader("Vary") == "Cookie, Accept-Encoding"
+    assert response.getheader("X-Frame-Options") == "DENY"
+    static, body, _ = fetch(shop.port, "/files/big.txt", "gzip", headers={"Host": "shop.test"})
+    assert (static.status, body) == (200, TEXT) and static.getheader("Content-Encoding") == "gzip"
+    assert static.getheader("X-Frame-Options") == "DENY"
+
+
+@pytest.mark.parametrize("target, status", [("/local/json?size=20000", 403), ("/files/missing", 404)])
+def test_a_routes_error_page_is_compressed_as_its_route_says(shop, target, status):
+    response, body, _ = fetch(shop.port, target, "gzip", headers={"Host": "shop.test"})
+    assert (response.status, body) == (status, PAGE)
+    assert response.getheader("Content-Encoding") == "gzip" and response.getheader("Vary") == "Accept-Encoding"
+    plain, body, _ = fetch(shop.port, target, headers={"Host": "shop.test"})
+    assert (plain.status, body) == (status, PAGE) and plain.getheader("Content-Encoding") is None
+    assert plain.getheader("Content-Length") == str(len(PAGE))

@@ -169,8 +169,9 @@ def test_both_configs_pool_upstream_connections_and_log_nothing():
 
 
 def test_every_location_reaches_both_servers():
-    nginx = configs.nginx_conf(layout())
-    proxy = configs.proxy_toml(layout())
+    every = layout(policy=True, gzip=True)  # /policy/ and the gzip path only when their scenario runs
+    nginx = configs.nginx_conf(every)
+    proxy = configs.proxy_toml(every)
     for location in configs.LOCATIONS:
         assert f"location {location.prefix} {{" in nginx
         assert f'prefix = "{location.prefix}"' in proxy
@@ -209,13 +210,14 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
 
 def test_the_gzip_scenario_compresses_on_both_at_the_same_level_and_nowhere_else():
     scenario = BY_KEY["gzip-100k"]
-    nginx = configs.nginx_conf(layout())
+    assert "gzip on;" not in configs.nginx_conf(layout()) and "compress" not in configs.proxy_toml(layout())
+    nginx = configs.nginx_conf(layout(gzip=True))
     location = nginx.split(f"location {scenario.path} {{", 1)[1].split("}", 1)[0]
     for directive in ("gzip on;", f"gzip_comp_level {GZIP_LEVEL};", "gzip_min_length 1024;",
                       "gzip_types application/json;", "gzip_proxied any;", "gzip_vary on;", "proxy_pass http://app;"):
         assert directive in location
     assert nginx.count("gzip on;") == 1
-    routes = tomllib.loads(configs.proxy_toml(layout()))["routes"]
+    routes = tomllib.loads(configs.proxy_toml(layout(gzip=True)))["routes"]
     assert [r for r in routes if "compress" in r] == [
         {"prefix": scenario.path, "upstream": "app", "compress": {"encodings": ["gzip"], "level": {"gzip": GZIP_LEVEL}}}]
     assert "-HAccept-Encoding: gzip" in wrk.command("http://127.0.0.1:1/", 32, 1, 2, scenario.headers)
@@ -238,3 +240,11 @@ def test_bytes_on_the_wire_are_compared_per_answer_within_each_group():
     assert cells[0][10] == "19.4k (1.03x)" and cells[1][10] == "18.8k"
     assert report.to_json([summary], {"gzip-100k": runs}, {})["scenarios"][0]["engines"]["llhttp"]["bytes_ratio"] \
         == pytest.approx(engine.bytes_ratio)
+
+
+def test_the_policy_route_is_in_both_configs_only_when_measured():
+    assert "/policy/" not in configs.nginx_conf(layout()) and "/policy/" not in configs.proxy_toml(layout())
+    nginx, proxy = configs.nginx_conf(layout(policy=True)), configs.proxy_toml(layout(policy=True))
+    for same in (("proxy_set_header X-Site shop;", '"X-Site" = "shop"'), ("allow 127.0.0.0/8;", 'allow = ["127.0.0.0/8"]'),
+                 ("limit_req zone=bench", 'rate_limit = "bench"')):
+        assert same[0] in nginx and same[1] in proxy

@@ -97,6 +97,48 @@ def test_explain_names_the_coding_a_static_answer_is_sent_with(tmp_path, monkeyp
     assert large.encoding == "zstd" and "(compressed as it is sent: too large to keep)" in str(large)
 
 
+def test_explain_names_the_coding_of_a_compressing_routes_error_pages(tmp_path):
+    (tmp_path / "public").mkdir()
+    (tmp_path / "big.html").write_text("<p>a page larger than min_length</p>\n" * 60)
+    (tmp_path / "proxy.toml").write_text("""
+[upstreams.app]
+servers = ["127.0.0.1:9"]
+[[sites]]
+names = ["shop.test"]
+  [[sites.routes]]
+  prefix = "/"
+  static = "public"
+  compress = true
+  error_pages = { 404 = "big.html", 412 = "big.html" }
+  [[sites.routes]]
+  prefix = "/in/"
+  upstream = "app"
+  compress = true
+  allow = ["10.0.0.0/8"]
+  error_pages = { 403 = "big.html" }
+  [[sites.routes]]
+  prefix = "/small/"
+  upstream = "app"
+  compress = true
+  allow = ["10.0.0.0/8"]
+""")
+    cfg = config.load(tmp_path / "proxy.toml")
+
+    def told(target: str, *headers: str):
+        raw = (f"GET {target} HTTP/1.1\r\nHost: shop.test\r\n" + "".join(h + "\r\n" for h in headers)).encode()
+        return explain_bytes(cfg, raw + b"\r\n")
+
+    refused = told("/in/x", "Accept-Encoding: br")
+    assert (refused.status, refused.encoding) == (403, "br"), refused
+    assert "compress: the page goes out with Content-Encoding br (the route's compress)" in str(refused)
+    assert told("/in/x").encoding is None and told("/small/x", "Accept-Encoding: br").encoding is None  # 200 bytes
+    missing = told("/nothing", "Accept-Encoding: gzip")
+    assert (missing.status, missing.encoding) == (404, "gzip") and "Content-Encoding gzip" in str(missing)
+    (tmp_path / "public" / "a.txt").write_text("a")
+    failed = told("/a.txt", "Accept-Encoding: gzip", 'If-Match: "other"')
+    assert (failed.status, failed.encoding) == (412, "gzip"), failed
+
+
 def test_static_file_served_by_the_proxy(site, tmp_path):
     text = explain(site, "GET", "/page.html", [])
     assert f"file:    {tmp_path / 'public' / 'page.html'} (text/html; charset=utf-8, 9 bytes) -> 200" in text
@@ -166,6 +208,56 @@ def test_refused_upgrade_is_explained(site):
     out = explain(site, "GET", "/api/ws", [("Connection", "Upgrade"), ("Upgrade", "foo")])
     assert out.endswith("answer:  400 from the proxy: upgrade to foo is not allowed here (upstream 'app' allows "
                         "websocket)")
+
+
+def test_explain_names_the_site_each_policy_and_the_target_upstream(tmp_path):
+    (tmp_path / "proxy.toml").write_text("""
+[server]
+trusted_proxies = ["127.0.0.1/32"]
+[upstreams.app]
+servers = ["127.0.0.1:9"]
+[rate_limits.api]
+rate = "5r/s"
+[[sites]]
+names = ["shop.test"]
+  [[sites.routes]]
+  prefix = "/api/"
+  upstream = "app"
+  strip_prefix = true
+  request_headers = { set = { "X-Site" = "shop" } }
+  allow = ["10.0.0.0/8"]
+  rate_limit = "api"
+[[sites]]
+names = ["other.test"]
+  [[sites.routes]]
+  prefix = "/"
+  redirect = "https://{host}{uri}"
+""")
+    cfg = config.load(tmp_path / "proxy.toml")
+    told = explain(cfg, "GET", "/api/x?q=1", [("Host", "shop.test"), ("X-Forwarded-For", "10.1.1.1")])
+    for line in ["client:  10.1.1.1 (X-Forwarded-For: 127.0.0.1 is in [server] trusted_proxies)",
+                 "site:    sites[0] (shop.test) for Host 'shop.test', by its names",
+                 "rate:    rate_limits.api (5r/s, burst 0) for client_ip '10.1.1.1': within it",
+                 "access:  10.1.1.1 is in allow 10.0.0.0/8",
+                 "rewrite: /api/x?q=1 -> /x?q=1", "  GET /x?q=1 HTTP/1.1", "  x-site: shop"]:
+        assert line in told, told
+    assert "answer:  403" in explain(cfg, "GET", "/api/x", [("Host", "shop.test")])
+    assert "answer:  302 to https://other.test/a?b" in explain(cfg, "GET", "/a?b", [("Host", "other.test")])
+    misdirected = explain(cfg, "GET", "/", [("Host", "nope.test")], scheme="https", server_name="shop.test")
+    assert "answer:  421" in misdirected and "site:    none serves Host 'nope.test'" in misdirected
+
+
+def test_hash_password_makes_an_htpasswd_line_the_config_accepts(tmp_path):
+    import bcrypt
+
+    made = subprocess.run([sys.executable, "-m", "proxy", "hash-password", "--user", "alice", "--cost", "4"],
+                          input="wonderland\n", capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    user, _, hashed = made.stdout.strip().partition(":")
+    assert user == "alice" and hashed.startswith("$2y$04$") and bcrypt.checkpw(b"wonderland", hashed.encode())
+    bad = subprocess.run([sys.executable, "-m", "proxy", "hash-password", "--cost", "3"], input="x\n",
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "proxy hash-password: --cost: expected a number from 4 to 31"
 
 
 @pytest.mark.parametrize("servers, tls, line", [
