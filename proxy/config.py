@@ -606,6 +606,9 @@ class Route:
     dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")
     precompressed: bool = setting(
         True, BOOL, "Serve a .br or .gz sibling of a file when the client accepts that encoding.")
+    cache: str = setting(
+        "", STRING, "Name of a [caches.NAME] response cache for what this route's upstream answers (nginx "
+        'proxy_cache); "" for none.')
 
     @property
     def where(self) -> str:
@@ -658,8 +661,12 @@ class Status:
 
     path: str = setting("/_proxy/status", PREFIX, "JSON status of every upstream and server.")
     metrics_path: str = setting("/_proxy/metrics", PREFIX, "Prometheus text exposition of the proxy's counters.")
+    cache_path: str = setting(
+        "/_proxy/cache", PREFIX, "DELETE here with ?key=KEY purges that key from every cache (a trailing * "
+        "purges every key it begins); answers 200 when something was purged, 404 when nothing was.")
     allow: tuple = setting((ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
-                           _list_of(NETWORK), "Clients allowed to read both pages; anyone else gets 404.",
+                           _list_of(NETWORK), "Clients allowed to read the status pages and to purge the caches "
+                           "(PURGE, DELETE on cache_path); anyone else gets 404 (405 for PURGE).",
                            shown='["127.0.0.1/32", "::1/128"]')
 
     def allows(self, ip: str) -> bool:
@@ -668,6 +675,111 @@ class Status:
         except ValueError:
             return False
         return any(address in network for network in self.allow)
+
+
+# --- the response cache: [caches.NAME] (routes name one with cache = "NAME") ---
+
+def _convert_cache_folder(value: Any, ctx: Context) -> str:
+    """A folder the proxy may create: it must exist, or its parent must."""
+    if not isinstance(value, str):
+        raise Invalid
+    if value == "":
+        return ""
+    folder = Path(_path(value, ctx))
+    if folder.exists() and not folder.is_dir():
+        raise Invalid(f"{folder} is not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise Invalid(f"neither {folder} nor its parent folder exists")
+    return str(folder)
+
+
+def _convert_cache_key(value: Any, ctx: Context) -> str:
+    from .http.cache import KeyTemplate
+
+    if not isinstance(value, str):
+        raise Invalid
+    try:
+        KeyTemplate(value)
+    except ValueError as exc:
+        raise Invalid(f"{value!r}: {exc}") from None
+    return value
+
+
+def _convert_use_stale(value: Any, ctx: Context) -> frozenset[str]:
+    from .http.cache import STALE_CONDITIONS
+
+    if not isinstance(value, list) or not all(v in STALE_CONDITIONS for v in value):
+        raise Invalid
+    return frozenset(value)
+
+
+def _convert_header_name(value: Any, ctx: Context) -> str:
+    if value == "":
+        return ""
+    return _convert_token(value, ctx)
+
+
+CACHE_FOLDER = Kind('a folder (relative to the config file; created if missing), or "" for none',
+                    _convert_cache_folder, ("",))
+CACHE_KEY = Kind("text with $scheme, $host, $request_uri, $uri, $args, $http_NAME or $cookie_NAME", _convert_cache_key)
+USE_STALE = Kind('a list of "error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"',
+                 _convert_use_stale)
+HEADER_NAME = Kind('a header name, or "" for none', _convert_header_name)
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A response cache (nginx proxy_cache, RFC 9111): a memory tier in each worker, and optionally a
+    disk tier that every worker shares and that outlives restarts."""
+
+    name: str = field(metadata={"internal": True})
+    memory: int = setting(
+        64 * 1024**2, SIZE, "Bytes of responses each worker keeps in memory; the least recently used go first. "
+        "A response larger than an eighth of it is kept on disk only (with a path) or not at all.",
+        shown='"64m"')
+    path: str = setting(
+        "", CACHE_FOLDER, "Folder of the disk tier: shared by the workers (one lookup there before the upstream "
+        "is asked) and kept across restarts; \"\" for memory only.", shown='""')
+    max_size: int = setting(
+        1024**3, SIZE, "Bytes the disk tier may hold; the least recently used entries are removed beyond it.",
+        shown='"1g"')
+    max_entry_size: int = setting(
+        1024**2, SIZE, "Largest response body stored; a larger one is relayed and not stored (while it "
+        "streams, at most 256 KiB of it is held in memory when there is a disk tier).", shown='"1m"')
+    default_ttl: float = setting(
+        0.0, SECONDS_OR_ZERO, "Seconds a 200, 301 or 302 without freshness information (Cache-Control max-age, "
+        "s-maxage, Expires) is fresh (nginx proxy_cache_valid); 0 = such answers are not stored.")
+    key: str = setting(
+        "$scheme$host$request_uri", CACHE_KEY, "What tells requests apart (nginx proxy_cache_key); add "
+        "$http_NAME or $cookie_NAME to keep answers apart per header or cookie. Vary is honoured on top.")
+    lock: bool = setting(
+        True, BOOL, "Collapsed forwarding (nginx proxy_cache_lock): while one request for a key is sent "
+        "upstream, others for the same key wait for its answer instead of going upstream too.")
+    lock_timeout: float = setting(
+        5.0, SECONDS, "How long a request waits for another's answer before it goes upstream itself "
+        "(and its answer is not stored).")
+    use_stale: frozenset[str] = setting(
+        frozenset(), USE_STALE, "When an expired entry answers instead of the upstream (nginx "
+        'proxy_cache_use_stale): "error", "timeout" or "http_5xx" when the upstream fails, "updating" while '
+        "another request refreshes it. The upstream's stale-if-error and stale-while-revalidate allow it too; "
+        "no-cache and must-revalidate forbid it.", shown="[]")
+    client_no_cache: str = setting(
+        "ignore", _choice("ignore", "revalidate"),
+        'A client\'s Cache-Control: no-cache (or max-age=0, Pragma: no-cache): "ignore" (nginx\'s default: '
+        'a browser\'s reload button does not reach the app) or "revalidate" (RFC 9111: the entry is validated '
+        "with the upstream first, and a client's no-store is not stored).")
+    status_header: str = setting(
+        "X-Cache-Status", HEADER_NAME, "Response header naming what the cache did (HIT, MISS, EXPIRED, STALE, "
+        'UPDATING, REVALIDATED, BYPASS); "" for none.')
+    template: Any = field(default=None, init=False, compare=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        from .http.cache import KeyTemplate
+
+        object.__setattr__(self, "template", KeyTemplate(self.key))
+        if not self.path and self.max_entry_size > self.memory:
+            raise Invalid(f"max_entry_size ({self.max_entry_size}) is more than memory ({self.memory}) and there "
+                          "is no disk tier: lower it, or set path")
 
 
 @dataclass(frozen=True)
@@ -682,6 +794,7 @@ class Config:
     routes: tuple[Route, ...]
     status: Status | None = None
     tls: TlsSettings | None = None
+    caches: Mapping[str, Cache] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # The sections a file may hold, and the dataclass each is built into.
@@ -735,7 +848,7 @@ def load(path: str | os.PathLike) -> Config:
 
 def from_dict(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document (tests use this directly)."""
-    known = [*SECTIONS, "upstreams", "routes", "status", "tls"]
+    known = [*SECTIONS, "upstreams", "routes", "status", "tls", "caches"]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
@@ -758,8 +871,13 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
 
     status = _build(Status, data["status"], Context(source, "status")) if "status" in data else None
     tls = _build(TlsSettings, data["tls"], Context(source, "tls")) if "tls" in data else None
+    raw_caches = data.get("caches", {})
+    if not isinstance(raw_caches, dict):
+        raise ConfigError(f"{source}: caches: expected tables like [caches.api]")
+    caches = {name: _build(Cache, table, Context(source, f"caches.{name}"), {"name": name})
+              for name, table in raw_caches.items()}
     config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, tls=tls,
-                    **sections)
+                    caches=MappingProxyType(caches), **sections)
     _cross_check(config)
     return config
 
@@ -783,6 +901,8 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         fix(Route, route)
     tls = out.get("tls")
     fix(TlsSettings, tls)
+    for table in out.get("caches", {}).values() if isinstance(out.get("caches"), dict) else ():
+        fix(Cache, table)
     for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
         fix(Site, site)
     return out
@@ -806,8 +926,19 @@ def _cross_check(config: Config) -> None:
             defined = ", ".join(config.upstreams) or "none"
             raise ConfigError(
                 f"{source}: {route.where}.upstream: unknown upstream {route.upstream!r} (defined: {defined})")
+        if route.cache:
+            _check_route_cache(config, route)
     if config.tls is not None:
         _check_tls(config.tls, seen, source)
+
+
+def _check_route_cache(config: Config, route: Route) -> None:
+    source = config.path
+    if route.cache not in config.caches:
+        defined = ", ".join(config.caches) or "none"
+        raise ConfigError(f"{source}: {route.where}.cache: unknown cache {route.cache!r} (defined: {defined})")
+    if not route.upstream:
+        raise ConfigError(f"{source}: {route.where}.cache: a cache stores what an upstream answers: set upstream too")
 
 
 def _check_tls(tls: TlsSettings, plain: set[Address], source: Path) -> None:
@@ -846,7 +977,7 @@ def reference() -> str:
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
               ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status),
-              ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
+              ("[tls]", TlsSettings), ("[[tls.sites]]", Site), ("[caches.NAME]", Cache)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]

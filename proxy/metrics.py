@@ -152,6 +152,7 @@ def worker_view(runtime) -> dict:
         "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,
         "edge": edge_view(runtime),
+        "caches": runtime.caches.view(),
     }
 
 
@@ -202,10 +203,65 @@ def _edge_samples(edge: dict) -> list[str]:
     return out
 
 
+# --- response caches: answers by X-Cache-Status, bytes, entries, evictions --
+
+def merge_caches(views, retired: dict) -> dict:
+    """Every worker's cache numbers added up. The memory tiers are each worker's own (summed); the disk
+    tier is shared, so its numbers are taken once (the first view: the answering worker's, live).
+    ``retired``: the answers and memory evictions counted by workers that have left."""
+    out: dict[str, dict] = {}
+    for view in views:
+        for name, cache in view.get("caches", {}).items():
+            into = out.setdefault(name, {"statuses": Counter(), "memory": Counter(), "disk": None})
+            into["statuses"].update(cache["statuses"])
+            into["memory"].update(cache["memory"])
+            into["disk"] = into["disk"] or cache["disk"]
+    for name, counts in retired.items():
+        if name in out:  # a cache no longer configured is left out
+            out[name]["statuses"].update(counts["statuses"])
+            out[name]["memory"]["evictions"] += counts["evictions"]
+    from .http.cache import HIT, MISS, STATUSES
+
+    return {name: {"hits": cache["statuses"][HIT], "misses": cache["statuses"][MISS],
+                   "statuses": {label: cache["statuses"][label] for label in STATUSES},
+                   "memory": dict(cache["memory"]), "disk": cache["disk"]} for name, cache in out.items()}
+
+
+def retire_caches(retired: dict, view: dict) -> dict:
+    """``retired`` plus the counters of a departing worker's caches (the gauges go with it)."""
+    out = {name: {"statuses": Counter(counts["statuses"]), "evictions": counts["evictions"]}
+           for name, counts in retired.items()}
+    for name, cache in view.get("caches", {}).items():
+        into = out.setdefault(name, {"statuses": Counter(), "evictions": 0})
+        into["statuses"].update(cache["statuses"])
+        into["evictions"] += cache["memory"]["evictions"]
+    return {name: {"statuses": dict(counts["statuses"]), "evictions": counts["evictions"]}
+            for name, counts in out.items()}
+
+
+def _cache_samples(caches: dict) -> list[str]:
+    out = ["# HELP proxy_cache_requests_total Answers on routes with a response cache, by what the cache did "
+           "(X-Cache-Status).", "# TYPE proxy_cache_requests_total counter"]
+    for name, cache in caches.items():
+        out += [f'proxy_cache_requests_total{{cache="{_label(name)}",status="{label}"}} {count}'
+                for label, count in cache["statuses"].items()]
+    for metric, kind, text in (("bytes", "gauge", "Bytes held, by tier (memory: every worker's together)."),
+                               ("entries", "gauge", "Responses held, by tier (memory: every worker's together)."),
+                               ("evictions", "counter", "Least recently used entries removed to make room.")):
+        series = f"proxy_cache_{metric}" + ("_total" if kind == "counter" else "")
+        out += [f"# HELP {series} {text}", f"# TYPE {series} {kind}"]
+        for name, cache in caches.items():
+            for tier in ("memory", "disk"):
+                numbers = cache[tier]
+                if numbers:
+                    out.append(f'{series}{{cache="{_label(name)}",tier="{tier}"}} {numbers.get(metric, 0)}')
+    return out
+
+
 # --- the master's share: counters of the workers that have left ------------
 
 # ``retired`` before any worker has left.
-NOTHING_RETIRED: dict = {"metrics": {"requests": [], "durations": {}}, "servers": {}, "edge": None}
+NOTHING_RETIRED: dict = {"metrics": {"requests": [], "durations": {}}, "servers": {}, "edge": None, "caches": {}}
 
 
 def master_view(pid: int, started: float, retired: dict) -> dict:
@@ -230,7 +286,7 @@ def retire(retired: dict, view: dict) -> dict:
     if "edge" in view:  # a tunnel that was open is closed now
         edges.append({**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}})
     return {"metrics": _metrics_data(requests, durations), "servers": servers,
-            "edge": merge_edge(edges) if edges else None}
+            "edge": merge_edge(edges) if edges else None, "caches": retire_caches(retired.get("caches", {}), view)}
 
 
 def _add_metrics(requests: Counter, durations: dict[str, dict], metrics: dict) -> None:
@@ -298,6 +354,7 @@ def merge(views: list[dict]) -> dict:
         "started": master["started"] if master is not None else min(v["started"] for v in views),
         "master_pid": master["pid"] if master is not None else None,
         "edge": merge_edge(edges),
+        "caches": merge_caches(views, retired.get("caches", {})),
     }
 
 
@@ -317,6 +374,7 @@ def status_document(merged: dict, server_name: str) -> dict:
         "requests": sum(count for _, _, count in merged["requests"]),
         "upstreams": merged["upstreams"],
         **merged["edge"],  # "tunnels" and "tls"
+        "caches": merged["caches"],
     }
 
 
@@ -377,4 +435,5 @@ def render_prometheus(merged: dict) -> bytes:
     for name, (kind, text) in series.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
     out += _edge_samples(merged["edge"])
+    out += _cache_samples(merged["caches"])
     return ("\n".join(out) + "\n").encode()

@@ -27,15 +27,21 @@ The order of the steps is the order nginx users expect:
    methods go to the upstream, or get 405 when there is none.
 6. Forwarding: the upgrade a request asks for must be one the group allows
    (http/upgrade.py), else 400.
+7. A route with ``cache = "NAME"``: the Forward carries what the cache does
+   with the request (http/cache.py ``CacheUse``: look it up, bypass it, or
+   invalidate); ``PURGE`` from the ``[status] allow`` networks, or DELETE on
+   ``[status] cache_path``, is a ``Purge`` (405 and 404 for anyone else).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import unquote_to_bytes
 
-from ..config import Config, Route
+from ..config import Config, Route, Status
 from ..errors import ALLOW_GET_HEAD, ClientError
 from ..tls import https_location
+from . import cache as cache_rules
 from . import upgrade as upgrade_rules
 from .routing import Router
 from .upgrade import Upgrade
@@ -82,6 +88,7 @@ class Forward:
     group: str
     host: bytes  # the Host the upstream receives
     upgrade: Upgrade | None = None
+    cache: cache_rules.CacheUse | None = None  # the route has a cache: what it does with this request
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,17 @@ class Static:
     otherwise: Forward | Reply | None = None
 
 
-Action = Reply | StatusPage | Static | Forward
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """Remove entries from ``caches``: every entry of ``uri`` (PURGE), or of ``key`` (DELETE on
+    ``[status] cache_path``; a key ending in ``*`` stands for every key it begins)."""
+
+    caches: tuple[str, ...]
+    uri: bytes = b""
+    key: bytes = b""
+
+
+Action = Reply | StatusPage | Static | Forward | Purge
 
 
 def refusal(error: ClientError) -> Reply:
@@ -110,7 +127,8 @@ class Decider:
         self.config = config
         self.router = Router(config.routes)
         status = config.status
-        self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics"}
+        self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics",
+                                                        status.cache_path: "cache"}
 
     def __repr__(self) -> str:
         return f"<Decider {self.router!r}>"
@@ -124,6 +142,8 @@ class Decider:
         if page is not None:
             if not self.config.status.allows(conn.client_ip):
                 return Reply(404, f"{conn.client_ip} is not in [status] allow")
+            if page == "cache":
+                return self._cache_page(head)
             if method not in _GET_HEAD:
                 return Reply(405, "the status pages answer GET and HEAD", ALLOW_GET_HEAD)
             return StatusPage(page)
@@ -136,6 +156,8 @@ class Decider:
             return Reply(404, "no route matches")
         if route.static is not None and method in _GET_HEAD:
             return Static(route, self._forward(route, head, conn) if route.upstream else None)
+        if route.cache and method == b"PURGE":
+            return self._purge(route, head, conn)
         if route.upstream:
             return self._forward(route, head, conn)
         return Reply(405, f"static route; {method.decode()} is not GET or HEAD", ALLOW_GET_HEAD)
@@ -147,7 +169,31 @@ class Decider:
         except ClientError as exc:
             allowed = ", ".join(upstream.upgrade) or "no upgrades"
             return Reply(exc.status, f"{exc} (upstream {upstream.name!r} allows {allowed})", keep_alive=exc.keep_alive)
-        return Forward(route, route.upstream, head.host or conn.local, wanted)
+        host = head.host or conn.local
+        if route.cache and wanted is None:
+            return Forward(route, route.upstream, host, None, self._cache_use(route, head, conn))
+        return Forward(route, route.upstream, host, wanted)
+
+    # --- the response cache ---
+
+    def _cache_use(self, route: Route, head, conn: ConnFacts) -> cache_rules.CacheUse:
+        if not head.host:  # an HTTP/1.0 request without Host: the address it reached is the host in the key
+            head = replace(head, host=conn.local)
+        return cache_rules.use(head, conn.scheme, self.config.caches[route.cache])
+
+    def _purge(self, route: Route, head, conn: ConnFacts) -> Purge | Reply:
+        if not (self.config.status or Status()).allows(conn.client_ip):
+            return Reply(405, f"PURGE is for the [status] allow networks, not {conn.client_ip}", ALLOW_ALL)
+        return Purge((route.cache,), uri=cache_rules.effective_uri(conn.scheme, head.host or conn.local, head.target))
+
+    def _cache_page(self, head) -> Purge | Reply:
+        if head.method != b"DELETE":
+            return Reply(405, "the cache page answers DELETE ?key=...", ((b"allow", b"DELETE"),))
+        keys = [unquote_to_bytes(value) for name, _, value in (p.partition(b"=") for p in head.query.split(b"&"))
+                if name == b"key" and value]
+        if len(keys) != 1:
+            return Reply(400, "DELETE on the cache page takes one ?key=KEY (a trailing * for every key it begins)")
+        return Purge(tuple(self.config.caches), key=keys[0])
 
 
 def decide(head, conn: ConnFacts, config: Config) -> Action:

@@ -42,10 +42,11 @@ from time import perf_counter
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec
-from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
+from ..http.decide import ConnFacts, Forward, Purge, Reply, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.responses import error_page, reason as reason_phrase
 from .buffers import RequestBody, Spool
+from .caching import purge, serve_cached
 from .files import serve_static
 from .forward import Forwarding
 
@@ -285,6 +286,9 @@ class ClientProtocol(asyncio.Protocol):
         kind = type(action)
         if kind is Forward:
             self.exchange.route = action.route.prefix
+            if action.cache is not None:
+                serve_cached(self, action)  # server/caching.py: the answer may come from the cache
+                return
             self.responder = Forwarding(self, action, self.body)
             self.responder.start()
         elif kind is Static:
@@ -294,6 +298,8 @@ class ClientProtocol(asyncio.Protocol):
             self.reply(action)
         elif kind is StatusPage:
             self._status_page(action)
+        elif kind is Purge:
+            purge(self, action)
         else:
             raise TypeError(f"unknown action {action!r}")
 

@@ -7,7 +7,8 @@ uses the parts it needs:
   (the status page reads counters, it never walks the connections), and the
   graceful stop.
 * ``RequestLog``: the access log and the metrics, fed the same record.
-* ``decider`` (http/decide.py), ``files`` (the open-file cache), ``groups``
+* ``decider`` (http/decide.py), ``files`` (the open-file cache), ``caches``
+  (the response caches, server/caching.py), ``groups``
   (upstream groups and their pools), ``timers`` (the shared deadline timer),
   ``stamp`` (the headers the proxy adds), ``edge`` (TLS state).
 """
@@ -30,6 +31,7 @@ from ..metrics import Metrics, merge, worker_view
 from ..tls import Certificates, load_certificates
 from ..upstream.group import UpstreamGroup
 from .board import PUBLISH_INTERVAL, Board
+from .caching import Caches
 from .client import DRAIN_IDLE
 from .timers import Deadlines
 from .tls import EdgeState
@@ -143,6 +145,7 @@ class Worker:
         self.files = static.OpenFileCache(server.open_file_cache_valid, server.open_file_cache_entries,
                                           server.open_file_cache_bytes)
         self.conns = Connections(loop, config.server.max_connections)
+        self.caches = Caches(config.caches, board.notices if board is not None else None, slot)
         self.clock = Clock()
         # Edge (TLS): the certificates this process serves: built by the master once per generation and
         # inherited by its workers, or built here from the config. ``edge``: handshakes and their failures.
@@ -206,5 +209,6 @@ class Worker:
         await self.conns.drain(grace, self.config.limits.keepalive_timeout)
         for group in self.groups.values():
             group.close()
+        self.caches.close()
         self.timers.close()
         self.log.access.close()

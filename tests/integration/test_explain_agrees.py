@@ -31,6 +31,11 @@ static = "www/only"
 [[routes]]
 prefix = "/plain/"
 upstream = "plain"
+[caches.c]
+[[routes]]
+prefix = "/cached/"
+upstream = "app"
+cache = "c"
 """
 
 TABLE = [
@@ -56,6 +61,13 @@ TABLE = [
     b"GET /a/../file.txt HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET / HTTP/1.1\r\n\r\n",  # no Host
     b"GET / HTTP/1.0\r\n\r\n",
+    # A route with a cache: the recording upstream's answers say nothing about caching, so none is stored.
+    b"GET /cached/x HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /cached/x HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"a\"\r\n\r\n",
+    b"POST /cached/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    b"GET /cached/x HTTP/1.1\r\nHost: t\r\nAuthorization: Basic eDp5\r\n\r\n",
+    b"GET /_proxy/cache?key=x HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"DELETE /_proxy/cache HTTP/1.1\r\nHost: t\r\n\r\n",
 ]
 
 
