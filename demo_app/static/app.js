@@ -200,6 +200,52 @@ async function loadStatic() {
   }
 }
 
+// What X-Cache-Status says about the app tier: answered by the proxy alone, or made (or checked) by Gunicorn.
+const CACHE_REACHED = {
+  HIT: [false, "not forwarded", "no: the proxy answered alone"],
+  STALE: [false, "not forwarded", "no: a stale answer, refreshed in the background"],
+  UPDATING: [false, "not forwarded", "no: a stale answer, another request refreshes it"],
+  MISS: [true, "forwarded", "yes: Gunicorn made it, the proxy kept it"],
+  EXPIRED: [true, "forwarded", "yes: the stored one had expired, Gunicorn made a new one"],
+  REVALIDATED: [true, "If-None-Match: 304", "yes: Gunicorn said the stored one is still good"],
+  BYPASS: [true, "forwarded", "yes: the cache was bypassed"],
+};
+const cacheSeen = { count: 0 };
+
+async function loadCached() {
+  const button = document.getElementById("cache-again");
+  button.disabled = true;
+  try {
+    const { response, headersAt } = await timedFetch("/api/cached/report");
+    const body = await response.json();
+    const browser = browserTiming("/api/cached/report", headersAt);
+    const rawTiming = response.headers.get("server-timing") || "";
+    const timing = parseServerTiming(rawTiming);
+    const { handler } = describeProxy(timing);
+    const status = response.headers.get("x-cache-status") || "none";
+    const [reached, hop, who] = CACHE_REACHED[status] || [true, "forwarded", "yes"];
+    cacheSeen.count += 1;
+    setField("cache.browser", ms(browser.wait));
+    setField("cache.seen", String(cacheSeen.count));
+    setField("cache.status", status, reached ? "new" : "reused");
+    setField("cache.age", response.headers.get("age") !== null ? `${response.headers.get("age")} s` : "– (just made)");
+    setField("cache.handler", handler === "cache" ? "answered from the cache" : "forwarded, then stored");
+    setField("cache.proxy", ms(timing.proxy?.dur ?? null));
+    setField("cache.hop", hop);
+    setField("cache.reached", who);
+    setField("cache.pid", String(body.worker_pid));
+    setField("cache.made", new Date(body.generated_at * 1000).toLocaleTimeString());
+    setField("cache.count", String(body.made_by_this_process));
+    document.getElementById("cache-hop").classList.toggle("off", !reached);
+    document.getElementById("cache-app").classList.toggle("idle", !reached);
+    document.getElementById("cache-server-timing").textContent = `Server-Timing: ${rawTiming}`;
+  } catch (exc) {
+    setField("cache.status", `failed: ${exc.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function upload(event) {
   event.preventDefault();
   const form = event.target;
@@ -267,6 +313,7 @@ function wsSend() {
 document.getElementById("ws-send").addEventListener("click", wsSend);
 document.getElementById("api-again").addEventListener("click", loadWhoami);
 document.getElementById("static-again").addEventListener("click", loadStatic);
+document.getElementById("cache-again").addEventListener("click", loadCached);
 document.getElementById("upload-form").addEventListener("submit", upload);
 // The first requests wait for the page's load event: made while the page itself is still loading, they
 // would queue behind its files and mostly measure the browser warming up, not the two tiers. One after
@@ -275,6 +322,7 @@ async function firstRequests() {
   performance.setResourceTimingBufferSize(1000);  // "Send again" many times and still read each request
   await loadWhoami();
   await loadStatic();
+  await loadCached();
   wsSend();
 }
 if (document.readyState === "complete") firstRequests();

@@ -54,6 +54,9 @@ MAX_DELTA = 2**31
 # revalidates an entry (it needs a whole 200), and answered from the entry instead (not_modified).
 CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
                          b"if-range"})
+# Fields not kept with a stored response: Age is computed when it is served (RFC 9111 5.1), and the
+# app's Server-Timing timed the request that made the answer, not the ones a stored copy answers.
+NOT_STORED = frozenset({b"age", b"server-timing"})
 # RFC 9111 section 3.2 (and 9110 15.4.5): fields a 304 does not update; they describe the stored body.
 NOT_UPDATED = frozenset({b"content-length", b"content-encoding", b"content-range", b"transfer-encoding"})
 # RFC 9110 section 15.4.5: what a 304 made from a stored 200 carries.
@@ -255,7 +258,7 @@ class Stored:
     """The facts of a stored response that the rules need (its body is the storage's business).
 
     Times are seconds since the epoch. ``headers`` are the response's as a client receives them,
-    without Age (computed when served). ``lifetime``: freshness lifetime (RFC 9111 4.2.1);
+    without Age (computed when served) and Server-Timing (NOT_STORED). ``lifetime``: freshness lifetime (RFC 9111 4.2.1);
     ``revalidate``: no-cache, validate before every use; ``strict``: must-revalidate,
     proxy-revalidate, s-maxage or no-cache, never served stale (4.2.4).
     """
@@ -309,7 +312,7 @@ def storable(status: int, reason: bytes, request_headers, response_headers, *, r
     age = delta_seconds(_field(response_headers, b"age")) or 0
     return Stored(
         status=status, reason=reason,
-        headers=tuple((n, v) for n, v in response_headers if n != b"age"),
+        headers=tuple((n, v) for n, v in response_headers if n not in NOT_STORED),
         request_time=request_time, response_time=response_time, date=date_value, age=age,
         lifetime=float(lifetime), revalidate=no_cache,
         strict=no_cache or b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc,
@@ -344,10 +347,22 @@ def _lifetime(cc: dict, headers, date_value: float, status: int, default_ttl: fl
 
 def current_age(stored: Stored, now: float) -> float:
     """RFC 9111 section 4.2.3."""
+    return now - born(stored)
+
+
+def born(stored: Stored) -> float:
+    """The instant its age counts from: ``current_age(stored, now) == now - born(stored)``. The corrected
+    initial age (RFC 9111 4.2.3: the Age it came with, or how late it arrived after its Date, plus the
+    time the request took) is folded in once, so a hit computes no more than a subtraction."""
     apparent_age = max(0.0, stored.response_time - stored.date)
     response_delay = stored.response_time - stored.request_time
     corrected_initial_age = max(apparent_age, stored.age + response_delay)
-    return corrected_initial_age + (now - stored.response_time)
+    return stored.response_time - corrected_initial_age
+
+
+def fresh_until(stored: Stored) -> float:
+    """The instant it becomes stale; never fresh with no-cache (it is validated before every use)."""
+    return float("-inf") if stored.revalidate else born(stored) + stored.lifetime
 
 
 FRESH, STALE_WHILE_REVALIDATE, MUST_VALIDATE = "fresh", "stale-while-revalidate", "must-validate"
@@ -376,9 +391,9 @@ def stale_on_error(stored: Stored, now: float, condition: str, use_stale: frozen
     return condition in use_stale or current_age(stored, now) < stored.lifetime + stored.stale_if_error
 
 
-def age_value(stored: Stored, now: float) -> bytes:
-    """The Age header's value: whole seconds (RFC 9111 section 5.1)."""
-    return b"%d" % min(int(current_age(stored, now)), MAX_DELTA)
+def age_value(born_at: float, now: float) -> bytes:
+    """The Age header's value for a response ``born`` at ``born_at``: whole seconds (RFC 9111 section 5.1)."""
+    return b"%d" % min(int(now - born_at), MAX_DELTA)
 
 
 # --- variants ----------------------------------------------------------------------------------

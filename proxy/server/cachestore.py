@@ -41,7 +41,7 @@ import struct
 import time
 from dataclasses import asdict
 
-from ..http.cache import Stored, variant
+from ..http.cache import Stored, born, fresh_until, variant
 
 log = logging.getLogger("proxy")
 
@@ -56,7 +56,7 @@ _MAGIC = b"TTC1"
 class Entry:
     """One stored response: its facts (``stored``), and its body in memory or in a disk tier file."""
 
-    __slots__ = ("key", "full", "uri", "stored", "body", "length", "name", "offset", "used")
+    __slots__ = ("key", "full", "uri", "stored", "body", "length", "name", "offset", "used", "born", "fresh_until")
 
     def __init__(self, key: bytes, full: bytes, uri: bytes, stored: Stored, body: bytes | None, length: int,
                  name: str = "", offset: int = 0) -> None:
@@ -69,6 +69,8 @@ class Entry:
         self.name = name
         self.offset = offset
         self.used = 0.0  # when the disk tier last recorded a use
+        self.born = born(stored)  # http/cache.py: its age is now - born, and it is fresh until fresh_until
+        self.fresh_until = fresh_until(stored)
 
     def __repr__(self) -> str:
         where = "memory" if self.body is not None else f"disk:{self.name}"

@@ -59,14 +59,16 @@ NO_STORE = (b"cache-control", b"no-store")
 class Cache:
     """One ``[caches.NAME]`` in this worker: its store, the keys being fetched, and its counters."""
 
-    __slots__ = ("settings", "store", "locks", "counts", "header", "clock")
+    __slots__ = ("settings", "store", "locks", "counts", "labels", "clock")
 
     def __init__(self, settings, notices: Notices, clock=time.time) -> None:
         self.settings = settings
         self.store = Store(settings, notices, clock)
         self.locks: dict[bytes, Filling] = {}  # key -> the request fetching it (collapsed forwarding)
         self.counts: Counter[str] = Counter()  # X-Cache-Status -> answers
-        self.header = settings.status_header.lower().encode()
+        header = settings.status_header.lower().encode()
+        # X-Cache-Status -> the header saying it (none when off), made once.
+        self.labels = {label: [(header, label.encode())] if header else [] for label in rules.STATUSES}
         self.clock = clock
 
     def __repr__(self) -> str:
@@ -76,7 +78,7 @@ class Cache:
         """Count the answer and note it in the access log; the header that says it (none when off)."""
         exchange.cache = label
         self.counts[label] += 1
-        return [(self.header, label.encode())] if self.header else []
+        return self.labels[label]
 
     def view(self) -> dict:
         return {"statuses": dict(self.counts), **self.store.view()}
@@ -128,12 +130,11 @@ def lookup(client, cache: Cache, action, lock: bool) -> None:
     head = client.exchange.head
     now = cache.clock()
     entry = cache.store.lookup(use.key, head.headers)
-    settings = cache.settings
     if entry is not None:
-        state = rules.freshness(entry.stored, now, revalidate=use.revalidate, use_stale=settings.use_stale)
-        if state is rules.FRESH:
+        if now < entry.fresh_until and not use.revalidate:
             serve(client, cache, entry, rules.HIT, now, action)
             return
+        state = rules.freshness(entry.stored, now, revalidate=use.revalidate, use_stale=cache.settings.use_stale)
         other = cache.store.lookup_disk(use.key, head.headers) if cache.store.disk is not None else None
         if other is not None and other.stored.response_time > entry.stored.response_time:
             lookup(client, cache, action, lock)  # another worker refreshed it: the memory tier has it now
@@ -170,7 +171,7 @@ def serve(client, cache: Cache, entry, label: str, now: float, action) -> None:
             lookup(client, cache, action, False)
             return
     exchange.handler = "cache"
-    extra = [(b"age", rules.age_value(stored, now)), *cache.answered(exchange, label)]
+    extra = [(b"age", rules.age_value(entry.born, now)), *cache.answered(exchange, label)]
     if not_modified:
         client.respond(304, [*rules.not_modified_headers(stored), *extra], b"", length=entry.length)
         return
@@ -186,7 +187,7 @@ def serve(client, cache: Cache, entry, label: str, now: float, action) -> None:
 
 def _not_modified(client, cache: Cache, stored, label: str, now: float) -> None:
     """A 304 for the client's conditional request, from the facts of what the upstream just sent."""
-    extra = [(b"age", rules.age_value(stored, now)), *cache.answered(client.exchange, label)]
+    extra = [(b"age", rules.age_value(rules.born(stored), now)), *cache.answered(client.exchange, label)]
     client.respond(304, [*rules.not_modified_headers(stored), *extra], b"")
 
 

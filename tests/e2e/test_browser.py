@@ -99,6 +99,19 @@ def test_page_draws_the_path_with_the_worker_pid(stack, browser, tmp_path):
     WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("api.conn") not in ("", "…"))
     assert field("api.conn").startswith(("pooled, reused", "new ("))
 
+    # The cached panel: the first answer was made by Gunicorn and stored (MISS); fetched again, the proxy
+    # answers alone (HIT) with the same body, and the diagram leaves the app tier out of the path.
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("cache.status") in ("MISS", "HIT"))
+    made_by = field("cache.pid")
+    assert int(made_by) in children(stack.pid)
+    browser.find_element(By.ID, "cache-again").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("cache.seen") == "2")
+    assert field("cache.status") == "HIT", field("cache.status")
+    assert field("cache.hop") == "not forwarded" and field("cache.handler") == "answered from the cache"
+    assert "idle" in browser.find_element(By.ID, "cache-app").get_attribute("class")
+    assert "off" in browser.find_element(By.ID, "cache-hop").get_attribute("class")
+    assert field("cache.pid") == made_by and field("cache.count") == "1"  # the app made it once
+
     shot = tmp_path / "demo-page.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

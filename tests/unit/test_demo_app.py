@@ -172,3 +172,13 @@ def test_wsgi_module_takes_the_tally_folder_from_the_environment(tmp_path, monke
     finally:
         monkeypatch.delenv("DEMO_TALLY_DIR")
         importlib.reload(demo_app.wsgi)
+
+
+def test_the_cached_report_says_it_may_be_cached_and_counts_what_the_app_made(client):
+    first = client.get("/api/cached/report")
+    assert first.headers["Cache-Control"] == "public, max-age=10, stale-while-revalidate=60"
+    body = first.get_json()
+    assert body["made_by_this_process"] == 1 and body["worker_pid"] == os.getpid()
+    second = client.get("/api/cached/report")
+    assert second.get_json()["made_by_this_process"] == 2
+    assert first.headers["ETag"] != second.headers["ETag"]
