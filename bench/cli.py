@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, stack as stack_module, wrk
+from . import collapse, report, stack as stack_module, wrk
 from .procs import Processes, StartError, UsageMeter, raise_open_files_limit, sigterm_as_interrupt
 from .scenarios import BY_KEY, SCENARIOS, Scenario
 
@@ -212,14 +212,27 @@ def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
         print(f"{scenario.title}:", flush=True)
         runs[scenario.key] = measure(stack, scenario, opts)
         summaries.append(report.summarise(scenario, runs[scenario.key]))
+    cache = {}
+    if any(s.path.startswith("/api/cached/") for s in opts.scenarios):
+        cache["collapsed_forwarding"] = collapse.measure(stack, report.SERVERS)
+        stack.check_alive()
+    speedup = report.cache_speedup(summaries)
+    if speedup is not None:
+        cache["hit_vs_forwarded"] = speedup
     elapsed = time.monotonic() - started
     info = meta(opts, nginx)
     info["elapsed_seconds"] = round(elapsed, 1)
     document = report.to_json(summaries, runs, info)
+    if cache:
+        document["cache"] = cache
     stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if opts.quick else "")
     path = report.save(document, opts.results, stem)
     print()
     print(document["table"])
+    if speedup is not None:
+        print(report.cache_line(speedup))
+    if "collapsed_forwarding" in cache:
+        print(collapse.line(cache["collapsed_forwarding"]))
     print(f"\nratio = median over {opts.pairs} back-to-back pair(s) of proxy/nginx; req/s and latencies are medians; "
           f"{elapsed:.0f}s in all. Saved {path}")
     return 0

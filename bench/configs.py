@@ -7,7 +7,10 @@ in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
 64 KiB of response buffered in memory before spilling to a temporary file.
 Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
-stat the other makes.
+stat the other makes. /api/cached/ is /api/ with a response cache on both:
+nginx's proxy_cache (a disk cache with its keys in shared memory, the cache
+lock on) and the proxy's (memory, and a disk tier), each adding
+X-Cache-Status.
 
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
@@ -34,8 +37,30 @@ class Layout:
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
 
 
+# What nginx does to forward /api/ like the proxy does (and /api/cached/, which adds its cache).
+_NGINX_FORWARD = """\
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\\"$http_host\\\"";
+            proxy_set_header X-Request-ID $request_id;
+            add_header X-Request-ID $request_id always;
+            proxy_connect_timeout 3s;
+            proxy_read_timeout 60s;
+            proxy_send_timeout 60s;
+            proxy_buffer_size 8k;
+            proxy_buffers 8 8k;
+"""
+
+
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
+    api = _NGINX_FORWARD
     user = "user root root;\n" if layout.run_as_root else ""
     return f"""\
 # Written by bench/configs.py for one benchmark run; not for deployment.
@@ -64,6 +89,7 @@ http {{
     keepalive_timeout 5s;
     keepalive_requests 1000;
     client_max_body_size 1m;
+    proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
     client_body_temp_path {work}/nginx-client-body;
     proxy_temp_path {work}/nginx-proxy-temp;
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
@@ -85,22 +111,12 @@ http {{
         }}
 
         location /api/ {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
+{api}        }}
+
+        location /api/cached/ {{
+{api}            proxy_cache bench;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
         }}
     }}
 }}
@@ -130,4 +146,13 @@ def proxy_toml(layout: Layout) -> str:
         [[routes]]
         prefix = "/api/"
         upstream = "app"
+
+        [caches.bench]
+        memory = "64m"
+        path = "{layout.work}/proxy-cache"
+
+        [[routes]]
+        prefix = "/api/cached/"
+        upstream = "app"
+        cache = "bench"
         """)

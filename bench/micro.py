@@ -34,6 +34,12 @@ UPSTREAM_BODY = b'{"items":[1,2,3],"ok":true,"service":"twotier-bench"}\n'
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 2026 12:00:00 GMT\r\n"
                      b"Connection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                      % len(UPSTREAM_BODY)) + UPSTREAM_BODY
+# What /api/cached/ answers (bench/app.py's 4 KiB that may be cached for an hour): stored by the first request,
+# every later one is a hit of the response cache.
+CACHEABLE_BODY = (b'{"items":"' + b"x" * 4083 + b'"}\n')[:4096]
+CACHEABLE_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 2026 12:00:00 GMT\r\n"
+                      b"Connection: keep-alive\r\nContent-Type: application/json\r\nCache-Control: public, "
+                      b"max-age=3600\r\nContent-Length: %d\r\n\r\n" % len(CACHEABLE_BODY)) + CACHEABLE_BODY
 
 
 # A browser's first request for a page: about ten fields (what codec.py's llhttp path is tuned for).
@@ -104,11 +110,16 @@ def make_config(folder: Path):
     static = folder / "static"
     static.mkdir(exist_ok=True)
     (static / "small.bin").write_bytes(os.urandom(4096))
+    routes = [{"prefix": "/static/", "static": str(static)}, {"prefix": "/api/", "upstream": "app"}]
+    caches = {}
+    if hasattr(config, "Cache"):  # a proxy with a response cache (not one from before it, under --proxy-src)
+        caches = {"caches": {"bench": {"memory": "64m"}}}
+        routes.append({"prefix": "/api/cached/", "upstream": "app", "cache": "bench"})
     return config.from_dict({
         "server": {"listen": ["127.0.0.1:0"]},
         "log": {"access": "off"},
         "upstreams": {"app": {"servers": ["127.0.0.1:9"], "keepalive": 32}},
-        "routes": [{"prefix": "/static/", "static": str(static)}, {"prefix": "/api/", "upstream": "app"}],
+        "routes": routes, **caches,
     }, folder / "proxy.toml")
 
 
@@ -128,8 +139,10 @@ def fake_upstreams(worker) -> None:
                 pool.connects += 1
 
                 def answer(data) -> None:
-                    if bytes(data).endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
-                        loop.call_soon(conn.data_received, UPSTREAM_RESPONSE)
+                    data = bytes(data)
+                    if data.endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
+                        cached = data.startswith(b"GET /api/cached/")
+                        loop.call_soon(conn.data_received, CACHEABLE_RESPONSE if cached else UPSTREAM_RESPONSE)
 
                 conn.connection_made(CountingTransport(answer))
                 pool.move(conn, pool_module.ACTIVE)
@@ -311,21 +324,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-src", type=Path, help="import the proxy package from DIR (a scratch copy)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per round (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is kept (default %(default)s)")
-    parser.add_argument("--cprofile", choices=["static", "proxied"],
+    parser.add_argument("--cprofile", choices=["static", "proxied", "cached"],
                         help="instead, profile whole requests of this kind and print the top functions")
     args = parser.parse_args(argv)
     if args.proxy_src:
         sys.path.insert(0, str(args.proxy_src.resolve()))
     import proxy
+    import proxy.config  # noqa: F401 - what it declares says which requests can be measured
 
     print(f"proxy from {Path(proxy.__file__).parent}; best of {args.repeat} rounds")
     with tempfile.TemporaryDirectory(prefix="twotier-micro-") as tmp:
         folder = Path(tmp)
         if args.cprofile:
-            return profile_whole(folder, b"/static/small.bin" if args.cprofile == "static" else b"/api/json",
-                                 args.requests)
-        for label, path in (("whole static 4 KiB request (in-process)", b"/static/small.bin"),
-                            ("whole proxied request (in-process upstream)", b"/api/json")):
+            paths = {"static": b"/static/small.bin", "proxied": b"/api/json", "cached": b"/api/cached/4k"}
+            return profile_whole(folder, paths[args.cprofile], args.requests)
+        wholes = [("whole static 4 KiB request (in-process)", b"/static/small.bin"),
+                  ("whole proxied request (in-process upstream)", b"/api/json")]
+        if hasattr(sys.modules["proxy.config"], "Cache"):
+            wholes.append(("whole response-cache hit, 4 KiB (in-process)", b"/api/cached/4k"))
+        for label, path in wholes:
             us = min(whole_requests(folder, path, args.requests) for _ in range(args.repeat))
             print(f"{us:8.1f} µs  {label}")
         for label, (fn, _) in stages(folder).items():

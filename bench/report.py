@@ -181,3 +181,24 @@ def save(document: dict, folder: Path, stem: str) -> Path:
     path = folder / f"{stem}.json"
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+# --- the response cache: a hit against the same answer forwarded --------------------------------
+
+CACHE_SPEEDUP_GOAL = 10.0  # a cache hit at least this many times the req/s of the same request reaching Gunicorn
+
+
+def cache_speedup(summaries: list[ScenarioSummary]) -> dict | None:
+    """Each server's req/s on cache hits over its req/s for the same 4 KiB answer forwarded to Gunicorn
+    (scenarios cached-4k and proxied-4k), when both ran."""
+    by_key = {s.scenario.key: s for s in summaries}
+    hits, forwarded = by_key.get("cached-4k"), by_key.get("proxied-4k")
+    if hits is None or forwarded is None:
+        return None
+    return {server: _ratio(getattr(hits, server).rps, getattr(forwarded, server).rps) for server in SERVERS}
+
+
+def cache_line(speedup: dict) -> str:
+    verdict = "met" if speedup["proxy"] >= CACHE_SPEEDUP_GOAL else "missed"
+    return (f"cache hits over the same 4 KiB answer forwarded to Gunicorn: proxy {speedup['proxy']:.1f}x "
+            f"(goal >={CACHE_SPEEDUP_GOAL:g}x: {verdict}), nginx {speedup['nginx']:.1f}x")

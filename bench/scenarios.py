@@ -1,10 +1,11 @@
-"""What is measured: five scenarios, each against the proxy and nginx, and the target each is held to.
+"""What is measured: seven scenarios, each against the proxy and nginx, and the target each is held to.
 
 The targets (docs/performance.md) say how close to nginx a Python proxy on
 asyncio should come: proxied requests at 0.9x nginx's req/s with a p99 at
 most 1.5x, small static files at 0.35x, large ones at 0.9x, 1,000
 connections without an error in under 80 MB, a 10 MiB stream without an
-error.
+error, response cache hits at 0.8x nginx's proxy_cache hits (and at 10x the
+same answer forwarded to Gunicorn: report.cache_line).
 
 A scenario is a value (URL path, connection count, targets); the harness runs
 every one against the proxy and nginx alike. Targets are reported, never
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CACHED_PATH = "/api/cached/4k"  # bench/app.py; a route with a response cache on both servers
+UNCACHED_PATH = "/api/4k"  # the same view on a route without one
 SMALL_FILE = "small.bin"  # 4 KiB
 LARGE_FILE = "large.bin"  # 1 MiB
 STATIC_FILES = {SMALL_FILE: 4 * 1024, LARGE_FILE: 1024 * 1024}
@@ -59,6 +62,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("proxied-1k", "proxied JSON, 1000 conns", "/api/json", 1000,
              Targets(max_rss_mb=80)),
     Scenario("stream-10m", "proxied 10 MiB stream, 8 conns", "/api/big", 8,
+             Targets()),
+    # The same 4 KiB answer, which says it may be cached: hits of both servers' response caches (nginx
+    # proxy_cache), and forwarded to Gunicorn every time on a route without one (report.cache_line).
+    Scenario("cached-4k", "cache hits, 4 KiB, 32 conns", CACHED_PATH, 32,
+             Targets(min_rps_ratio=0.8)),
+    Scenario("proxied-4k", "proxied 4 KiB, no cache, 32 conns", UNCACHED_PATH, 32,
              Targets()),
 )
 

@@ -79,7 +79,8 @@ class Stack:
 
 def start_gunicorn(procs: Processes, layout: configs.Layout) -> Child:
     child = procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{layout.app_port}",
-                                     *GUNICORN_ARGS, "bench.app:app"], cwd=ROOT)
+                                     *GUNICORN_ARGS, "bench.app:app"], cwd=ROOT,
+                        env={"BENCH_COUNT_DIR": str(layout.work)})  # bench/collapse.py reads the count there
     child.wait_for(lambda: accepting(layout.app_port), "accepting connections")
     # The master listens before it forks: wait for the workers too, so that their CPU is counted.
     child.wait_for(lambda: len(child.group()) >= 1 + GUNICORN_WORKERS, f"{GUNICORN_WORKERS} workers")

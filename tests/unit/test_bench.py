@@ -94,3 +94,34 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
     assert "worker_processes 2;" in configs.nginx_conf(layout(workers=2))
     assert "workers = 2" in configs.proxy_toml(layout(workers=2, proxy_master=True))
     assert "workers = 1" in configs.proxy_toml(layout(proxy_master=True))  # said explicitly when the key exists
+
+
+def test_both_servers_cache_the_cached_prefix_alike():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    assert "location /api/cached/ {" in nginx and "proxy_cache bench;" in nginx and "proxy_cache_lock on;" in nginx
+    assert "proxy_cache_path /tmp/w/nginx-cache " in nginx
+    assert '[caches.bench]' in proxy and 'prefix = "/api/cached/"' in proxy and 'cache = "bench"' in proxy
+    assert BY_KEY["cached-4k"].path.startswith("/api/cached/") and not BY_KEY["proxied-4k"].path.startswith(
+        "/api/cached/")
+
+
+def test_cache_speedup_is_each_servers_hits_over_the_same_answer_forwarded():
+    def summary(key, proxy_rps, nginx_rps):
+        runs = [report.Run("proxy", 0, result(proxy_rps, 1), 1.0, 20),
+                report.Run("nginx", 0, result(nginx_rps, 1), 0.1, 5)]
+        return report.summarise(BY_KEY[key], runs)
+
+    speedup = report.cache_speedup([summary("cached-4k", 12000, 40000), summary("proxied-4k", 1000, 2000)])
+    assert speedup == {"proxy": pytest.approx(12.0), "nginx": pytest.approx(20.0)}
+    assert "proxy 12.0x (goal >=10x: met), nginx 20.0x" in report.cache_line(speedup)
+    assert report.cache_speedup([summary("cached-4k", 1, 1)]) is None
+
+
+def test_collapsed_forwarding_counts_gunicorns_own_record(tmp_path):
+    from bench import collapse
+
+    (tmp_path / "collapse").write_text("proxy-1\nnginx-2\nproxy-1\n")
+    assert collapse.upstream_count(tmp_path, "proxy-1") == 2 and collapse.upstream_count(tmp_path, "x") == 0
+    line = collapse.line({"proxy": {"clients": 100, "answered": 100, "upstream_requests": 1}})
+    assert "reached Gunicorn: proxy 1 (of 100 clients, 100 answered 200)" in line
