@@ -261,7 +261,7 @@ class DiskTier:
         name, used = row
         entry = self._read(name)
         if entry is None or entry.full != full:
-            self._forget([(full, name)])
+            self.forget([(full, name)])
             return None
         entry.used = used
         self.touch(entry)
@@ -376,9 +376,10 @@ class DiskTier:
             freed += size
             if freed >= goal:
                 break
-        self._forget(victims, evicted=True)
+        self.forget(victims, evicted=True)
 
-    def _forget(self, rows: list[tuple[bytes, str]], evicted: bool = False) -> None:
+    def forget(self, rows: list[tuple[bytes, str]], evicted: bool = False) -> None:
+        """Remove these (full key, file name) entries: their rows, then their files."""
         if not rows:
             return
         db = self.db
@@ -404,7 +405,7 @@ class DiskTier:
                     if v.startswith(value)]
         else:
             rows = self.db.execute(f"SELECT full, name FROM entries WHERE {column} = ?", (value,)).fetchall()
-        self._forget(rows)
+        self.forget(rows)
         return len(rows)
 
     def view(self) -> dict:
@@ -569,15 +570,25 @@ class Notices:
 # --- one cache: both tiers -------------------------------------------------------------------------
 
 class Store:
-    """The tiers of one ``[caches.NAME]`` in this worker: the memory tier first, then the disk tier."""
+    """The tiers of one ``[caches.NAME]`` in this worker: the memory tier first, then the disk tier.
+
+    The disk tier's failures (an index another process holds locked for too long, a full or broken disk)
+    are logged and taken as misses: a request never fails because the cache could not help it.
+    """
 
     def __init__(self, settings, notices: Notices, clock=time.time) -> None:
         self.settings = settings
         self.name = settings.name
         self.notices = notices
         self.memory = MemoryTier(settings.memory)
-        memory_share = settings.memory // MEMORY_SHARE
-        self.disk = DiskTier(settings.path, settings.max_size, memory_share, clock) if settings.path else None
+        self.disk: DiskTier | None = None
+        self._complained = 0.0
+        if settings.path:
+            try:
+                self.disk = DiskTier(settings.path, settings.max_size, settings.memory // MEMORY_SHARE, clock)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("cache %s: cannot open the disk tier in %s (%s): memory only", self.name, settings.path,
+                          getattr(exc, "strerror", None) or exc)
         self._tag = settings.name.encode() + b"\x00"
 
     def __repr__(self) -> str:
@@ -586,6 +597,19 @@ class Store:
     def close(self) -> None:
         if self.disk is not None:
             self.disk.close()
+            self.disk = None
+
+    def _on_disk(self, default, method, *args):
+        """A call to the disk tier, whose failure is logged (at most once a minute) and counts as ``default``."""
+        try:
+            return method(*args)
+        except (sqlite3.Error, OSError) as exc:
+            now = time.monotonic()
+            if now - self._complained >= 60.0:
+                self._complained = now
+                log.warning("cache %s: the disk tier failed (%s); going on without it for this request",
+                            self.name, getattr(exc, "strerror", None) or exc)
+            return default
 
     def lookup(self, key: bytes, request_headers) -> Entry | None:
         """The entry a request selects: from memory, else from disk (then kept in memory too)."""
@@ -602,13 +626,15 @@ class Store:
         disk = self.disk
         if disk is None:
             return None
-        names = disk.vary(key)
-        if names is None:
-            return None
-        entry = disk.get(full_key(key, names, request_headers))
+        entry = self._on_disk(None, self._from_disk, disk, key, request_headers)
         if entry is not None and entry.body is not None:
-            self.memory.put(entry, names)
+            self.memory.put(entry, entry.stored.vary)
         return entry
+
+    @staticmethod
+    def _from_disk(disk: DiskTier, key: bytes, request_headers) -> Entry | None:
+        names = disk.vary(key)
+        return None if names is None else disk.get(full_key(key, names, request_headers))
 
     def new_body(self) -> Body:
         return Body(self.disk, self.settings.max_entry_size)
@@ -616,7 +642,7 @@ class Store:
     def put(self, key: bytes, uri: bytes, stored: Stored, body: Body, request_headers) -> Entry | None:
         full = full_key(key, stored.vary, request_headers)
         if self.disk is not None:
-            entry = self.disk.put(key, full, uri, stored, body)
+            entry = self._on_disk(None, self.disk.put, key, full, uri, stored, body)
         else:
             entry = Entry(key, full, uri, stored, body.joined(), body.size)
         if entry is not None:
@@ -626,7 +652,7 @@ class Store:
     def refresh(self, entry: Entry, stored: Stored) -> Entry | None:
         """The entry with new facts after a 304 (same body)."""
         if self.disk is not None:
-            fresh = self.disk.refresh(entry, stored)
+            fresh = self._on_disk(None, self.disk.refresh, entry, stored)
         else:
             fresh = Entry(entry.key, entry.full, entry.uri, stored, entry.body, entry.length)
         if fresh is not None:
@@ -638,13 +664,13 @@ class Store:
     def drop(self, entry: Entry) -> None:
         self.memory.drop(entry.full)
         if self.disk is not None:
-            self.disk._forget([(entry.full, entry.name)])
+            self._on_disk(None, self.disk.forget, [(entry.full, entry.name)])
 
     def invalidate(self, uri: bytes) -> int:
         """Every entry of ``uri``, in every tier and every worker."""
         count = self.memory.drop_uri(uri)
         if self.disk is not None:
-            count = max(count, self.disk.drop("uri", uri))
+            count = max(count, self._on_disk(0, self.disk.drop, "uri", uri))
         self.notices.post(URI, self._tag + uri)
         return count
 
@@ -653,7 +679,7 @@ class Store:
         count = self.memory.drop_key(key)
         if self.disk is not None:
             prefix = key.endswith(b"*")
-            count = max(count, self.disk.drop("key", key[:-1] if prefix else key, prefix))
+            count = max(count, self._on_disk(0, self.disk.drop, "key", key[:-1] if prefix else key, prefix))
         self.notices.post(KEY, self._tag + key)
         return count
 
@@ -674,4 +700,4 @@ class Store:
         memory = self.memory
         return {"memory": {"bytes": memory.bytes, "entries": len(memory), "evictions": memory.evictions,
                            "max_size": memory.budget},
-                "disk": self.disk.view() if self.disk is not None else None}
+                "disk": self._on_disk(None, self.disk.view) if self.disk is not None else None}

@@ -384,10 +384,12 @@ class Filling(Relay):
         if body is not None and not body.append(data):
             self.body = None  # larger than max_entry_size: relayed, not stored
         client = self.client
-        if client is None:
-            return
-        if self.swallow or self.head_only:
-            self.exchange.body_bytes -= len(data)  # the Forwarding counts what reaches the client
+        if client is None or self.swallow or self.head_only:
+            if client is not None:
+                self.exchange.body_bytes -= len(data)  # the Forwarding counts what reaches the client
+            if self.body is None:  # nobody wants the rest: the upstream's connection is let go
+                self.forwarding.client_lost()
+                self.finish()
             return
         client.write(data)
 

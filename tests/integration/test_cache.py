@@ -246,6 +246,10 @@ def test_responses_above_max_entry_size_are_relayed_not_stored(proxy, counted):
         answer = get(proxy, path)
         assert len(answer.content) == 5_000_000 and answer.headers["x-cache-status"] == "MISS"
     assert counted("/huge") == 2
+    # A HEAD goes upstream as a GET; once the body cannot be stored, the rest of it is not read.
+    head = requests.head(proxy.url + "/huge-head?cc=max-age%3D60&size=50000000", timeout=10)
+    assert head.status_code == 200 and head.headers["content-length"] == "50000000"
+    assert get(proxy, "/huge-head?cc=max-age%3D60&size=10").headers["x-cache-status"] == "MISS"
 
 
 def test_stale_served_while_revalidating_in_the_background(proxy, counted):

@@ -205,3 +205,24 @@ def test_a_store_applies_notices_for_its_own_cache_only():
     assert store.lookup(b"k", []) is not None
     store.noticed(cachestore.URI, b"c\x00http://h/k")
     assert store.lookup(b"k", []) is None
+
+
+def test_a_broken_disk_tier_leaves_the_memory_tier_working(tmp_path, caplog):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "index.sqlite3").write_bytes(b"this is not a database" * 100)
+    store = Store(settings(tmp_path), Notices())
+    assert store.disk is None and "memory only" in caplog.text
+    store.put(b"k", b"u", facts(), body_of(b"v"), [])
+    assert store.lookup(b"k", []).body == b"v"
+
+
+def test_disk_tier_failures_count_as_misses(tmp_path, caplog):
+    store = Store(settings(tmp_path), Notices())
+    store.put(b"k", b"u", facts(), body_of(b"v", store.disk), [])
+    store.disk.db.close()  # what a broken index looks like from here: every call raises
+    store.memory.clear()
+    assert store.lookup(b"k", []) is None
+    assert store.put(b"k2", b"u", facts(), body_of(b"w", store.disk), []) is None
+    assert store.invalidate(b"u") == 0 and store.view()["disk"] is None
+    assert caplog.text.count("the disk tier failed") == 1  # said once, not once per request
