@@ -227,7 +227,9 @@ class DiskTier:
         self.in_memory_up_to = memory_share  # bodies up to this size are read into memory on a hit
         self.clock = clock
         self.tmp = os.path.join(path, "tmp")
+        self.claims = os.path.join(path, "claims")
         os.makedirs(self.tmp, exist_ok=True)
+        os.makedirs(self.claims, exist_ok=True)
         self.db = sqlite3.connect(os.path.join(path, "index.sqlite3"), timeout=5.0, isolation_level=None,
                                   check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 5000")
@@ -297,6 +299,40 @@ class DiskTier:
         if now - entry.used >= TOUCH_EVERY:
             entry.used = now
             self.db.execute("UPDATE entries SET used = ? WHERE full = ?", (now, entry.full))
+
+    # --- claims: which worker fetches a key (collapsed forwarding across workers) ---
+
+    def _claim_file(self, key: bytes) -> str:
+        return os.path.join(self.claims, hashlib.sha1(key).hexdigest())
+
+    def claim(self, key: bytes, stale_after: float) -> bool:
+        """Take the key for this worker (False: another holds it). A claim older than ``stale_after`` seconds
+        was left by a worker that died, or belongs to a fetch that outlived lock_timeout: it is taken over."""
+        name = self._claim_file(key)
+        for _ in range(3):
+            try:
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+                return True
+            except FileExistsError:
+                try:
+                    if time.time() - os.stat(name).st_mtime < stale_after:
+                        return False
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass  # let go of meanwhile: try again
+        return False
+
+    def claimed(self, key: bytes, stale_after: float) -> bool:
+        try:
+            return time.time() - os.stat(self._claim_file(key)).st_mtime < stale_after
+        except FileNotFoundError:
+            return False
+
+    def unclaim(self, key: bytes) -> None:
+        try:
+            os.unlink(self._claim_file(key))
+        except FileNotFoundError:
+            pass
 
     # --- writing ---
 
@@ -638,6 +674,20 @@ class Store:
 
     def new_body(self) -> Body:
         return Body(self.disk, self.settings.max_entry_size)
+
+    def claim(self, key: bytes) -> bool:
+        """This worker fetches ``key``; False when another worker's claim on the disk tier says it does.
+        Without a disk tier (or when it fails) every worker fetches for itself."""
+        if self.disk is None:
+            return True
+        return self._on_disk(True, self.disk.claim, key, self.settings.lock_timeout)
+
+    def claimed(self, key: bytes) -> bool:
+        return self.disk is not None and self._on_disk(False, self.disk.claimed, key, self.settings.lock_timeout)
+
+    def unclaim(self, key: bytes) -> None:
+        if self.disk is not None:
+            self._on_disk(None, self.disk.unclaim, key)
 
     def put(self, key: bytes, uri: bytes, stored: Stored, body: Body, request_headers) -> Entry | None:
         full = full_key(key, stored.vary, request_headers)

@@ -13,7 +13,9 @@
   REVALIDATED; a full answer replaces it: EXPIRED). None: the request goes
   upstream (MISS), and while it does, other requests for the same key wait
   for its answer instead of going too (``lock``: collapsed forwarding), until
-  ``lock_timeout``.
+  ``lock_timeout``. With a disk tier the fetching worker claims the key
+  there, and the other workers' requests wait for the entry too (``Claimed``
+  looks every CLAIM_POLL seconds).
 * bypass and invalidate: the request goes upstream as any other; for an
   unsafe method a 2xx or 3xx answer invalidates the URI (RFC 9111 4.4).
 
@@ -52,6 +54,7 @@ from .forward import Forwarding
 
 log = logging.getLogger("proxy")
 
+CLAIM_POLL = 0.02  # seconds between two looks at another worker's claim on a key
 JSON = (b"content-type", b"application/json")
 NO_STORE = (b"cache-control", b"no-store")
 
@@ -64,7 +67,7 @@ class Cache:
     def __init__(self, settings, notices: Notices, clock=time.time) -> None:
         self.settings = settings
         self.store = Store(settings, notices, clock)
-        self.locks: dict[bytes, Filling] = {}  # key -> the request fetching it (collapsed forwarding)
+        self.locks: dict[bytes, Fetching] = {}  # key -> what requests for it wait on (collapsed forwarding)
         self.counts: Counter[str] = Counter()  # X-Cache-Status -> answers
         header = settings.status_header.lower().encode()
         # X-Cache-Status -> the header saying it (none when off), made once.
@@ -141,18 +144,28 @@ def lookup(client, cache: Cache, action, lock: bool) -> None:
             return
         fetching = cache.locks.get(entry.full)
         if state is rules.STALE_WHILE_REVALIDATE:
-            if fetching is None:
+            refresh = fetching is None and cache.store.claim(entry.full)
+            if refresh:
                 Filling(cache, None, use, entry, background_of=client).start(action)
-            serve(client, cache, entry, rules.UPDATING if fetching is not None else rules.STALE, now, action)
+            serve(client, cache, entry, rules.STALE if refresh else rules.UPDATING, now, action)
             return
         key = entry.full
     else:
         key = use.key
         fetching = cache.locks.get(key)
-    if fetching is not None and lock:
+    if not lock:
+        Filling(cache, client, use, entry).start(action)
+        return
+    if fetching is None and not cache.store.claim(key):
+        fetching = Claimed(cache, key, client.w)  # another worker fetches it
+    if fetching is not None:
         fetching.wait(Waiter(cache, client, action))
         return
-    Filling(cache, client, use, entry, lock_key=key if lock else None).start(action)
+    if entry is None and cache.store.disk is not None and cache.store.lookup_disk(use.key, head.headers) is not None:
+        cache.store.unclaim(key)  # stored by another worker between the first look and the claim
+        lookup(client, cache, action, lock)
+        return
+    Filling(cache, client, use, entry, lock_key=key).start(action)
 
 
 def serve(client, cache: Cache, entry, label: str, now: float, action) -> None:
@@ -282,7 +295,59 @@ class Invalidating(Relay):
         super().start_response(status, headers, length, reason, spool)
 
 
-class Filling(Relay):
+class Fetching:
+    """What requests for one key wait on (collapsed forwarding): a request of this worker fetching it
+    (``Filling``), or another worker's claim on the disk tier (``Claimed``). Needs ``cache``, ``w``,
+    ``lock_key`` and ``waiters``; ``claimed``: this worker holds the disk tier's claim on the key."""
+
+    __slots__ = ()
+
+    def wait(self, waiter: "Waiter") -> None:
+        self.waiters.append(waiter)
+        waiter.filling = self
+        waiter.client.responder = waiter
+        waiter.client.w.timers.arm(waiter, self.cache.settings.lock_timeout)
+
+    def _release(self, lock: bool, stale=None) -> None:
+        """Nobody waits on this key any longer. The waiters look again (``lock``: and may wait again,
+        after a success), are answered from ``stale``, or go upstream each."""
+        locks = self.cache.locks
+        if self.lock_key is not None and locks.get(self.lock_key) is self:
+            del locks[self.lock_key]
+            if self.claimed:
+                self.cache.store.unclaim(self.lock_key)
+        waiters, self.waiters = self.waiters, []
+        if waiters:
+            self.w.loop.call_soon(_wake, waiters, lock, stale)
+
+
+class Claimed(Fetching):
+    """Another worker claimed the key on the disk tier: the requests here wait until its claim is gone
+    (its entry is then on disk for them to find), each for lock_timeout at most."""
+
+    __slots__ = ("cache", "w", "lock_key", "waiters", "deadline", "queued")
+    claimed = False
+
+    def __init__(self, cache: Cache, key: bytes, w) -> None:
+        self.cache = cache
+        self.w = w
+        self.lock_key = key
+        self.waiters: list[Waiter] = []
+        self.deadline = self.queued = 0.0
+        cache.locks[key] = self
+        w.timers.arm(self, CLAIM_POLL)
+
+    def __repr__(self) -> str:
+        return f"<Claimed {self.lock_key!r} waiters={len(self.waiters)}>"
+
+    def expired(self) -> None:
+        if self.waiters and self.cache.store.claimed(self.lock_key):
+            self.w.timers.arm(self, CLAIM_POLL)
+            return
+        self._release(lock=True)
+
+
+class Filling(Relay, Fetching):
     """The request that fetches (or revalidates) an entry: relays the answer and stores it on the way.
 
     ``entry``: the stale entry being revalidated or replaced (None on a miss). ``lock_key``: the key
@@ -290,7 +355,7 @@ class Filling(Relay):
     refresh nobody waits for, made on behalf of that client's request (stale-while-revalidate).
     """
 
-    __slots__ = ("use", "entry", "lock_key", "waiters", "head_only", "request_head", "request_time",
+    __slots__ = ("use", "entry", "lock_key", "claimed", "waiters", "head_only", "request_head", "request_time",
                  "body", "stored", "outcome", "swallow", "started")
 
     def __init__(self, cache: Cache, client, use, entry, lock_key: bytes | None = None, background_of=None) -> None:
@@ -306,6 +371,7 @@ class Filling(Relay):
         self.use = use
         self.entry = entry
         self.lock_key = lock_key
+        self.claimed = lock_key is not None  # lookup() claimed it (a no-op without a disk tier)
         self.waiters: list[Waiter] = []
         head = self.exchange.head
         self.head_only = head.method == b"HEAD"
@@ -328,12 +394,6 @@ class Filling(Relay):
             self.cache.locks[self.lock_key] = self
         self.request_time = self.cache.clock()
         super().start(action, self.request_head)
-
-    def wait(self, waiter: "Waiter") -> None:
-        self.waiters.append(waiter)
-        waiter.filling = self
-        waiter.client.responder = waiter
-        waiter.client.w.timers.arm(waiter, self.cache.settings.lock_timeout)
 
     # --- the upstream's answer ---
 
@@ -404,6 +464,7 @@ class Filling(Relay):
                 return
             again = Filling(self.cache, client, self.use, None, self.lock_key)
             again.waiters, self.waiters = self.waiters, []
+            again.claimed, self.claimed = self.claimed, False
             again.start(action)
             return
         self._release(lock=stored_entry is not None or (outcome is not None and outcome[0] == rules.REVALIDATED),
@@ -467,15 +528,6 @@ class Filling(Relay):
         self.forwarding.client_lost()
         self._release(lock=False)
 
-    def _release(self, lock: bool, stale=None) -> None:
-        """Nobody waits on this key any longer. The waiters look again (``lock``: and may wait again,
-        after a success), are answered from ``stale``, or go upstream each."""
-        locks = self.cache.locks
-        if self.lock_key is not None and locks.get(self.lock_key) is self:
-            del locks[self.lock_key]
-        waiters, self.waiters = self.waiters, []
-        if waiters:
-            self.w.loop.call_soon(_wake, waiters, lock, stale)
 
 
 def _wake(waiters: list["Waiter"], lock: bool, stale) -> None:
@@ -492,7 +544,7 @@ class Waiter:
         self.cache = cache
         self.client = client
         self.action = action
-        self.filling: Filling | None = None
+        self.filling: Fetching | None = None
         self.deadline = 0.0
         self.queued = 0.0
 

@@ -226,3 +226,14 @@ def test_disk_tier_failures_count_as_misses(tmp_path, caplog):
     assert store.put(b"k2", b"u", facts(), body_of(b"w", store.disk), []) is None
     assert store.invalidate(b"u") == 0 and store.view()["disk"] is None
     assert caplog.text.count("the disk tier failed") == 1  # said once, not once per request
+
+
+def test_claims_give_one_worker_a_key_and_expire(tmp_path):
+    one = DiskTier(str(tmp_path / "c"), 10**6, 10)
+    two = DiskTier(str(tmp_path / "c"), 10**6, 10)  # another worker's view of the same tier
+    assert one.claim(b"k", stale_after=5) and not two.claim(b"k", stale_after=5)
+    assert two.claimed(b"k", stale_after=5)
+    one.unclaim(b"k")
+    assert not two.claimed(b"k", stale_after=5) and two.claim(b"k", stale_after=5)
+    os.utime(two._claim_file(b"k"), (1, 1))  # left by a worker that died long ago
+    assert not one.claimed(b"k", stale_after=5) and one.claim(b"k", stale_after=5)
