@@ -51,7 +51,7 @@ def summary(cfg: config_module.Config) -> str:
         if route.static is not None:
             action.append(f"static {route.static}")
         if route.upstream:
-            action.append(f"upstream {route.upstream}")
+            action.append(f"upstream {route.upstream}" + (f" through cache {route.cache}" if route.cache else ""))
         lines.append(f"  {route.prefix:<16} -> " + (", else ".join(action)))
     lines.append("upstreams:")
     for name, upstream in cfg.upstreams.items():
@@ -59,6 +59,9 @@ def summary(cfg: config_module.Config) -> str:
         checks = f", health {upstream.health.path}" if upstream.health else ""
         lines.append(f"  {name}: {servers} ({upstream.balance}, keepalive {upstream.keepalive}, "
                      f"read_timeout {upstream.read_timeout:g}s{checks})")
+    for name, cache in cfg.caches.items():
+        disk = f"disk {cache.path} up to {cache.max_size} bytes" if cache.path else "no disk tier"
+        lines.append(f"cache {name}: memory {cache.memory} bytes per worker, {disk}, key {cache.key}")
     if cfg.status is not None:
         lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
                      f"(allow {', '.join(str(n) for n in cfg.status.allow)})")

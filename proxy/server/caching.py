@@ -130,21 +130,25 @@ def serve_cached(client, action) -> None:
 def lookup(client, cache: Cache, action, lock: bool) -> None:
     """Answer from the entry the request selects, or fetch it (see the module docstring)."""
     use = action.cache
-    head = client.exchange.head
+    headers = client.exchange.head.headers
+    store = cache.store
     now = cache.clock()
-    entry = cache.store.lookup(use.key, head.headers)
+    entry = store.lookup(use.key, headers)
     if entry is not None:
         if now < entry.fresh_until and not use.revalidate:
             serve(client, cache, entry, rules.HIT, now, action)
             return
+        if store.disk is not None:  # another worker may have refreshed it since this one kept it in memory
+            other = store.lookup_disk(use.key, headers)
+            if other is not None and other.stored.response_time > entry.stored.response_time:
+                entry = other
+                if now < entry.fresh_until and not use.revalidate:
+                    serve(client, cache, entry, rules.HIT, now, action)
+                    return
         state = rules.freshness(entry.stored, now, revalidate=use.revalidate, use_stale=cache.settings.use_stale)
-        other = cache.store.lookup_disk(use.key, head.headers) if cache.store.disk is not None else None
-        if other is not None and other.stored.response_time > entry.stored.response_time:
-            lookup(client, cache, action, lock)  # another worker refreshed it: the memory tier has it now
-            return
         fetching = cache.locks.get(entry.full)
         if state is rules.STALE_WHILE_REVALIDATE:
-            refresh = fetching is None and cache.store.claim(entry.full)
+            refresh = fetching is None and store.claim(entry.full)
             if refresh:
                 Filling(cache, None, use, entry, background_of=client).start(action)
             serve(client, cache, entry, rules.STALE if refresh else rules.UPDATING, now, action)
@@ -156,15 +160,17 @@ def lookup(client, cache: Cache, action, lock: bool) -> None:
     if not lock:
         Filling(cache, client, use, entry).start(action)
         return
-    if fetching is None and not cache.store.claim(key):
+    if fetching is None and not store.claim(key):
         fetching = Claimed(cache, key, client.w)  # another worker fetches it
     if fetching is not None:
         fetching.wait(Waiter(cache, client, action))
         return
-    if entry is None and cache.store.disk is not None and cache.store.lookup_disk(use.key, head.headers) is not None:
-        cache.store.unclaim(key)  # stored by another worker between the first look and the claim
-        lookup(client, cache, action, lock)
-        return
+    if entry is None and store.disk is not None:
+        entry = store.lookup_disk(use.key, headers)  # stored by another worker between the look and the claim?
+        if entry is not None and now < entry.fresh_until and not use.revalidate:
+            store.unclaim(key)
+            serve(client, cache, entry, rules.HIT, now, action)
+            return
     Filling(cache, client, use, entry, lock_key=key).start(action)
 
 

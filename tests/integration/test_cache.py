@@ -402,3 +402,19 @@ def test_status_header_can_be_renamed_or_turned_off(app, tmp_path):
         assert "x-cache-status" not in hit.headers and "age" in hit.headers
     finally:
         proxy.stop()
+
+
+def test_renamed_header_and_client_no_cache_honoured_on_request(app, counted, tmp_path):
+    proxy = start_proxy(tmp_path, app.address, cache='status_header = "X-Proxy-Cache"\nclient_no_cache = "revalidate"')
+    path = "/honoured?cc=max-age%3D60&etag=%22h1%22"
+    try:
+        assert get(proxy, path).headers["x-proxy-cache"] == "MISS"
+        assert get(proxy, path).headers["x-proxy-cache"] == "HIT"
+        reload = get(proxy, path, headers={"Cache-Control": "no-cache"})
+        assert reload.headers["x-proxy-cache"] == "REVALIDATED" and "x-cache-status" not in reload.headers
+        assert counted.lines("/honoured")[-1].startswith('GET "h1"')
+        assert get(proxy, path, headers={"Pragma": "no-cache"}).headers["x-proxy-cache"] == "REVALIDATED"
+        assert get(proxy, path).headers["x-proxy-cache"] == "HIT"
+        assert counted("/honoured") == 3
+    finally:
+        proxy.stop()
