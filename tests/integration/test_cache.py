@@ -258,11 +258,13 @@ def test_responses_above_max_entry_size_are_relayed_not_stored(proxy, counted):
 
 
 def test_stale_served_while_revalidating_in_the_background(proxy, counted):
-    path = "/swr?cc=max-age%3D1%2C+stale-while-revalidate%3D30"
+    path = "/swr?cc=max-age%3D4%2C+stale-while-revalidate%3D30&sleep=1.5"  # every answer takes 1.5 s
     get(proxy, path)
-    stale = wait_until(lambda: (r := get(proxy, path)).headers["x-cache-status"] == "STALE" and r, timeout=10,
+    stale = wait_until(lambda: (r := get(proxy, path)).headers["x-cache-status"] == "STALE" and r, timeout=15,
                        what="a stale answer")
-    assert stale.text.startswith("answer 1 ")  # at once, the old body
+    assert stale.text.startswith("answer 1 ")  # the old body, while Gunicorn makes the new one
+    updating = get(proxy, path)  # while the background refresh waits for its answer
+    assert updating.headers["x-cache-status"] == "UPDATING" and updating.text == stale.text
     wait_until(lambda: counted("/swr") == 2, what="the background refresh")
     fresh = wait_until(lambda: (r := get(proxy, path)).text.startswith("answer 2 ") and r, what="the new entry")
     assert fresh.headers["x-cache-status"] == "HIT"
