@@ -13,6 +13,8 @@ import socket
 import threading
 from pathlib import Path
 
+from .report import label
+
 CLIENTS = 100
 PATH = "/api/cached/collapse?run={run}"
 
@@ -49,19 +51,19 @@ def upstream_count(work: Path, run: str) -> int:
     return record.read_text().split().count(run) if record.exists() else 0
 
 
-def measure(stack, servers: tuple[str, ...]) -> dict:
-    """{server: {"clients", "answered", "upstream_requests"}} for one burst of misses per server."""
+def measure(stack) -> dict:
+    """{server: {"clients", "answered", "upstream_requests"}} for one burst of misses per server of ``stack``
+    (nginx and each proxy engine)."""
     out = {}
-    for server in servers:
-        port = stack.proxy_port if server == "proxy" else stack.layout.nginx_port
+    for server, started in stack.servers.items():
         run = f"{server}-{id(out)}"
-        statuses = misses(port, run)
+        statuses = misses(started.port, run)
         out[server] = {"clients": len(statuses), "answered": sum(1 for s in statuses if s == 200),
                        "upstream_requests": upstream_count(stack.layout.work, run)}
     return out
 
 
 def line(result: dict) -> str:
-    parts = [f"{server} {r['upstream_requests']} (of {r['clients']} clients, {r['answered']} answered 200)"
+    parts = [f"{label(server)} {r['upstream_requests']} (of {r['clients']} clients, {r['answered']} answered 200)"
              for server, r in result.items()]
     return f"collapsed forwarding: {CLIENTS} concurrent misses for one key reached Gunicorn: " + "; ".join(parts)

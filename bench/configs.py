@@ -1,6 +1,6 @@
-"""The two servers' configurations, written so that they do the same work.
+"""The servers' configurations, written so that they do the same work.
 
-Both: one worker, access log off, /static/ served from the same folder,
+All of them: one worker, access log off, /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -9,8 +9,18 @@ Where the proxy has a default that nginx does not (precompressed siblings),
 nginx is given the matching directive (gzip_static), so neither is spared a
 stat the other makes. /api/cached/ is /api/ with a response cache on both:
 nginx's proxy_cache (a disk cache with its keys in shared memory, the cache
-lock on) and the proxy's (memory, and a disk tier), each adding
-X-Cache-Status.
+lock on) and the proxy's (memory, and a disk tier the proxies share, as a
+proxy's workers would), each adding X-Cache-Status.
+
+The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
+identical but for ``[server] http_engine``.
+
+What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
+block and the proxy's ``[[routes]]`` entry side by side, with what either
+needs beside them (an nginx ``http``-level directive such as
+``proxy_cache_path``, a top-level proxy table such as ``[caches.NAME]``), so
+a new scenario that needs a new kind of work adds one row and both servers
+get it.
 
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
@@ -18,8 +28,13 @@ Pure functions of a ``Layout``: nothing here touches the file system.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+# The proxy's [server] http_engine values the harness measures, in the order they are reported.
+# "auto" means llhttp; the harness names the engine so the label and the config cannot disagree.
+ENGINES = ("llhttp", "h11")
 
 
 @dataclass(frozen=True)
@@ -36,31 +51,91 @@ class Layout:
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
 
+    def proxy_config(self, engine: str) -> Path:
+        """Where the config of the proxy running ``engine`` is written."""
+        return self.work / f"proxy-{engine}.toml"
 
-# What nginx does to forward /api/ like the proxy does (and /api/cached/, which adds its cache).
-_NGINX_FORWARD = """\
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\\"$http_host\\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
+
+def _nothing(layout: Layout) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Location:
+    """One URL prefix, served alike by both servers. Each part is a function of the Layout, giving lines."""
+
+    prefix: str
+    nginx: Callable[[Layout], str]  # the directives inside nginx's `location PREFIX { }`
+    proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
+    nginx_http: Callable[[Layout], str] = _nothing  # directives it needs in nginx's http block
+    proxy_tables: Callable[[Layout], str] = _nothing  # top-level TOML tables it needs in the proxy's config
+
+
+def _nginx_static(layout: Layout) -> str:
+    return f"""\
+alias {layout.static}/;
+gzip_static on;
 """
+
+
+def _nginx_api(layout: Layout) -> str:
+    return """\
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Forwarded-For $remote_addr;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Forwarded-Host $http_host;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+proxy_set_header X-Request-ID $request_id;
+add_header X-Request-ID $request_id always;
+proxy_connect_timeout 3s;
+proxy_read_timeout 60s;
+proxy_send_timeout 60s;
+proxy_buffer_size 8k;
+proxy_buffers 8 8k;
+"""
+
+
+def _nginx_cached(layout: Layout) -> str:
+    return _nginx_api(layout) + """\
+proxy_cache bench;
+proxy_cache_lock on;
+add_header X-Cache-Status $upstream_cache_status;
+"""
+
+
+def _nginx_cache_path(layout: Layout) -> str:
+    return (f"proxy_cache_path {layout.work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m "
+            f"use_temp_path=off;\n")
+
+
+def _proxy_cache_table(layout: Layout) -> str:
+    return f'[caches.bench]\nmemory = "64m"\npath = "{layout.work}/proxy-cache"\n'
+
+
+LOCATIONS: tuple[Location, ...] = (
+    Location("/static/", _nginx_static, lambda layout: f'static = "{layout.static}"\n'),
+    Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
+    # /api/ with a response cache on both (scenario cached-4k, bench/collapse.py).
+    Location("/api/cached/", _nginx_cached, lambda layout: 'upstream = "app"\ncache = "bench"\n',
+             nginx_http=_nginx_cache_path, proxy_tables=_proxy_cache_table),
+)
+
+
+def _nginx_locations(layout: Layout) -> str:
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n" for loc in LOCATIONS]
+    return textwrap.indent("\n".join(blocks), " " * 8)
+
+
+def _nginx_http(layout: Layout) -> str:
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in LOCATIONS), " " * 4)
 
 
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
-    api = _NGINX_FORWARD
     user = "user root root;\n" if layout.run_as_root else ""
     return f"""\
 # Written by bench/configs.py for one benchmark run; not for deployment.
@@ -89,13 +164,12 @@ http {{
     keepalive_timeout 5s;
     keepalive_requests 1000;
     client_max_body_size 1m;
-    proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
     client_body_temp_path {work}/nginx-client-body;
     proxy_temp_path {work}/nginx-proxy-temp;
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
     uwsgi_temp_path {work}/nginx-uwsgi-temp;
     scgi_temp_path {work}/nginx-scgi-temp;
-
+{_nginx_http(layout)}
     upstream app {{
         server 127.0.0.1:{layout.app_port};
         keepalive 32;
@@ -105,31 +179,21 @@ http {{
     server {{
         listen 127.0.0.1:{layout.nginx_port} backlog=1024;
 
-        location /static/ {{
-            alias {layout.static}/;
-            gzip_static on;
-        }}
-
-        location /api/ {{
-{api}        }}
-
-        location /api/cached/ {{
-{api}            proxy_cache bench;
-            proxy_cache_lock on;
-            add_header X-Cache-Status $upstream_cache_status;
-        }}
-    }}
+{_nginx_locations(layout)}    }}
 }}
 """
 
 
-def proxy_toml(layout: Layout) -> str:
+def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in LOCATIONS) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]
         listen = ["127.0.0.1:0"]
         sendfile = {"true" if layout.proxy_sendfile else "false"}
+        http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
 
         [log]
@@ -138,21 +202,4 @@ def proxy_toml(layout: Layout) -> str:
         [upstreams.app]
         servers = ["127.0.0.1:{layout.app_port}"]
         keepalive = 32
-
-        [[routes]]
-        prefix = "/static/"
-        static = "{layout.static}"
-
-        [[routes]]
-        prefix = "/api/"
-        upstream = "app"
-
-        [caches.bench]
-        memory = "64m"
-        path = "{layout.work}/proxy-cache"
-
-        [[routes]]
-        prefix = "/api/cached/"
-        upstream = "app"
-        cache = "bench"
-        """)
+        """) + routes + tables

@@ -10,7 +10,7 @@ send. For teaching, and for debugging a configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
@@ -182,7 +182,7 @@ def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
     body_length = head.content_length if head.has_body else None
     filling = action.cache is not None and action.cache.mode == "lookup"
     if filling:  # what the cache sends for it (server/caching.py Filling)
-        head = replace(head, method=b"GET", headers=[(n, v) for n, v in head.headers if n not in CONDITIONAL])
+        head = head._replace(method=b"GET", headers=[(n, v) for n, v in head.headers if n not in CONDITIONAL])
     forwarded = upstream_request_headers(
         head.headers, host=action.host, client_ip=facts.client_ip, scheme=facts.scheme, request_id=rid,
         via=b"1.1 " + cfg.server.name.encode(), body_length=body_length,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .static import parse_http_date
 
@@ -203,8 +204,7 @@ def effective_uri(scheme: bytes, host: bytes, target: bytes) -> bytes:
     return scheme + b"://" + host + target
 
 
-@dataclass(frozen=True, slots=True)
-class CacheUse:
+class CacheUse(NamedTuple):  # made per request: a NamedTuple, as decide.py's actions
     """What the cache does with one forwarded request (``Forward.cache``).
 
     ``mode``: "lookup" (answer from the cache when it can, fill it otherwise), "bypass" (forward

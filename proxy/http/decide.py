@@ -35,7 +35,8 @@ The order of the steps is the order nginx users expect:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from ..config import Config, Route, Status
@@ -51,6 +52,9 @@ ALLOW_ALL = ((b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),)
 _GET_HEAD = (b"GET", b"HEAD")
 
 
+# Actions are immutable values made once per request: NamedTuples, which cost a fraction of a
+# frozen dataclass to build (see codec.py's events). ConnFacts, made once per connection, is one.
+
 @dataclass(frozen=True, slots=True)
 class ConnFacts:
     """What the decision needs to know about the connection a request came on."""
@@ -61,8 +65,7 @@ class ConnFacts:
     https_port: int | None = None  # the first [tls] listener's port, for redirect_http
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """An answer the proxy makes itself. ``body`` None means the standard page for the status."""
 
     status: int
@@ -73,15 +76,13 @@ class Reply:
     keep_alive: bool = True  # the framing is intact: the connection may serve another request
 
 
-@dataclass(frozen=True, slots=True)
-class StatusPage:
+class StatusPage(NamedTuple):
     """``[status] path`` (JSON) or ``metrics_path`` (Prometheus text)."""
 
     kind: str  # "status" or "metrics"
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """Send the request to a server of ``group``."""
 
     route: Route
@@ -91,8 +92,7 @@ class Forward:
     cache: cache_rules.CacheUse | None = None  # the route has a cache: what it does with this request
 
 
-@dataclass(frozen=True, slots=True)
-class Static:
+class Static(NamedTuple):
     """Serve a file of ``route.static``. ``otherwise`` is what a path with no file gets: None for
     404, or (a route with an upstream too) the Forward, or the Reply that refuses forwarding it."""
 
@@ -100,8 +100,7 @@ class Static:
     otherwise: Forward | Reply | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Purge:
+class Purge(NamedTuple):
     """Remove entries from ``caches``: every entry of ``uri`` (PURGE), or of ``key`` (DELETE on
     ``[status] cache_path``; a key ending in ``*`` stands for every key it begins)."""
 
@@ -163,6 +162,9 @@ class Decider:
         return Reply(405, f"static route; {method.decode()} is not GET or HEAD", ALLOW_GET_HEAD)
 
     def _forward(self, route: Route, head, conn: ConnFacts) -> Forward | Reply:
+        if head.upgrade is None:  # the rules found no request to switch protocols (the usual case)
+            return Forward(route, route.upstream, head.host or conn.local, None,
+                           self._cache_use(route, head, conn) if route.cache else None)
         upstream = self.config.upstreams[route.upstream]
         try:
             wanted = upgrade_rules.decide(head.headers, head.http_version, upstream.upgrade)
@@ -178,7 +180,7 @@ class Decider:
 
     def _cache_use(self, route: Route, head, conn: ConnFacts) -> cache_rules.CacheUse:
         if not head.host:  # an HTTP/1.0 request without Host: the address it reached is the host in the key
-            head = replace(head, host=conn.local)
+            head = head._replace(host=conn.local)
         return cache_rules.use(head, conn.scheme, self.config.caches[route.cache])
 
     def _purge(self, route: Route, head, conn: ConnFacts) -> Purge | Reply:

@@ -43,7 +43,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import replace
 
 from ..errors import UpstreamTimeout
 from ..http import cache as rules
@@ -387,7 +386,7 @@ class Filling(Relay, Fetching):
         headers = [(n, v) for n, v in head.headers if n not in rules.CONDITIONAL]
         if entry is not None:
             headers += rules.validators(entry.stored)
-        self.request_head = replace(head, method=b"GET", headers=headers)
+        self.request_head = head._replace(method=b"GET", headers=headers)
         self.request_time = 0.0
         self.body = None
         self.stored = None
@@ -576,8 +575,8 @@ class Waiter:
         """lock_timeout: go upstream without waiting longer (the answer is not stored, as nginx does)."""
         self._leave()
         client = self.client
-        use = replace(self.action.cache, no_store=True)
-        Filling(self.cache, client, use, None).start(replace(self.action, cache=use))
+        use = self.action.cache._replace(no_store=True)
+        Filling(self.cache, client, use, None).start(self.action._replace(cache=use))
 
     def client_lost(self) -> None:
         self._leave()

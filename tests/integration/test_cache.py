@@ -146,6 +146,25 @@ def test_no_cache_answers_are_revalidated_every_time(proxy, counted):
     assert counted("/nocache") == 4
 
 
+def test_an_expired_entry_without_validators_is_replaced_expired(proxy, counted):
+    path = "/replaced?cc=max-age%3D1"
+    first = get(proxy, path)
+    replaced = wait_until(lambda: (r := get(proxy, path)).headers["x-cache-status"] == "EXPIRED" and r, timeout=10,
+                          what="the entry to expire and be fetched again")
+    assert replaced.text != first.text and counted.lines("/replaced")[-1] == "GET - - -"  # no validator to send
+    assert get(proxy, path).text == replaced.text  # the new answer is the entry now
+
+
+def test_authorization_and_range_requests_bypass_the_cache(proxy, counted):
+    path = "/bypassed?cc=max-age%3D60"
+    get(proxy, path)
+    assert get(proxy, path).headers["x-cache-status"] == "HIT"
+    private = get(proxy, path, headers={"Authorization": "Bearer x"})
+    ranged = get(proxy, path, headers={"Range": "bytes=0-3"})
+    assert private.headers["x-cache-status"] == ranged.headers["x-cache-status"] == "BYPASS"
+    assert counted("/bypassed") == 3 and get(proxy, path).headers["x-cache-status"] == "HIT"
+
+
 def test_the_clients_conditional_request_is_answered_by_the_cache(proxy, counted):
     path = "/cond?cc=max-age%3D60&etag=%22c1%22"
     miss = get(proxy, path, headers={"If-None-Match": '"c1"'})
