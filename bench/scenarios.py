@@ -1,4 +1,4 @@
-"""What is measured: seven scenarios, each against the proxy (once per engine) and nginx, and their targets.
+"""What is measured: eight scenarios, each against the proxy (once per engine) and nginx, and their targets.
 
 The targets (docs/performance.md) say how close to nginx a Python proxy on
 asyncio should come, with either HTTP/1.1 engine: proxied requests at 0.9x
@@ -72,6 +72,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              Targets(min_rps_ratio=0.8)),
     Scenario("proxied-4k", "proxied 4 KiB, no cache, 32 conns", UNCACHED_PATH, 32,
              Targets()),
+    # Proxied JSON through a route with a request header rule, an allow list and a rate limit (never reached).
+    Scenario("proxied-policy", "proxied JSON + policy, 32 conns", "/policy/json", 32,
+             Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
 )
 
 BY_KEY = {s.key: s for s in SCENARIOS}

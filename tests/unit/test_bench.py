@@ -167,8 +167,8 @@ def test_both_configs_pool_upstream_connections_and_log_nothing():
 
 
 def test_every_location_reaches_both_servers():
-    nginx = configs.nginx_conf(layout())
-    proxy = configs.proxy_toml(layout())
+    nginx = configs.nginx_conf(layout(policy=True))  # every location: /policy/ only when its scenario runs
+    proxy = configs.proxy_toml(layout(policy=True))
     for location in configs.LOCATIONS:
         assert f"location {location.prefix} {{" in nginx
         assert f'prefix = "{location.prefix}"' in proxy
@@ -208,7 +208,7 @@ def test_root_gets_a_worker_user_and_workers_reach_both_configs():
 def test_both_servers_cache_the_cached_prefix_alike():
     nginx = configs.nginx_conf(layout())
     proxy = configs.proxy_toml(layout())
-    assert "location /api/cached/ {" in nginx and "proxy_cache bench;" in nginx and "proxy_cache_lock on;" in nginx
+    assert "location /api/cached/ {" in nginx and "proxy_cache cached;" in nginx and "proxy_cache_lock on;" in nginx
     assert "proxy_cache_path /tmp/w/nginx-cache " in nginx
     assert '[caches.bench]' in proxy and 'prefix = "/api/cached/"' in proxy and 'cache = "bench"' in proxy
     assert BY_KEY["cached-4k"].path.startswith("/api/cached/") and not BY_KEY["proxied-4k"].path.startswith(
@@ -236,3 +236,11 @@ def test_collapsed_forwarding_counts_gunicorns_own_record(tmp_path):
     line = collapse.line({"llhttp": {"clients": 100, "answered": 100, "upstream_requests": 1},
                           "nginx": {"clients": 100, "answered": 99, "upstream_requests": 2}})
     assert "reached Gunicorn: proxy llhttp 1 (of 100 clients, 100 answered 200); nginx 2 (of 100" in line
+
+
+def test_the_policy_route_is_in_both_configs_only_when_measured():
+    assert "/policy/" not in configs.nginx_conf(layout()) and "/policy/" not in configs.proxy_toml(layout())
+    nginx, proxy = configs.nginx_conf(layout(policy=True)), configs.proxy_toml(layout(policy=True))
+    for same in (("proxy_set_header X-Site shop;", '"X-Site" = "shop"'), ("allow 127.0.0.0/8;", 'allow = ["127.0.0.0/8"]'),
+                 ("limit_req zone=bench", 'rate_limit = "bench"')):
+        assert same[0] in nginx and same[1] in proxy
