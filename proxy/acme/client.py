@@ -61,6 +61,7 @@ Publish = Callable[[], None]  # tells the workers the challenge files changed
 
 def obtain(settings: Settings, store: Store, names: tuple[str, ...], published: Publish) -> bytes:
     """A certificate chain for ``names`` with its new private key after it (PEM); CaError when it fails."""
+    import requests
     from acme import errors, messages
 
     register_tls_alpn()
@@ -76,8 +77,10 @@ def obtain(settings: Settings, store: Store, names: tuple[str, ...], published: 
         raise CaError(f"the CA did not finish validating within {ORDER_DEADLINE:g}s") from None
     except errors.Error as exc:
         raise CaError(f"{type(exc).__name__}: {exc}") from None
-    except OSError as exc:  # requests' errors are OSErrors; so are the storage folder's
+    except requests.RequestException as exc:
         raise CaError(_network(exc, settings.directory)) from None
+    except OSError as exc:  # the storage folder
+        raise CaError(f"cannot write {exc.filename}: {exc.strerror}") from None
     except ValueError as exc:  # an answer that is not what RFC 8555 says (not JSON, a field missing)
         raise CaError(f"unexpected answer from the CA: {exc}") from None
 
