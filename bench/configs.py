@@ -47,6 +47,7 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+    policy: bool = False  # add /policy/: /api/'s forwarding plus a header rule, an allow list and a rate limit
 
     def proxy_config(self, engine: str) -> Path:
         """Where the config of the proxy running ``engine`` is written."""
@@ -101,14 +102,32 @@ LOCATIONS: tuple[Location, ...] = (
     Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
 )
 
+# The policy route: a rate no benchmark reaches, so every request is counted and none refused.
+POLICY_RATE = 1_000_000
+
+# /api/'s forwarding plus a header rule, an allow list and a rate limit (Layout.policy).
+POLICY = Location(
+    "/policy/",
+    lambda layout: _nginx_api(layout) + "proxy_set_header X-Site shop;\nallow 127.0.0.0/8;\ndeny all;\n"
+    + f"limit_req zone=bench burst={POLICY_RATE} nodelay;\n",
+    lambda layout: ('upstream = "app"\nrequest_headers = { set = { "X-Site" = "shop" } }\n'
+                    'allow = ["127.0.0.0/8"]\nrate_limit = "bench"\n'),
+    nginx_http=lambda layout: f"limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n",
+    proxy_tables=lambda layout: f'[rate_limits.bench]\nrate = "{POLICY_RATE}r/s"\nburst = {POLICY_RATE}\n')
+
+
+def locations(layout: Layout) -> tuple[Location, ...]:
+    return LOCATIONS + ((POLICY,) if layout.policy else ())
+
 
 def _nginx_locations(layout: Layout) -> str:
-    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n" for loc in LOCATIONS]
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n"
+              for loc in locations(layout)]
     return textwrap.indent("\n".join(blocks), " " * 8)
 
 
 def _nginx_http(layout: Layout) -> str:
-    return textwrap.indent("".join(loc.nginx_http(layout) for loc in LOCATIONS), " " * 4)
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in locations(layout)), " " * 4)
 
 
 def nginx_conf(layout: Layout) -> str:
@@ -163,8 +182,8 @@ http {{
 
 def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
-    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
-    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in LOCATIONS) if text)
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in locations(layout))
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in locations(layout)) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]

@@ -1,4 +1,4 @@
-"""What is measured: five scenarios, each against the proxy (once per engine) and nginx, and their targets.
+"""What is measured: six scenarios, each against the proxy (once per engine) and nginx, and their targets.
 
 The targets (docs/performance.md) say how close to nginx a Python proxy on
 asyncio should come, with either HTTP/1.1 engine: proxied requests at 0.9x
@@ -53,6 +53,9 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("proxied", "proxied JSON, 32 conns", "/api/json", 32,
+             Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
+    # The same, through a route with a request header rule, an allow list and a rate limit (never reached).
+    Scenario("proxied-policy", "proxied JSON + policy, 32 conns", "/policy/json", 32,
              Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
     Scenario("static-4k", "static 4 KiB, 32 conns", f"/static/{SMALL_FILE}", 32,
              Targets(min_rps_ratio=0.8)),

@@ -54,6 +54,7 @@ from ..tls import Certificates, describe, load_certificates
 from .board import Board
 from .sockets import ListenError, bind, bound_address, raise_fd_limit
 from .tls import log_tls_listening
+from .zones import Zones
 
 log = logging.getLogger("proxy")
 
@@ -85,6 +86,7 @@ class Master:
     generation: int = 0
     stopping: str = ""
     board: Board = field(default_factory=Board)
+    zones: Zones = field(default_factory=Zones)  # rate and connection limits, shared with every worker
     exit_code: int = 0
     started: float = field(default_factory=time.time)  # the proxy's start: a reload keeps it
     retired: dict = field(default_factory=lambda: NOTHING_RETIRED)  # counters of workers that have left
@@ -112,6 +114,7 @@ class Master:
                 self.tls_sockets[address] = bind(address)
             log_tls_listening(list(self.tls_sockets.values()), self.certificates)
         self._write_pid_file(self.config)  # ConfigError: to the CLI
+        self.zones.prepare(self.config)
         self.slot = self.board.take()
         self._publish()
         wake_read, wake_write = os.pipe()
@@ -223,7 +226,7 @@ class Master:
             try:
                 code = _worker_main(self.config, list(self.sockets_for(self.config).values()), ready_write,
                                     self.board, slot, list(self.tls_sockets_for(self.config).values()),
-                                    self.certificates)
+                                    self.certificates, self.zones)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -259,6 +262,7 @@ class Master:
             self._stop_worker(worker, signal.SIGTERM)
         if old:
             log.info("reload complete: %d old worker(s) finishing their requests", len(old))
+        self.zones.keep_only(self.config)
         in_use = {id(s) for s in self.sockets_for(self.config).values()}
         for address in [a for a, s in self.sockets.items() if id(s) not in in_use]:
             self.sockets.pop(address).close()
@@ -295,6 +299,7 @@ class Master:
             if worker.generation not in self._ready_generations:
                 self._failed_to_start(worker, status)
                 continue
+            self.zones.forget_connections()  # the requests it counted for conn_limit can no longer end
             lived = time.monotonic() - worker.started
             self._restart_delay = 0.0 if lived > 10 else min(max(self._restart_delay * 2, 0.1), RESTART_DELAY_MAX)
             log.error("worker %d died (%s) after %.1fs; starting a new one", pid, _describe(status), lived)
@@ -411,6 +416,7 @@ class Master:
         self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
         self.config = new
+        self.zones.prepare(new)  # zones kept by name and size: a reload does not reset the limits
         _reopen_logs("master", "SIGHUP")  # the new workers inherit the master's error log: a fresh one
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
         self.spawn_generation()
@@ -444,7 +450,7 @@ def _loop_factory(choice: str):
 
 
 def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
-                 certificates: Certificates | None) -> int:
+                 certificates: Certificates | None, zones: Zones) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
     from .listener import serve
 
@@ -483,7 +489,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
             os.close(ready_fd)
 
         await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
-                    tls_sockets=tls_sockets, certificates=certificates)
+                    tls_sockets=tls_sockets, certificates=certificates, zones=zones)
 
     new_loop = _loop_factory(cfg.server.event_loop)
     with asyncio.Runner(loop_factory=new_loop) as runner:
