@@ -184,6 +184,9 @@ def _account(ca, settings: Settings, store: Store, known: bool) -> None:
             return
         except (OSError, ValueError):
             pass
+    # A new-account request is signed with the key itself (RFC 8555 6.2: "jwk", not "kid"): the library
+    # signs with the account URL whenever it holds an account, so a forgotten one is dropped first.
+    ca.net.account = None
     registration = messages.NewRegistration.from_data(email=settings.email or None, terms_of_service_agreed=True)
     try:
         account = ca.new_account(registration)

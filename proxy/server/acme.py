@@ -34,7 +34,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..acme import plan
+from ..acme import plan, status
 from ..acme.challenges import Hello, is_validation
 from ..acme.client import CaError, Settings, obtain
 from ..acme.store import Store, make_folder, read_facts, write_private
@@ -43,7 +43,8 @@ from ..errors import ConfigError
 
 log = logging.getLogger("proxy")
 
-MAX_SLEEP = 3600.0  # wake at least hourly: the wall clock may have jumped (a suspended VM, a fixed clock)
+MAX_SLEEP = 3600.0  # plan again at least hourly: the wall clock may have jumped (a suspended VM, a fixed clock)
+NAP = 5.0  # sleeping is done in naps this long, to notice a master that is gone
 LOCK_RETRY = 5.0
 
 
@@ -106,17 +107,33 @@ class Manager:
     def __repr__(self) -> str:
         return f"<Manager {self.settings.directory} sites={[site.names[0] for site in self.sites]}>"
 
-    def run(self) -> None:
-        """Until Stop: each certificate when it is due, sleeping in between."""
+    def run(self, parent: int | None = None) -> None:
+        """Until Stop (SIGTERM, or ``parent`` gone): each certificate when it is due, sleeping in between."""
         with self._locked():
+            self._tell_held()
             while True:
                 now = self.clock()
-                plans = [(site, self._due(site)) for site in self.sites]
-                for site, due in plans:
+                for site in self.sites:
+                    due = self._due(site)
                     if due.at <= now:
                         self.attempt(site, due)
-                next_at = min(self._due(site).at for site in self.sites)
-                time.sleep(min(max(next_at - self.clock(), 0.0), MAX_SLEEP))
+                wake = min(min(self._due(site).at for site in self.sites), self.clock() + MAX_SLEEP)
+                while (left := wake - self.clock()) > 0:
+                    time.sleep(min(left, NAP))
+                    if parent is not None and os.getppid() != parent:
+                        log.warning("acme: certificate manager %d: the master process is gone; stopping",
+                                    os.getpid())
+                        raise Stop
+
+    def _tell_held(self) -> None:
+        """At the start: what is stored and not due, so the log says why the CA is not asked."""
+        now = self.clock()
+        for site in self.sites:
+            facts, due = self.store.facts(site.names), self._due(site)
+            if facts is not None and due.at > now:
+                log.info("acme: %s: stored certificate serial %s from %s, valid until %s; next attempt %s (%s)",
+                         ", ".join(site.names), facts.serial, facts.issuer, _when(facts.not_after), _when(due.at),
+                         due.why)
 
     def _due(self, site: TlsSite) -> plan.Due:
         return plan.due(site.names, self.store.facts(site.names), self.store.read_record(site.names),
@@ -215,7 +232,7 @@ def manager_main(config: Config, notices: Notices) -> int:
     log.info("acme: certificate manager %d: %d site(s) from %s", os.getpid(), len(manager.sites),
              manager.settings.directory)
     try:
-        manager.run()
+        manager.run(parent=os.getppid())
     except Stop:
         pass
     except OSError as exc:  # the storage folder cannot be made or locked
@@ -244,16 +261,18 @@ class AcmeEdge:
     """What one worker knows of ACME: the counters it last acted on, and the pending tls-alpn-01 validations
     (server name -> the context with the validation certificate)."""
 
-    __slots__ = ("notices", "store", "seen_certificates", "seen_challenges", "alpn", "min_version")
+    __slots__ = ("settings", "sites", "notices", "store", "seen_certificates", "seen_challenges", "alpn",
+                 "min_version")
 
-    def __init__(self, settings: AcmeSettings, notices: Notices | None, certificates_version: int,
-                 min_version: str) -> None:
+    def __init__(self, config: Config, notices: Notices | None, certificates_version: int) -> None:
+        self.settings = settings = config.tls.acme
+        self.sites = acme_sites(config)
         self.notices = notices
         self.store = store_of(settings)
         self.seen_certificates = certificates_version
         self.seen_challenges = -1  # read the folder once: a validation may be pending already
         self.alpn: dict[str, ssl.SSLContext] = {}
-        self.min_version = min_version
+        self.min_version = config.tls.min_version
 
     def __repr__(self) -> str:
         return f"<AcmeEdge seen={self.seen_certificates}/{self.seen_challenges} alpn={sorted(self.alpn)}>"
@@ -295,6 +314,14 @@ class AcmeEdge:
                 continue
             found[name] = context
         return found
+
+    def status(self) -> list[dict]:
+        """The status page's "certificates" (acme/status.py; read from the storage folder)."""
+        return status.certificates(self.settings, self.sites, time.time())
+
+    def samples(self) -> list[str]:
+        """The metrics page's ACME samples."""
+        return status.prometheus(self.settings, self.sites)
 
     def validation_context(self, hello: Hello) -> ssl.SSLContext | None:
         """The context for a tls-alpn-01 validation (RFC 8737: ALPN acme-tls/1 alone, SNI the name)."""

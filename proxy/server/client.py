@@ -353,10 +353,14 @@ class ClientProtocol(asyncio.Protocol):
         w = self.w
         if page.kind == "status":
             document = metrics.status_document(w.merged_metrics(), w.config.server.name)
+            if w.acme is not None:
+                document["certificates"] = w.acme.status()
             body = metrics.render_json(document)
             kind = b"application/json"
         else:
             body = metrics.render_prometheus(w.merged_metrics())
+            if w.acme is not None:
+                body += ("\n".join(w.acme.samples()) + "\n").encode()
             kind = b"text/plain; version=0.0.4; charset=utf-8"
         self.respond(200, [(b"content-type", kind), (b"cache-control", b"no-store")], body)
 

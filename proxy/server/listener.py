@@ -111,7 +111,8 @@ class Acceptor:
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
                 certificates: Certificates | None = None,
                 on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
-                board: Board | None = None, slot: int | None = None, zones: Zones | None = None) -> None:
+                board: Board | None = None, slot: int | None = None, zones: Zones | None = None,
+                notices=None, certificates_version: int = 0) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
@@ -119,10 +120,12 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     sockets to serve on (a worker gets the master's), ``tls_sockets`` those
     of ``[tls] listen`` and ``certificates`` the contexts for them; without
     sockets ``serve`` binds both lists itself. ``zones``: the master's shared
-    memory for rate and connection limits (without it, this process's own).
+    memory for rate and connection limits (without it, this process's own). ``notices``: the counters the
+    certificate manager bumps (server/acme.py), ``certificates_version`` their value when ``certificates``
+    were read.
     """
     loop = asyncio.get_running_loop()
-    worker = Worker(config, loop, board, slot, certificates, zones)
+    worker = Worker(config, loop, board, slot, certificates, zones, notices, certificates_version)
     own = sockets is None
     if own:
         bound = bind_all(config.server.listen)

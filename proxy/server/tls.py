@@ -20,6 +20,14 @@ it until header_timeout: the old "uvloop hangs with [[tls.sites]]", where any
 name could lose the race and every connection does when the worker is busy.
 So ``_Holding`` keeps those bytes and pauses, and ``_replay`` hands them to
 the TLS protocol that ``start_tls`` installs, before its handshake starts.
+
+ACME (server/acme.py): with ``acme = true`` sites, each new connection first
+lets ``worker.acme.check`` take up certificates the manager renewed. While a
+tls-alpn-01 validation is pending, ``_Holding`` reads the whole ClientHello
+itself (the same replay carries it to the handshake afterwards): a client
+that offers ``acme-tls/1`` alone for that name is the CA, and gets the
+validation certificate and then a closed connection (RFC 8737 section 3);
+everyone else shakes hands as usual.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import asyncio.sslproto
 import logging
 from typing import Callable
 
+from ..acme.challenges import NotHello, client_hello
 from ..config import Address
 from ..tls import Certificates, FailureLog, classify, describe
 from .client import ClientProtocol
@@ -80,14 +89,16 @@ class TlsClientProtocol(ClientProtocol):
 
 class _Holding(asyncio.Protocol):
     """Owns a fresh TCP connection on a TLS port until ``start_tls`` takes it over, keeping whatever it
-    reads before then (``early``: the start of the ClientHello, under uvloop only)."""
+    reads before then (``early``: the start of the ClientHello, under uvloop only; all of it when ``hello``
+    is a future: a tls-alpn-01 validation is pending, see the module docstring)."""
 
-    __slots__ = ("_worker", "_transport", "early")
+    __slots__ = ("_worker", "_transport", "early", "hello")
 
     def __init__(self, worker) -> None:
         self._worker = worker
         self._transport: asyncio.Transport | None = None
         self.early = bytearray()
+        self.hello: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
         worker = self._worker
@@ -96,7 +107,13 @@ class _Holding(asyncio.Protocol):
             transport.abort()  # there is no way to say 503 before the handshake
             return
         self._transport = transport
-        transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
+        acme = worker.acme
+        if acme is not None:
+            acme.check(worker)  # a renewed certificate, a validation pending: taken up before this handshake
+            if acme.alpn:
+                self.hello = worker.loop.create_future()
+        if self.hello is None:
+            transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
         task = worker.loop.create_task(_handshake(worker, transport, self))
         edge.handshakes.add(task)
         task.add_done_callback(edge.handshakes.discard)
@@ -105,7 +122,21 @@ class _Holding(asyncio.Protocol):
         # uvloop read the ClientHello before start_tls took the transport: keep it for _replay, and let
         # the rest (if the hello spans several reads) wait in the kernel until start_tls resumes reading.
         self.early += data
+        hello = self.hello
+        if hello is not None and not hello.done():
+            try:
+                found = client_hello(bytes(self.early))
+            except NotHello:  # OpenSSL will say what it is
+                found = False
+            if found is None:
+                return  # read on: the hello is not complete yet
+            hello.set_result(found or None)
         self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.hello is not None and not self.hello.done():
+            self.hello.set_result(None)
+        return False
 
 
 def _replay(transport: asyncio.Transport, holding: _Holding) -> None:
@@ -143,18 +174,36 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
     if transport.is_closing():  # reset before this task ran
         worker.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), worker)
         return
+    context = worker.tls.default
+    validation = None
+    if holding.hello is not None:  # a tls-alpn-01 validation is pending: is this the CA?
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(holding.hello), worker.config.limits.header_timeout)
+        except TimeoutError as exc:
+            transport.abort()
+            worker.edge.handshake_failed(exc, transport.get_extra_info("peername"), worker)
+            return
+        validation = worker.acme.validation_context(hello) if hello is not None else None
+        context = validation or context
+        if transport.is_closing():
+            return
     protocol = TlsClientProtocol(worker, b"https")
     if holding.early:
         worker.loop.call_soon(_replay, transport, holding)
     try:
         tls_transport = await worker.loop.start_tls(
-            transport, protocol, worker.tls.default, server_side=True,
+            transport, protocol, context, server_side=True,
             ssl_handshake_timeout=worker.config.limits.header_timeout)
     except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; so are resets and asyncio's timeout
         transport.abort()
         worker.edge.handshake_failed(exc, transport.get_extra_info("peername"), worker)
         return
     worker.metrics.tls_handshakes += 1
+    if validation is not None:  # RFC 8737 section 3: the CA only looks at the certificate, then closes
+        log.info("acme: tls-alpn-01 validation of %s from %s answered", hello.server_name,
+                 Address(*transport.get_extra_info("peername")[:2]))
+        tls_transport.abort()
+        return
     worker.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
     protocol.connection_made(tls_transport)
 
@@ -193,5 +242,7 @@ def log_tls_listening(sockets, certificates: Certificates | None) -> None:
     """The lines a process that binds [tls] listen logs (the master, or serve() on its own)."""
     if certificates is not None and sockets:
         log.info("TLS certificates: %s", describe(certificates))
+        for why in certificates.pending:
+            log.warning("acme: %s", why)
     for sock in sockets:
         log.info("listening on https://%s/", bound_address(sock))

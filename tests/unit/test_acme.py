@@ -198,3 +198,158 @@ def test_what_is_not_a_hello_is_refused(data):
 def test_a_hello_larger_than_a_record_is_not_waited_for():
     with pytest.raises(NotHello):
         client_hello(b"\x16\x03\x01\x40\x00" + b"\x01" + b"\xff" * 17000)
+
+
+# --- [tls.acme] and acme = true in the configuration ---
+
+def acme_config(tmp_path, acme: dict | None = None, names=("shop.example", "www.shop.example"), tls: dict | None = None,
+                challenges=None):
+    from proxy import config
+
+    data = {"upstreams": {"app": {"servers": ["127.0.0.1:1"]}}, "status": {},
+            "tls": {"listen": ["127.0.0.1:8443"], **(tls or {})},
+            "sites": [{"names": list(names), "acme": True, "routes": [{"prefix": "/", "upstream": "app"}]}]}
+    if acme is not None:
+        data["tls"]["acme"] = acme
+    return config.from_dict(data, tmp_path / "proxy.toml")
+
+
+def test_defaults_need_no_certificate_and_store_beside_the_config(tmp_path):
+    from proxy.config import LETS_ENCRYPT, acme_sites
+
+    cfg = acme_config(tmp_path)
+    acme = cfg.tls.acme
+    assert cfg.tls.certificate is None and acme.directory == LETS_ENCRYPT
+    assert acme.storage == tmp_path / "acme" and not acme.storage.exists()  # made when the proxy starts
+    assert acme.challenges == ("http-01", "tls-alpn-01") and acme.renew_before is None and acme.email == ""
+    assert [site.names for site in acme_sites(cfg)] == [("shop.example", "www.shop.example")]
+
+
+def test_settings_are_read_and_durations_take_units(tmp_path):
+    cfg = acme_config(tmp_path, {"directory": "https://ca.test/dir", "email": "ops@shop.example",
+                                 "storage": "state/acme", "challenges": ["tls-alpn-01"], "renew_before": "30d"})
+    acme = cfg.tls.acme
+    assert (acme.directory, acme.email, acme.storage) == ("https://ca.test/dir", "ops@shop.example",
+                                                          tmp_path / "state" / "acme")
+    assert acme.challenges == ("tls-alpn-01",) and acme.renew_before == 30 * DAY
+    assert acme_config(tmp_path, {"renew_before": 3600}).tls.acme.renew_before == 3600.0
+    assert acme_config(tmp_path, {"renew_before": "12h"}).tls.acme.renew_before == 12 * 3600.0
+
+
+@pytest.mark.parametrize("names, acme, message", [
+    (("*.shop.example",), {}, "'*.shop.example' is a wildcard: a CA certifies one only by the DNS-01 challenge, "
+                              "which the proxy does not support"),
+    (("localhost",), {}, "'localhost' is not a public domain name a CA can certify"),
+    (("shop.example",), {"challenges": ["dns-01"]}, "dns-01 is not supported"),
+    (("shop.example",), {"directory": "http://ca.test/dir"}, "tls.acme.directory"),
+    (("shop.example",), {"email": "not an address"}, "tls.acme.email"),
+    (("shop.example",), {"renew_before": "soon"}, "tls.acme.renew_before"),
+    (("shop.example",), {"challenges": ["http-01", "http-01"]}, "each challenge once"),
+    (("shop.example",), {"ca_file": "missing.pem"}, "tls.acme.ca_file"),
+])
+def test_what_a_ca_cannot_do_is_refused_in_one_line(tmp_path, names, acme, message):
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        acme_config(tmp_path, acme, names=names)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_storage_folder_that_cannot_be_made_is_refused(tmp_path):
+    from proxy.errors import ConfigError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"tls.acme.storage: .*file is not a folder"):
+        acme_config(tmp_path, {"storage": "file/acme"})
+
+
+def test_a_site_with_a_certificate_file_cannot_also_use_acme(tmp_path):
+    from proxy import config
+    from proxy.errors import ConfigError
+
+    (tmp_path / "site.pem").write_bytes(self_signed(("shop.example",), 7))
+    with pytest.raises(ConfigError, match="the certificate comes from the CA: remove certificate and key"):
+        config.from_dict({"upstreams": {"app": {"servers": ["127.0.0.1:1"]}}, "tls": {"listen": ["127.0.0.1:8443"]},
+                          "sites": [{"names": ["shop.example"], "acme": True, "certificate": "site.pem",
+                                     "routes": [{"prefix": "/", "upstream": "app"}]}]}, tmp_path / "proxy.toml")
+
+
+# --- http-01 in decide(): before any route or redirect, for the managed names only ---
+
+def test_http01_is_answered_before_the_https_redirect_for_managed_names(tmp_path):
+    from proxy.explain import build_request, parse
+    from proxy.http.decide import ConnFacts, Decider, Reply
+
+    cfg = acme_config(tmp_path, tls={"redirect_http": True})
+    pending = {"tok_EN-1": b"tok_EN-1.thumbprint"}
+    decider = Decider(cfg, challenges=pending.get)
+    plain = ConnFacts(b"http", "192.0.2.1", b"127.0.0.1:80", 443)
+
+    def decide(target, host="shop.example", method="GET"):
+        return decider.decide(parse(cfg, build_request(method, target, [("Host", host)], "127.0.0.1:80")), plain)
+
+    answer = decide("/.well-known/acme-challenge/tok_EN-1", "www.shop.example")
+    assert type(answer) is Reply and (answer.status, answer.body, answer.handler) == \
+        (200, b"tok_EN-1.thumbprint", "acme")
+    assert decide("/.well-known/acme-challenge/other").status == 404  # not a pending token: not redirected
+    assert decide("/.well-known/acme-challenge/tok_EN-1", method="POST").status == 405
+    assert decide("/.well-known/acme-challenge/tok_EN-1", "other.example").status == 308  # not a managed name
+    assert decide("/index.html").status == 308
+    https = ConnFacts(b"https", "192.0.2.1", b"127.0.0.1:443", 443)
+    routed = decider.decide(parse(cfg, build_request("GET", "/.well-known/acme-challenge/tok_EN-1",
+                                                     [("Host", "shop.example")], "127.0.0.1:443")), https)
+    assert type(routed) is not Reply  # over TLS the path is the site's own
+
+
+def test_without_http01_in_challenges_the_path_is_the_sites(tmp_path):
+    from proxy.explain import build_request, parse
+    from proxy.http.decide import ConnFacts, Decider, Forward
+
+    cfg = acme_config(tmp_path, {"challenges": ["tls-alpn-01"]})
+    decider = Decider(cfg, challenges={"tok": b"tok.thumb"}.get)
+    action = decider.decide(parse(cfg, build_request("GET", "/.well-known/acme-challenge/tok",
+                                                     [("Host", "shop.example")], "127.0.0.1:80")),
+                            ConnFacts(b"http", "192.0.2.1", b"127.0.0.1:80", 443))
+    assert type(action) is Forward
+
+
+# --- status, metrics, proxy acme status: read from the storage folder ---
+
+def test_status_lists_each_certificate_and_the_last_attempt(tmp_path):
+    from proxy.acme import status
+    from proxy.config import acme_sites
+
+    cfg = acme_config(tmp_path)
+    settings, sites = cfg.tls.acme, acme_sites(cfg)
+    rows = status.certificates(settings, sites, 1000.0)
+    assert rows[0]["self_signed"] and rows[0]["issuer"] is None and rows[0]["next_attempt"] == "now"
+    store = Store(settings.storage, settings.directory)
+    pem = self_signed(sites[0].names, 7)
+    write_private(store.certificate(sites[0].names), pem)
+    held = read_facts(pem)
+    store.write_record(sites[0].names, plan.failed(plan.Record(), held.not_before, "rateLimited: too many", 60))
+    row = status.certificates(settings, sites, held.not_before)[0]
+    assert row["names"] == ["shop.example", "www.shop.example"] and not row["self_signed"]
+    assert (row["issuer"], row["serial"], row["failures"], row["last_error"]) == \
+        ("shop.example", held.serial, 1, "rateLimited: too many")
+    assert row["expires_in_seconds"] == round(held.lifetime)
+    samples = "\n".join(status.prometheus(settings, sites))
+    assert (f'proxy_acme_certificate_expiry_timestamp_seconds{{names="shop.example,www.shop.example",'
+            f'issuer="shop.example"}} {held.not_after:.0f}') in samples
+    assert 'proxy_acme_failures{names="shop.example,www.shop.example",issuer="shop.example"} 1' in samples
+    text = status.report([row], settings.directory)
+    assert "issued by shop.example" in text and "failed (1 in a row): rateLimited: too many" in text
+
+
+def test_proxy_acme_status_reads_the_storage_and_never_the_ca(tmp_path, capsys):
+    from proxy.cli import main
+
+    (tmp_path / "proxy.toml").write_text('[tls]\nlisten = ["127.0.0.1:8443"]\n[tls.acme]\n'
+                                         'directory = "https://127.0.0.1:9/dir"\n[[sites]]\n'
+                                         'names = ["shop.example"]\nacme = true\n[[sites.routes]]\nprefix = "/"\n'
+                                         'static = "."\n')
+    assert main(["--config", str(tmp_path / "proxy.toml"), "acme", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "ACME CA: https://127.0.0.1:9/dir" in out and "no certificate from the CA yet" in out
+    assert main(["--config", str(tmp_path / "proxy.toml"), "--check-config"]) == 0
+    assert "acme: https://127.0.0.1:9/dir (http-01, tls-alpn-01)" in capsys.readouterr().out
