@@ -28,13 +28,16 @@ ENV = {
     "PEBBLE_VA_NOSLEEP": "1",  # validate at once, not after a random pause
     "PEBBLE_WFE_NONCEREJECT": "0",  # by default Pebble refuses 5% of good nonces, to test clients' retries
     "PEBBLE_AUTHZREUSE": "0",  # every order is validated: each test sees its challenges answered
+    "PEBBLE_VA_ALWAYS_VALID": "0",  # validate for real: a challenge nobody answers fails
 }
 
 
 class Pebble:
     """A running Pebble (and its DNS server) in ``folder``, validating on ``http_port`` and ``tls_port``."""
 
-    def __init__(self, folder: Path, http_port: int, tls_port: int, env: dict | None = None) -> None:
+    def __init__(self, folder: Path, http_port: int, tls_port: int, env: dict | None = None,
+                 validity: int | None = None) -> None:
+        """``validity``: the lifetime of the certificates it issues, in seconds (Pebble's default: 5 years)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
@@ -46,11 +49,13 @@ class Pebble:
         self.port, self.management, self.dns = free_port(), free_port(), free_port()
         self.directory = f"https://127.0.0.1:{self.port}/dir"
         self.config = self.folder / "pebble.json"
-        self.config.write_text(json.dumps({"pebble": {
+        self.settings = {
             "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.management}",
             "certificate": str(self.folder / "pebble-cert.pem"), "privateKey": str(self.folder / "pebble-key.pem"),
             "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "",
-            "externalAccountBindingRequired": False}}))
+            "externalAccountBindingRequired": False}
+        if validity is not None:
+            self.settings["certificateValidityPeriod"] = validity
         self.env = {**ENV, **(env or {})}
         self.dns_server = Process(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
                                    "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "",
@@ -58,8 +63,11 @@ class Pebble:
         self.process: Process | None = None
         self.start()
 
-    def start(self) -> None:
-        """Start (or start again, on the same ports: a new CA, with a new root and no accounts)."""
+    def start(self, **settings) -> None:
+        """Start (or start again, on the same ports: a new CA, with a new root and no accounts); ``settings``
+        replace keys of its config (``httpPort=...``: validate http-01 elsewhere)."""
+        self.settings.update(settings)
+        self.config.write_text(json.dumps({"pebble": self.settings}))
         self.process = Process(["pebble", "-config", str(self.config), "-dnsserver", f"127.0.0.1:{self.dns}"],
                                env=self.env)
         wait_until(lambda: accepting(self.port) and accepting(self.management) or self.process.proc.poll() is not None,
