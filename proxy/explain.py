@@ -90,8 +90,8 @@ def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]
 def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme: str = "http",
                   shown: list[tuple[str, str]] | None = None, eof: bool = False,
                   server_name: str | None = None) -> Explanation:
-    """``server_name``: the SNI name of a TLS connection (``scheme`` "https")."""
-    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here)."""
+    """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here).
+    ``server_name``: the SNI name of a TLS connection (``scheme`` "https")."""
     listen = cfg.server.listen[0]
     line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:

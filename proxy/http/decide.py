@@ -129,8 +129,7 @@ class Static(NamedTuple):
     policy: Applied | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """Credentials to verify before carrying out ``then``; ``otherwise`` (401) when they are wrong.
     A bcrypt check takes milliseconds by design, so the server does it off the event loop."""
 
@@ -140,8 +139,7 @@ class Check:
     policy: Applied | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delayed:
+class Delayed(NamedTuple):
     """Within the rate limit's burst but beyond its ``delay``: carried out ``seconds`` from now (nginx
     limit_req without nodelay)."""
 
@@ -278,6 +276,8 @@ class Decider:
     def _forward(self, route: Route, head, conn: ConnFacts, policy: RoutePolicy | None = None,
                  applied: Applied | None = None) -> Forward | Reply:
         if head.upgrade is None:  # the rules found no request to switch protocols (the usual case)
+            if policy is None:
+                return Forward(route, route.upstream, head.host or conn.local, None)
             wanted = None
         else:
             upstream = self.config.upstreams[route.upstream]

@@ -48,20 +48,26 @@ GOOD_CREDENTIALS_KEPT = 1024  # per worker, per route
 class Rules:
     """One ``HeaderRules`` table, ready to apply: remove, then set (replacing), then add."""
 
-    __slots__ = ("drop", "set", "add", "dynamic")
+    __slots__ = ("drop", "set", "add", "dynamic", "fixed")
 
     def __init__(self, rules: HeaderRules, also_remove: tuple[bytes, ...] = ()) -> None:
         self.drop = frozenset(rules.remove) | {name for name, _ in rules.set} | frozenset(also_remove)
         self.set = rules.set
         self.add = rules.add
         self.dynamic = any(template.literal is None for _, template in (*rules.set, *rules.add))
+        # Without placeholders the headers to append are the same for every request: made once.
+        self.fixed = None if self.dynamic else [(name, t.literal) for name, t in (*rules.set, *rules.add)]
 
     def __repr__(self) -> str:
         return f"<Rules drop={sorted(self.drop)} set={len(self.set)} add={len(self.add)}>"
 
     def apply(self, headers: list[tuple[bytes, bytes]], values: Vars | None) -> list[tuple[bytes, bytes]]:
         drop = self.drop
-        out = [(name, value) for name, value in headers if name not in drop]
+        out = [field for field in headers if field[0] not in drop]
+        fixed = self.fixed
+        if fixed is not None:
+            out += fixed
+            return out
         for name, template in self.set:
             out.append((name, template.expand(values)))
         for name, template in self.add:

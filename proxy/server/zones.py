@@ -223,15 +223,24 @@ class Verdict(NamedTuple):
     excess: float = 0.0  # requests beyond the rate, this one included
 
 
+_verdict = tuple.__new__
+
+
 def limit_req(excess: float | None, elapsed: float, rate: float, burst: int, delay: int) -> Verdict:
     """nginx's leaky bucket (ngx_http_limit_req_module): ``excess`` requests beyond the rate were counted
     ``elapsed`` seconds ago (None: a key not seen before). The bucket leaks ``rate`` requests a second;
     a request that would leave more than ``burst`` in it is refused, and one that leaves more than
     ``delay`` is served once the extra has leaked away (``delay`` 0: never held back)."""
-    now = 0.0 if excess is None else max(0.0, excess - rate * max(0.0, elapsed) + 1.0)
+    if excess is None:
+        now = 0.0
+    else:
+        now = excess - rate * elapsed + 1.0 if elapsed > 0.0 else excess + 1.0
+        if now < 0.0:
+            now = 0.0
     if now > burst:
-        return Verdict(False, 0.0, max(1, math.ceil((now - burst) / rate)), now)
-    return Verdict(True, (now - delay) / rate if delay and now > delay else 0.0, 0, now)
+        return _verdict(Verdict, (False, 0.0, max(1, math.ceil((now - burst) / rate)), now))
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, and this runs per request.
+    return _verdict(Verdict, (True, (now - delay) / rate if delay and now > delay else 0.0, 0, now))
 
 
 class RateZone:
