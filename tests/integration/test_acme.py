@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import ssl
 import stat
@@ -22,7 +23,7 @@ from cryptography import x509
 
 from tests import pebble
 from tests.edge import https_port
-from tests.helpers import ProxyProcess, free_port, raw_request, status_of, wait_until
+from tests.helpers import EVENT_LOOPS, ProxyProcess, free_port, raw_request, status_of, wait_until
 from tests.integration.test_sites import tls_get
 
 pytestmark = pytest.mark.skipif(not pebble.INSTALLED, reason=pebble.WHY_NOT)
@@ -159,6 +160,13 @@ def test_http01_certificate_served_verified_and_reused_after_a_restart(tmp_path,
                             f"{cert.serial_number:X} from Pebble")
         status = wait_until(lambda: status_certificates(proxy), what="the certificate on the status page")
         assert status[0]["names"] == list(SHOP) and status[0]["serial"] == f"{cert.serial_number:X}"
+        # A reload replaces the certificate manager (one at a time: the storage lock) and still asks nobody.
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for_line(r"reload complete")
+        wait_until(lambda: len(re.findall(r"acme: \S+, \S+: stored certificate serial", proxy.output())) == 2,
+                   what="the new certificate manager")
+        assert proxy.output().count("certificate manager exited") == 1
+        assert verified(secure, roots, "shop.example.test").serial_number == cert.serial_number
         assert "asking" not in proxy.output() and "failed" not in proxy.output()
     finally:
         proxy.stop()
@@ -169,10 +177,12 @@ def status_certificates(proxy: ProxyProcess) -> list[dict] | None:
         return json.load(answer).get("certificates")
 
 
-def test_tls_alpn01_certificate_obtained_on_the_tls_listener_alone(tmp_path, ports, ca):
+@pytest.mark.parametrize("loop", EVENT_LOOPS)  # the ClientHello is read before start_tls: both loops differ there
+def test_tls_alpn01_certificate_obtained_on_the_tls_listener_alone(tmp_path, ports, ca, loop):
     plain, secure = ports
     proxy = ProxyProcess(tmp_path, acme_config(tmp_path, plain, secure, ca, challenges=("tls-alpn-01",),
-                                               names=("alpn.example.test",), workers=2))
+                                               names=("alpn.example.test",), workers=2,
+                                               extra=f'event_loop = "{loop}"'))
     try:
         assert https_port(proxy) == secure
         cert = wait_verified(secure, ca, "alpn.example.test", proxy)
