@@ -1070,7 +1070,7 @@ class TlsSettings:
     certificate: Path | None = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
         "Re-read on SIGHUP. Optional when a site has acme = true: clients that name no site then get the first "
-        "such site's certificate.", shown="(required)")
+        "such site's certificate.", shown="(required without ACME)")
     key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
     min_version: str = setting("TLSv1.2", _choice(*TLS_VERSIONS),
                                "Oldest protocol version accepted; TLS 1.0 and 1.1 never are.")
@@ -1150,7 +1150,7 @@ def _build(cls: type, table: Any, ctx: Context, internal: dict[str, Any] | None 
     values = dict(internal or {})
     for name, f in declared.items():
         if name not in table:
-            if f.metadata.get("shown") == "(required)" and not (cls is TlsSettings and name == "certificate"):
+            if f.metadata.get("shown") == "(required)":
                 raise ConfigError(f"{source}: {where}.{name}: missing (expected {f.metadata['kind'].expected})")
             continue
         kind: Kind = f.metadata["kind"]

@@ -353,3 +353,13 @@ def test_proxy_acme_status_reads_the_storage_and_never_the_ca(tmp_path, capsys):
     assert "ACME CA: https://127.0.0.1:9/dir" in out and "no certificate from the CA yet" in out
     assert main(["--config", str(tmp_path / "proxy.toml"), "--check-config"]) == 0
     assert "acme: https://127.0.0.1:9/dir (http-01, tls-alpn-01)" in capsys.readouterr().out
+
+
+def test_tls_without_a_certificate_needs_an_acme_site(tmp_path):
+    from proxy import config
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tls.certificate: missing .*it may be left out when a \[\[sites\]\] "
+                                          r"entry has acme = true"):
+        config.from_dict({"upstreams": {"app": {"servers": ["127.0.0.1:1"]}}, "tls": {"listen": ["127.0.0.1:8443"]},
+                          "routes": [{"prefix": "/", "upstream": "app"}]}, tmp_path / "proxy.toml")
