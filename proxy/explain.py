@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, UnixAddress, authority
 from .errors import ClientError
 from .http import codec, static
 from .http.decide import Check, ConnFacts, Decider, Delayed, Forward, Reply, Static, StatusPage
@@ -82,8 +82,7 @@ class Explanation:
 
 def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]],
             client_ip: str = "127.0.0.1", scheme: str = "http", server_name: str | None = None) -> str:
-    listen = cfg.server.listen[0]
-    raw = build_request(method, target, headers, str(listen))
+    raw = build_request(method, target, headers, authority(cfg.server.listen[0].address))
     return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers, server_name=server_name))
 
 
@@ -92,7 +91,7 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
                   server_name: str | None = None) -> Explanation:
     """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here).
     ``server_name``: the SNI name of a TLS connection (``scheme`` "https")."""
-    listen = cfg.server.listen[0]
+    local = authority(cfg.server.listen[0].address)
     line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:
         head = parse(cfg, raw, eof)
@@ -107,14 +106,16 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
     if shown is None:
         shown = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
     decider = Decider(cfg)
-    connection = ConnFacts(scheme.encode(), client_ip, str(listen).encode(),
-                           cfg.tls.listen[0].port if cfg.tls else None, server_name)
+    https_ports = [e.address.port for e in (cfg.tls.listen if cfg.tls else ()) if type(e.address) is not UnixAddress]
+    connection = ConnFacts(scheme.encode(), client_ip, local.encode(), https_ports[0] if https_ports else None,
+                           server_name)
     facts = decider.request_facts(head.headers, connection)
     rid = request_id(head.get(b"x-request-id"))
     trace: list[str] = []
     action = decider.decide(head, facts, rid, trace)
     out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
+    out += _client_lines(cfg)
     if facts.peer is not None:
         out.append(f"client:  {facts.client_ip} (X-Forwarded-For: {facts.peer} is in [server] trusted_proxies)")
     elif decider.trusted is not None:
@@ -149,6 +150,20 @@ def _site_line(decider: Decider, head, facts: ConnFacts, site) -> str:
     names = ", ".join(site.site.names) or "no names"
     how = "its names" if decider.sites.named(head.host or facts.local) else "the default site"
     return f"site:    {site.site.where} ({names}) for Host {host!r}, by {how}"
+
+
+def _client_lines(cfg: Config) -> list[str]:
+    """Where the client address comes from on listeners that do not take it from the TCP peer."""
+    entries = [*cfg.server.listen, *(cfg.tls.listen if cfg.tls else ())]
+    proxied = [str(e.address) for e in entries if e.proxy_protocol]
+    unix = [str(e.address) for e in entries if type(e.address) is UnixAddress and not e.proxy_protocol]
+    out = []
+    if proxied:
+        out.append(f"client:  on {', '.join(proxied)} (proxy_protocol) the address its PROXY header names "
+                   "(what --client-ip stands for here)")
+    if unix:
+        out.append(f"client:  on {', '.join(unix)} \"unix:\" (a unix socket's client has no address)")
+    return out
 
 
 def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]],
@@ -277,4 +292,18 @@ def _explain_server(upstream, client_ip: str) -> str:
     if peer is None:
         return f"server:  upstream {upstream.name!r} has no address known before resolution{late}"
     return (f"server:  {peer.address} of upstream {upstream.name!r} ({upstream.balance}, "
-            f"first pick of {len(group.peers)} known server(s){late})")
+            f"first pick of {len(group.peers)} known server(s){late}){_over(upstream, peer.spec)}")
+
+
+def _over(upstream, spec) -> str:
+    """How the proxy reaches the server: a unix socket, plain HTTP, or HTTPS and what it checks."""
+    if type(spec.address) is UnixAddress:
+        return ", over its unix socket"
+    tls = upstream.tls_for(spec)
+    if tls is None:
+        return ""
+    name = tls.server_name or spec.address.host
+    if not tls.verify:
+        return f", over HTTPS (SNI {name}; the certificate is not checked: verify = false)"
+    trusted = f"CAs in {tls.ca_file}" if tls.ca_file else "the system's CAs"
+    return f", over HTTPS (certificate checked against {trusted}, for the name {name})"

@@ -57,6 +57,7 @@ class Metrics:
         self.tunnels_open = 0
         self.tunnels_total = 0
         self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
+        self.proxy_protocol_refused = 0  # connections closed for a missing or malformed PROXY header
 
     def observe(self, record: AccessRecord) -> None:
         self.count(record.route, record.status, record.request_time, bool(record.tunnel))
@@ -166,21 +167,24 @@ def edge_view(runtime) -> dict:
                metrics.tunnel_bytes["to_client"])
     return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
             "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
-                    if runtime.tls is not None else None)}
+                    if runtime.tls is not None else None),
+            "proxy_protocol": {"refused": metrics.proxy_protocol_refused}}
 
 
 def merge_edge(edges) -> dict:
     """Every worker's tunnel and TLS numbers added up; "tls" is None when TLS is off."""
     tunnels: Counter[str] = Counter()
-    handshakes, failures, tls_on = 0, Counter(), False
+    handshakes, failures, tls_on, refused = 0, Counter(), False, 0
     for edge in edges:
         tunnels.update(edge["tunnels"])
+        refused += edge.get("proxy_protocol", {}).get("refused", 0)
         if edge["tls"] is not None:
             tls_on = True
             handshakes += edge["tls"]["handshakes"]
             failures.update(edge["tls"]["failures"])
     return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
-            "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None}
+            "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None,
+            "proxy_protocol": {"refused": refused}}
 
 
 def _edge_samples(edge: dict) -> list[str]:
@@ -199,6 +203,9 @@ def _edge_samples(edge: dict) -> list[str]:
             "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
             "# TYPE proxy_tls_handshake_failures_total counter"]
     out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}' for kind, n in tls["failures"].items()]
+    refused = edge.get("proxy_protocol", {}).get("refused", 0)
+    out += ["# HELP proxy_protocol_refused_total Connections closed for a missing or malformed PROXY header.",
+            "# TYPE proxy_protocol_refused_total counter", f"proxy_protocol_refused_total {refused}"]
     return out
 
 

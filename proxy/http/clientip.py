@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from ..config import matching_network
 from .rules import _Memo
 
 FORWARDED_FOR = b"x-forwarded-for"
@@ -50,11 +51,7 @@ class TrustedProxies:
         return f"<TrustedProxies {[str(n) for n in self.networks]}>"
 
     def _check(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        return matching_network(ip, self.networks) is not None
 
     def trusts(self, ip: str) -> bool:
         return self._trusted[ip]

@@ -30,12 +30,11 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 from collections import OrderedDict
 
-from ..config import HeaderRules, Route
+from ..config import HeaderRules, Route, matching_network
 from .placeholders import Vars, host_name, raw_remainder
 from .static import content_type
 
@@ -264,24 +263,15 @@ class RoutePolicy:
         return why
 
     def _refuses(self, client_ip: str) -> str | None:
-        if not self.allow and not self.deny:
+        denied = matching_network(client_ip, self.deny)
+        if denied is not None:
+            return f"{client_ip} is in deny {denied}"
+        if not self.allow or matching_network(client_ip, self.allow) is not None:
             return None
-        address = _ip(client_ip)
-        if address is None:
-            return f"{client_ip} is not an IP address"
-        for network in self.deny:
-            if address in network:
-                return f"{client_ip} is in deny {network}"
-        if not self.allow:
-            return None
-        for network in self.allow:
-            if address in network:
-                return None
         return f"{client_ip} is not in allow ({', '.join(str(n) for n in self.allow)})"
 
     def allowed_by(self, client_ip: str) -> str:
-        address = _ip(client_ip)
-        network = next((n for n in self.allow if address is not None and address in n), None)
+        network = matching_network(client_ip, self.allow)
         return f"{client_ip} is in allow {network}" if network is not None else f"{client_ip} is not denied"
 
     # --- rewriting ---
@@ -310,9 +300,3 @@ class RoutePolicy:
         """The page that replaces an upstream's error response with this status, or None."""
         return self.pages.get(status) if self.intercept and status >= 400 else None
 
-
-def _ip(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None

@@ -45,6 +45,7 @@ from ..http import codec
 from ..http.decide import Check, ConnFacts, Delayed, Forward, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.placeholders import Vars
+from ..http.proxyproto import UNIX_CLIENT
 from ..http.responses import error_page, reason as reason_phrase
 from ..tls import sni_name
 from .buffers import RequestBody, Spool
@@ -72,13 +73,13 @@ class ClientProtocol(asyncio.Protocol):
                  "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
                  "eof", "tunnel", "_spool_limits", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
 
-    def __init__(self, worker, scheme: bytes = b"http") -> None:
+    def __init__(self, worker, scheme: bytes = b"http", client_ip: str | None = None) -> None:
         self.w = worker
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.parser = codec.request_parser(worker.config.server.http_engine, worker.config.limits)
         self.facts = None
-        self.client_ip = ""
+        self.client_ip = client_ip or ""  # given: the client a PROXY header named (server/proxied.py)
         self.state = IDLE
         self.exchange: Exchange | None = None
         self.action = None
@@ -107,11 +108,15 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        family = sock.family if sock is not None else None
+        if family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        if not self.client_ip:
+            # A unix socket's client has no address: "unix:", as nginx's $remote_addr says.
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if isinstance(peer, tuple) and peer else (
+                UNIX_CLIENT if family == socket.AF_UNIX else "")
         w = self.w
         sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
         self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)

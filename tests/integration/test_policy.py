@@ -16,7 +16,7 @@ import threading
 import bcrypt
 import pytest
 
-from tests.helpers import ProxyProcess, RecordingUpstream, status_of, wait_until
+from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of, wait_until
 
 CONFIG = """
 [server]
@@ -389,4 +389,51 @@ conn_limit = 1
         wait_until(lambda: status_of(get(proxy.port, "/quick")) == 200, 10, what="the route to admit the client")
     finally:
         upstream.release.set()
+        upstream.close()
+
+
+# --- where the client address comes from: PROXY headers and unix sockets with trusted_proxies ------------
+
+BEHIND = """
+[server]
+listen = [{{ address = "127.0.0.1:0", proxy_protocol = true }}, "unix:{sock}"]
+trusted_proxies = ["10.0.0.0/8", "unix:"]
+[upstreams.app]
+servers = ["{upstream}"]
+[[routes]]
+prefix = "/office/"
+upstream = "app"
+allow = ["203.0.113.0/24"]
+[[routes]]
+prefix = "/local/"
+upstream = "app"
+allow = ["unix:"]
+"""
+
+
+def test_trusted_proxies_read_on_from_the_proxy_headers_client_and_from_unix_sockets(start_proxy, tmp_path):
+    upstream = Upstream()
+    try:
+        sock = tmp_path / "lb.sock"
+        proxy = start_proxy(BEHIND.format(sock=sock, upstream=upstream.address))
+        proxy.wait_for_line(rf"listening on unix:{sock}")
+
+        def ask(where, path: str, proxy_header: bytes, *headers: bytes) -> bytes:
+            lines = [b"GET " + path.encode() + b" HTTP/1.1", b"Host: shop.example.test", b"Connection: close", *headers]
+            return raw_request(where, proxy_header + b"\r\n".join(lines) + b"\r\n\r\n")
+
+        balancer = b"PROXY TCP4 10.0.0.1 10.0.0.2 51234 80\r\n"  # a trusted balancer, by its PROXY header
+        forwarded = b"X-Forwarded-For: 198.51.100.1, 203.0.113.7"
+        assert status_of(ask(proxy.port, "/office/x", balancer, forwarded)) == 200
+        assert b"\r\nx-forwarded-for: 203.0.113.7\r\n" in upstream.last()
+        # The PROXY header names a client that is not trusted: its X-Forwarded-For is its own say.
+        stranger = b"PROXY TCP4 198.51.100.9 10.0.0.2 51234 80\r\n"
+        assert status_of(ask(proxy.port, "/office/x", stranger, forwarded)) == 403
+        # "unix:" in trusted_proxies: a balancer on this host, over the socket.
+        assert status_of(ask(str(sock), "/office/x", b"", b"X-Forwarded-For: 203.0.113.8")) == 200
+        assert b"\r\nx-forwarded-for: 203.0.113.8\r\n" in upstream.last()
+        # "unix:" in allow: the socket's own clients, and nobody over TCP.
+        assert status_of(ask(str(sock), "/local/x", b"")) == 200
+        assert status_of(ask(proxy.port, "/local/x", balancer)) == 403
+    finally:
         upstream.close()

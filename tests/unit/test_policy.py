@@ -127,6 +127,20 @@ def test_allow_and_deny_deny_wins(tmp_path):
     assert [status(ip) for ip in ("127.0.0.1", "::1", "127.0.0.9", "192.0.2.1")] == ["forward", "forward", 403, 403]
 
 
+def test_unix_stands_for_the_clients_of_unix_listeners_in_allow_and_deny(tmp_path):
+    cfg = load(tmp_path, {"upstreams": {"app": {"servers": ["127.0.0.1:9"]}}, "routes": [
+        {"prefix": "/local/", "upstream": "app", "allow": ["unix:"]},
+        {"prefix": "/", "upstream": "app", "deny": ["unix:"]}]})
+    decider = Decider(cfg)
+
+    def status(path, ip):
+        action = decider.decide(head(cfg, target=path), ConnFacts(b"http", ip, b"l", None))
+        return action.status if type(action) is Reply else "forward"
+
+    assert [status("/local/x", ip) for ip in ("unix:", "127.0.0.1")] == ["forward", 403]
+    assert [status("/x", ip) for ip in ("unix:", "127.0.0.1")] == [403, "forward"]
+
+
 def test_error_pages_exact_before_class(tmp_path):
     (tmp_path / "404.html").write_text("four")
     (tmp_path / "5xx.html").write_text("five")
@@ -168,6 +182,18 @@ def test_request_facts_carry_the_real_client_into_decide(tmp_path):
     assert (facts.client_ip, facts.peer) == ("203.0.113.5", "127.0.0.1")
     assert decider.decide(request, facts).status == 403
     assert decider.request_facts(head(cfg).headers, HTTP) is HTTP
+
+
+def test_trusted_unix_listeners_read_x_forwarded_for(tmp_path):
+    # A balancer on the same host that reaches the proxy over a unix socket (nginx set_real_ip_from unix:).
+    cfg = load(tmp_path, {"server": {"trusted_proxies": ["unix:"]},
+                          "upstreams": {"app": {"servers": ["127.0.0.1:9"]}},
+                          "routes": [{"prefix": "/", "upstream": "app"}]})
+    decider = Decider(cfg)
+    request = head(cfg, headers=[("X-Forwarded-For", "203.0.113.5")])
+    over_unix = ConnFacts(b"http", "unix:", b"localhost", None)
+    assert decider.request_facts(request.headers, over_unix).client_ip == "203.0.113.5"
+    assert decider.request_facts(request.headers, HTTP) is HTTP  # 127.0.0.1 is not trusted
 
 
 # --- basic auth ---------------------------------------------------------------
