@@ -19,6 +19,7 @@ from ..http.responses import error_bytes
 from ..tls import Certificates
 from .board import Board
 from .client import ClientProtocol
+from .h2conn import PriorKnowledge
 from .sockets import bind_all, bound_address
 from .tls import log_tls_listening, tls_protocol
 from .worker import Worker
@@ -30,6 +31,8 @@ def accept(worker: Worker, scheme: bytes = b"http") -> asyncio.Protocol:
     """The protocol for a new connection: served, or answered 503 at ``[server] max_connections``."""
     if worker.conns.at_capacity(len(worker.edge.handshakes)):
         return _Refuse(worker)
+    if worker.config.server.h2c:
+        return PriorKnowledge(worker)  # HTTP/2 if it starts with the preface, else HTTP/1.1
     return ClientProtocol(worker, scheme)
 
 

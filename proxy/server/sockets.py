@@ -80,3 +80,18 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             return soft
     return soft
+
+
+def prepare(transport, high_water: int) -> None:
+    """A new connection's transport: TCP_NODELAY (answers are written whole; Nagle's algorithm would only
+    hold their last segment back) and the write buffer's high-water mark, past which its producer waits."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.set_write_buffer_limits(high=high_water)
+
+
+def peer_ip(transport) -> str:
+    """The address of the other end ("" for a Unix socket or a transport that has none)."""
+    peer = transport.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) and peer else ""
