@@ -46,6 +46,14 @@ class Response:
         return self.ended or self.reset is not None
 
 
+@dataclass(frozen=True)
+class GoAway:
+    """A GOAWAY the server sent (read by the client itself, see ``read_once``)."""
+
+    error_code: int
+    last_stream_id: int
+
+
 class ConnectionClosed(Exception):
     pass
 
@@ -73,7 +81,9 @@ class H2Client:
             self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self.conn.initiate_connection()
         self.responses: dict[int, Response] = {}
-        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.held: dict[int, int] = {}  # stream id -> bytes received and not acknowledged (a stalled reader)
+        self.goaway: GoAway | None = None
+        self._inbox = bytearray()
         self.closed = False
         self.remote_settings: dict = {}
         self.flush()
@@ -136,6 +146,17 @@ class H2Client:
             self.conn.end_stream(stream_id)
             self.flush()
 
+    def hold(self, stream_id: int) -> None:
+        """Stop reading ``stream_id``: its window is no longer opened (the connection's still is)."""
+        self.held[stream_id] = 0
+
+    def release(self, stream_id: int) -> None:
+        """Read ``stream_id`` again: open its window by what arrived meanwhile."""
+        held = self.held.pop(stream_id)
+        if held and not self.responses[stream_id].done:
+            self.conn.increment_flow_control_window(held, stream_id)
+            self.flush()
+
     def reset(self, stream_id: int, code: int = 8) -> None:
         self.conn.reset_stream(stream_id, code)
         self.flush()
@@ -153,15 +174,15 @@ class H2Client:
         self.sock.settimeout(self.timeout if timeout is None else timeout)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
-            return True
+        except (socket.timeout, BlockingIOError, ssl.SSLWantReadError):
+            return True  # nothing yet
         except (ConnectionError, ssl.SSLError, OSError):
             data = b""
         if not data:
             self.closed = True
             return False
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(self._frames(data))
         except h2.exceptions.ProtocolError:
             self.closed = True
             return False
@@ -172,6 +193,24 @@ class H2Client:
         except OSError:
             self.closed = True
         return True
+
+    def _frames(self, data: bytes) -> bytes:
+        """The complete frames received so far, but GOAWAY, which is noted here: h2 stops a connection at
+        the first GOAWAY, while a graceful one (RFC 9113 6.8) lets the streams under way finish."""
+        inbox = self._inbox
+        inbox += data
+        out = bytearray()
+        while len(inbox) >= 9:
+            end = 9 + int.from_bytes(inbox[:3], "big")
+            if len(inbox) < end:
+                break
+            if inbox[3] == 0x7:  # GOAWAY: last stream id, error code
+                self.goaway = GoAway(int.from_bytes(inbox[13:17], "big"),
+                                     int.from_bytes(inbox[9:13], "big") & 0x7FFFFFFF)
+            else:
+                out += inbox[:end]
+            del inbox[:end]
+        return bytes(out)
 
     def _handle(self, event) -> None:
         kind = type(event)
@@ -186,15 +225,18 @@ class H2Client:
         elif kind is h2.events.DataReceived:
             stream.body += event.data
             stream.data_frames += 1
-            if self.window and event.flow_controlled_length:
+            if event.stream_id in self.held:
+                # This stream's reader stopped; the connection's window is opened, so others go on.
+                self.held[event.stream_id] += event.flow_controlled_length
+                if event.flow_controlled_length:
+                    self.conn.increment_flow_control_window(event.flow_controlled_length)
+            elif self.window and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif kind is h2.events.StreamEnded:
             stream.ended = True
         elif kind is h2.events.StreamReset:
             if stream is not None:
                 stream.reset = event.error_code
-        elif kind is h2.events.ConnectionTerminated:
-            self.goaway = event
         elif kind is h2.events.RemoteSettingsChanged:
             self.remote_settings.update({k: v.new_value for k, v in event.changed_settings.items()})
 
@@ -215,7 +257,7 @@ class H2Client:
                 timeout: float | None = None) -> Response:
         return self.response(self.start(method, path, headers, body), timeout)
 
-    def wait_closed(self, timeout: float | None = None) -> h2.events.ConnectionTerminated | None:
+    def wait_closed(self, timeout: float | None = None) -> GoAway | None:
         """Read until the server closes the connection; returns the GOAWAY it sent, if any."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while self.read_once(max(0.01, min(1.0, deadline - time.monotonic()))):
