@@ -46,10 +46,11 @@ class AppServerProcess(Process):
 class StackProcess(Process):
     """``python -m appserver.stack`` (what ``make up`` runs) on ports chosen at run time."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Path | None = None) -> None:
+        """``config``: a proxy.toml other than the repository's."""
         self.app_port, self.proxy_port = free_port(), free_port()
         super().__init__([sys.executable, "-m", "appserver.stack", "--app-port", str(self.app_port),
-                          "--proxy-port", str(self.proxy_port)])
+                          "--proxy-port", str(self.proxy_port), *(["--config", str(config)] if config else [])])
         self.wait_for_line(rf"twotier is up: http://127\.0\.0\.1:{self.proxy_port}/", timeout=60, stream="stdout")
         self.url = f"http://127.0.0.1:{self.proxy_port}"
 
