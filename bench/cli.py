@@ -22,12 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, stack as stack_module, wrk
+from . import h2load, load, report, stack as stack_module, wrk
 from .procs import Processes, StartError, UsageMeter, raise_open_files_limit, sigterm_as_interrupt
 from .scenarios import BY_KEY, SCENARIOS, Scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INSTALL_HINT = "install it with: apt-get install -y nginx wrk"
+H2LOAD_HINT = "apt-get install -y nghttp2-client"
 OPEN_FILES = 16384  # 1,000 client connections, as many upstream ones, and headroom, for wrk, nginx and the proxy
 
 # (pairs, seconds per run, warm-up seconds per server per scenario)
@@ -149,7 +150,8 @@ def meta(opts: Options, nginx: str) -> dict:
         "proxy_tree_dirty": bool(_git(opts.source, "status", "--porcelain", "--", "proxy")),
         "machine": {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
         "versions": {"python": platform.python_version(), "nginx": _version([nginx, "-v"]),
-                     "wrk": _version(["wrk", "-v"]), "h11": package("h11"), "gunicorn": package("gunicorn"),
+                     "wrk": _version(["wrk", "-v"]), "h2load": _version(["h2load", "--version"]),
+                     "h11": package("h11"), "h2": package("h2"), "gunicorn": package("gunicorn"),
                      "flask": package("flask")},
         "options": {"pairs": opts.pairs, "seconds": opts.seconds, "warmup": opts.warmup,
                     "wrk_threads": opts.wrk_threads, "nginx_sendfile": opts.nginx_sendfile,
@@ -171,7 +173,7 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
     meter = UsageMeter(stack.child(server))
     app = UsageMeter(stack.gunicorn)
     wrk_before = _children_cpu()
-    result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads)
+    result = load.run(scenario, stack.url(server, scenario.path, load.tls(scenario)), opts.seconds, opts.wrk_threads)
     usage = meter.read()
     app_usage = app.read()
     wrk_cpu = _children_cpu() - wrk_before
@@ -183,7 +185,7 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
 def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
     if opts.warmup:
         for server in report.SERVERS:
-            wrk.run(stack.url(server, scenario.path), scenario.connections, opts.warmup, opts.wrk_threads)
+            load.run(scenario, stack.url(server, scenario.path, load.tls(scenario)), opts.warmup, opts.wrk_threads)
     runs = []
     for pair in range(opts.pairs):
         for server in order(pair):
@@ -204,7 +206,8 @@ def estimate_seconds(opts: Options) -> float:
 def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
     started = time.monotonic()
     stack = stack_module.start(procs, layout, nginx, opts.source)
-    stack_module.sanity_check(stack, sorted({s.path for s in opts.scenarios}))
+    for tls in sorted({load.tls(s) for s in opts.scenarios}):
+        stack_module.sanity_check(stack, sorted({s.path for s in opts.scenarios if load.tls(s) == tls}), tls)
     print(f"servers up: proxy :{stack.proxy_port}, nginx :{layout.nginx_port}, gunicorn :{layout.app_port} "
           f"({time.monotonic() - started:.1f}s)", flush=True)
     summaries, runs = [], {}
@@ -237,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
         return 2
+    if h2load.find() is None and any(s.protocol == "h2" for s in opts.scenarios):
+        print(f"bench: h2load is not installed ({H2LOAD_HINT}): the HTTP/2 scenarios are left out", file=sys.stderr)
+        opts = dataclasses.replace(opts, scenarios=tuple(s for s in opts.scenarios if s.protocol != "h2"))
+        if not opts.scenarios:
+            return 2
     nginx = stack_module.find_nginx()
     limit = raise_open_files_limit(OPEN_FILES)
     if any(s.connections * 2 + 100 > limit for s in opts.scenarios):

@@ -1,10 +1,11 @@
-"""What is measured: five scenarios, each against the proxy and nginx, and the target each is held to.
+"""What is measured: seven scenarios, each against the proxy and nginx, and the target each is held to.
 
 The targets (docs/performance.md) say how close to nginx a Python proxy on
 asyncio should come: proxied requests at 0.9x nginx's req/s with a p99 at
 most 1.5x, small static files at 0.35x, large ones at 0.9x, 1,000
 connections without an error in under 80 MB, a 10 MiB stream without an
-error.
+error; over HTTP/2 (TLS, h2load: 10 clients with 10 streams each), 0.8x
+nginx for a small static file and for proxied JSON.
 
 A scenario is a value (URL path, connection count, targets); the harness runs
 every one against the proxy and nginx alike. Targets are reported, never
@@ -44,9 +45,11 @@ class Targets:
 class Scenario:
     key: str  # short name used on the command line and in the JSON
     title: str
-    path: str  # the URL path wrk requests on both servers
+    path: str  # the URL path requested on both servers
     connections: int
     targets: Targets
+    protocol: str = "http/1.1"  # "http/1.1": wrk over plain HTTP; "h2": h2load over TLS
+    streams: int = 1  # requests in flight per connection (HTTP/2)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -60,6 +63,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              Targets(max_rss_mb=80)),
     Scenario("stream-10m", "proxied 10 MiB stream, 8 conns", "/api/big", 8,
              Targets()),
+    Scenario("h2-static-4k", "HTTP/2 static 4 KiB, 10x10 streams", f"/static/{SMALL_FILE}", 10,
+             Targets(min_rps_ratio=0.8), protocol="h2", streams=10),
+    Scenario("h2-proxied", "HTTP/2 proxied JSON, 10x10 streams", "/api/json", 10,
+             Targets(min_rps_ratio=0.8), protocol="h2", streams=10),
 )
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -42,7 +43,9 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
         (static / name).write_bytes(os.urandom(size))
     for name in NGINX_TEMP_DIRS:
         (work / name).mkdir()
+    certificate, key = make_certificate(work)
     layout = configs.Layout(work=work, static=static, app_port=free_port(), nginx_port=free_port(),
+                            nginx_tls_port=free_port(), certificate=certificate, key=key,
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
                             proxy_master=proxy_master, run_as_root=os.geteuid() == 0)
     (work / "nginx.conf").write_text(configs.nginx_conf(layout))
@@ -50,8 +53,20 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
     return layout
 
 
+def make_certificate(work: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for both TLS listeners, made by ``proxy gencert`` (the openssl command)."""
+    done = subprocess.run([sys.executable, "-m", "proxy", "gencert", "--out", str(work), "localhost", "127.0.0.1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise StartError(f"cannot make the TLS certificate: {(done.stderr or done.stdout).strip()}")
+    return work / "cert.pem", work / "key.pem"
+
+
+_UNVERIFIED = ssl._create_unverified_context()  # the run's own self-signed certificate
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=timeout, context=_UNVERIFIED) as response:
         return response.status, response.read()
 
 
@@ -62,10 +77,12 @@ class Stack:
     nginx: Child
     proxy: Child
     proxy_port: int
+    proxy_tls_port: int
 
-    def url(self, server: str, path: str) -> str:
-        port = self.proxy_port if server == "proxy" else self.layout.nginx_port
-        return f"http://127.0.0.1:{port}{path}"
+    def url(self, server: str, path: str, tls: bool = False) -> str:
+        if tls:
+            return f"https://127.0.0.1:{self.proxy_tls_port if server == 'proxy' else self.layout.nginx_tls_port}{path}"
+        return f"http://127.0.0.1:{self.proxy_port if server == 'proxy' else self.layout.nginx_port}{path}"
 
     def child(self, server: str) -> Child:
         return self.proxy if server == "proxy" else self.nginx
@@ -96,7 +113,7 @@ def start_nginx(procs: Processes, layout: configs.Layout, nginx: str) -> Child:
 
 
 def start_proxy(procs: Processes, layout: configs.Layout, source: Path, runner: tuple[str, ...] = ("-m", "proxy"),
-                name: str = "proxy") -> tuple[Child, int]:
+                name: str = "proxy") -> tuple[Child, int, int]:
     """``python -m proxy`` from ``source`` (the repo, or a scratch copy being tried out).
 
     ``runner`` replaces ``-m proxy`` to run the same CLI under a profiler.
@@ -104,9 +121,10 @@ def start_proxy(procs: Processes, layout: configs.Layout, source: Path, runner: 
     argv = [sys.executable, *runner, "--config", str(layout.work / "proxy.toml")]
     child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": f"{source}{os.pathsep}{ROOT}"})
     match = child.wait_for_log(r"listening on http://[^\s:]+:(\d+)/")
+    tls = child.wait_for_log(r"listening on https://[^\s:]+:(\d+)/")
     if layout.proxy_master:  # the master logs first, then forks: wait for its workers too
         child.wait_for(lambda: len(child.group()) >= 1 + layout.workers, f"{layout.workers} worker(s)")
-    return child, int(match[1])
+    return child, int(match[1]), int(tls[1])
 
 
 def proxy_supports_workers(source: Path) -> bool:
@@ -124,17 +142,17 @@ def proxy_supports_workers(source: Path) -> bool:
 def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path) -> Stack:
     gunicorn = start_gunicorn(procs, layout)
     nginx_child = start_nginx(procs, layout, nginx)
-    proxy, port = start_proxy(procs, layout, source)
-    return Stack(layout, gunicorn, nginx_child, proxy, port)
+    proxy, port, tls_port = start_proxy(procs, layout, source)
+    return Stack(layout, gunicorn, nginx_child, proxy, port, tls_port)
 
 
-def sanity_check(stack: Stack, paths: list[str]) -> None:
+def sanity_check(stack: Stack, paths: list[str], tls: bool = False) -> None:
     """Every path answers 200 with the same body on both servers before anything is timed."""
     for path in paths:
         bodies = {}
         for server in ("proxy", "nginx"):
             try:
-                status, body = http_get(stack.url(server, path))
+                status, body = http_get(stack.url(server, path, tls))
             except OSError as exc:
                 raise StartError(f"{server} GET {path}: {exc}") from None
             if status != 200:

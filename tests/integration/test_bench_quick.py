@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bench import cli, stack
+from bench import cli, h2load, stack
 from tests.helpers import ROOT, accepting
 
 MISSING = cli.missing_tools()
@@ -29,7 +29,8 @@ def test_quick_bench_runs_every_scenario_and_saves_the_table(tmp_path):
     [saved] = tmp_path.glob("*-quick.json")
     document = json.loads(saved.read_text())
     keys = [s["scenario"]["key"] for s in document["scenarios"]]
-    assert keys == [s.key for s in cli.SCENARIOS]
+    # The HTTP/2 scenarios need h2load; without it they are left out, saying so.
+    assert keys == [s.key for s in cli.SCENARIOS if s.protocol != "h2" or h2load.find()]
     for scenario in document["scenarios"]:
         assert scenario["pairs"] == 1
         for server in ("proxy", "nginx"):
