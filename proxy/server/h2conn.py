@@ -99,7 +99,7 @@ class Http2Protocol(asyncio.Protocol):
     """Serves one HTTP/2 client connection (see the module docstring)."""
 
     __slots__ = ("w", "scheme", "transport", "h2", "facts", "client_ip", "streams", "deadline", "queued",
-                 "write_paused", "closed", "served", "last_stream", "reading", "stalled", "idle_since",
+                 "write_paused", "closed", "served", "last_stream", "reading", "stalled", "sending", "idle_since",
                  "paused_since", "resets", "control", "_receiving", "_flush_soon", "_read_paused")
 
     def __init__(self, worker, scheme: bytes = b"https") -> None:
@@ -118,6 +118,7 @@ class Http2Protocol(asyncio.Protocol):
         self.last_stream: int | None = None  # set once GOAWAY is sent: the last stream id served
         self.reading: set[Stream] = set()  # streams whose request body is still arriving
         self.stalled: set[Stream] = set()  # streams with bytes waiting for their window
+        self.sending: dict[Stream, None] = {}  # streams with bytes (or their END_STREAM) to send, in order
         self.idle_since = 0.0
         self.paused_since = 0.0
         self.resets: http2.Budget | None = None
@@ -200,6 +201,7 @@ class Http2Protocol(asyncio.Protocol):
         self.streams.clear()
         self.reading.clear()
         self.stalled.clear()
+        self.sending.clear()
         if self.h2 is not None:
             w.metrics.http2_open -= 1
             self.h2 = None  # its buffers and streams go now, not with the last reference
@@ -221,8 +223,9 @@ class Http2Protocol(asyncio.Protocol):
         if self._read_paused and not self.closed:
             self._read_paused = False
             self.transport.resume_reading()
-        self._pump_all()
-        self._arm()
+        for stream in self.streams.values():  # each stream's producer may go on (see _settle)
+            self.sending[stream] = None
+        self.dirty()
 
     # --- the one deadline ---
 
@@ -305,7 +308,7 @@ class Http2Protocol(asyncio.Protocol):
     def _on_end(self, event: h2.events.StreamEnded) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
-            stream.ended()
+            stream.request_ended()
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
@@ -316,16 +319,10 @@ class Http2Protocol(asyncio.Protocol):
         stream.lost()
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and stream.out:
-                self.pump(stream)
-        else:
-            self._pump_all()
+        pass  # the streams waiting for it are in self.sending: the flush at the end of this read sends more
 
     def _on_settings(self, event) -> None:
-        if self._spend_control():
-            self._pump_all()  # INITIAL_WINDOW_SIZE or MAX_FRAME_SIZE may have changed
+        self._spend_control()  # INITIAL_WINDOW_SIZE or MAX_FRAME_SIZE may have changed: the flush sends
 
     def _on_settings_acked(self, event) -> None:
         # h2 sets the decoder's limit to the advertised one when the client acknowledges it; between the
@@ -372,32 +369,51 @@ class Http2Protocol(asyncio.Protocol):
 
     # --- sending ---
 
-    def pump(self, stream: Stream) -> None:
-        """Send what ``stream`` holds, as far as the windows allow; then settle its state."""
-        if not self.write_paused:
-            send = self._send_frame
-            while send(stream):
-                pass
-        self._settle(stream)
+    def dirty(self) -> None:
+        """Something is to be sent: written at the end of this read, or else soon (once per loop turn)."""
+        if not self._receiving and not self._flush_soon:
+            self._flush_soon = True
+            self.w.loop.call_soon(self._flush_later)
 
-    def _pump_all(self) -> None:
-        """Send what every stream holds, a frame from each in turn, as far as the windows allow."""
-        if self.closed:
+    def _flush_later(self) -> None:
+        self._flush_soon = False
+        self._flush()
+        self._arm()
+
+    def _flush(self) -> None:
+        """The streams' bytes become DATA frames (as far as the windows allow), then everything h2 queued is
+        written at once. A body's bytes wait until here, so the answers to the streams of one read leave in
+        one write, and a body that ends in the same turn it was written carries END_STREAM on its last frame."""
+        conn = self.h2
+        if conn is None:
             return
-        waiting = [stream for stream in self.streams.values() if stream.out]
+        if self.sending and not self.write_paused:
+            self._pump()
+        data = conn.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _pump(self) -> None:
+        """A frame from each stream with bytes to send in turn, while the windows allow; then settle each."""
+        sending = self.sending
+        waiting = list(sending)
         send = self._send_frame
-        while waiting and not self.write_paused:
+        while waiting:
             waiting = [stream for stream in waiting if send(stream)]
-        for stream in list(self.streams.values()):
+        for stream in list(sending):
             self._settle(stream)
 
     def _send_frame(self, stream: Stream) -> bool:
-        """One DATA frame of ``stream``'s bytes; True when it has more and its window has room."""
+        """One DATA frame of ``stream``'s bytes (or the END_STREAM of an answer whose bytes are all sent);
+        True when it has more and its window has room."""
         out = stream.out
-        if not out or stream.state is DONE:
-            return False
         conn = self.h2
         stream_id = stream.id
+        if not out:
+            if stream.ending and stream.state is not DONE:
+                conn.end_stream(stream_id)
+                stream.ended = True
+            return False
         window = conn.local_flow_control_window(stream_id)
         if window <= 0:
             return False
@@ -413,23 +429,28 @@ class Http2Protocol(asyncio.Protocol):
         else:
             out.popleft()
         stream.out_size -= n
-        conn.send_data(stream_id, data, end_stream=stream.ending and not out)
+        end = stream.ending and not out
+        conn.send_data(stream_id, data, end_stream=end)
+        stream.ended = end
         stream.stalled_since = 0.0
-        self.dirty()
         return bool(out)
 
     def _settle(self, stream: Stream) -> None:
         """After sending: complete the stream, or note that it waits for its window, or let its producer on."""
         if stream.state is DONE:
+            self.sending.pop(stream, None)
             return
-        if stream.ending and not stream.out:
+        if stream.ended:
+            self.sending.pop(stream, None)
             stream.complete()
             return
+        if not stream.out and not stream.ending:
+            self.sending.pop(stream, None)
         if stream.out and not self.write_paused:
             if not stream.stalled_since:
                 stream.stalled_since = self.w.loop.time()
                 self.stalled.add(stream)
-        elif stream.stalled_since or stream in self.stalled:
+        elif stream.stalled_since:
             stream.stalled_since = 0.0
             self.stalled.discard(stream)
         paused = self.write_paused or stream.out_size >= STREAM_HIGH_WATER
@@ -438,25 +459,6 @@ class Http2Protocol(asyncio.Protocol):
         else:
             stream.write_paused = paused
 
-    def dirty(self) -> None:
-        """Frames were queued in h2: written at the end of this read, or else soon (once per loop turn)."""
-        if not self._receiving and not self._flush_soon:
-            self._flush_soon = True
-            self.w.loop.call_soon(self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_soon = False
-        self._flush()
-        self._arm()
-
-    def _flush(self) -> None:
-        conn = self.h2
-        if conn is None:
-            return
-        data = conn.data_to_send()
-        if data and not self.transport.is_closing():
-            self.transport.write(data)
-
     # --- streams' ends, the connection's end ---
 
     def stream_done(self, stream: Stream, request_open: bool) -> None:
@@ -464,6 +466,7 @@ class Http2Protocol(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         self.reading.discard(stream)
         self.stalled.discard(stream)
+        self.sending.pop(stream, None)
         if request_open and not self.closed:
             # RFC 9113 8.1: the answer is complete, the rest of the request is not wanted.
             try:
@@ -540,8 +543,8 @@ class Stream:
     HTTP/1.1, so the same responders serve both."""
 
     __slots__ = ("conn", "id", "w", "client_ip", "scheme", "exchange", "action", "body", "responder", "spool",
-                 "write_paused", "transport", "state", "out", "out_size", "ending", "bodiless", "received",
-                 "last_read", "stalled_since")
+                 "write_paused", "transport", "state", "request_open", "out", "out_size", "ending", "ended",
+                 "bodiless", "received", "last_read", "stalled_since")
 
     takes_sendfile = False  # the bytes go through h2, not straight from a file to the socket
 
@@ -568,9 +571,11 @@ class Stream:
         self.write_paused = conn.write_paused
         self.transport = _StreamSink(self)
         self.state = BODY
+        self.request_open = True  # the client has not ended the stream yet
         self.out: deque = deque()
         self.out_size = 0
         self.ending = False  # the whole answer was handed over; END_STREAM goes with its last byte
+        self.ended = False  # END_STREAM was sent
         self.bodiless = False  # the answer has no body: its HEADERS frame ended the stream
         self.received = 0
         self.last_read = 0.0
@@ -584,6 +589,7 @@ class Stream:
 
     def begin(self, fields, end_stream: bool) -> None:
         w = self.w
+        self.request_open = not end_stream
         try:
             head = http2.request_head(fields, w.config.limits, end_stream)
         except ClientError as exc:
@@ -615,8 +621,9 @@ class Stream:
             self.body.append(data)
         self.last_read = self.w.loop.time()
 
-    def ended(self) -> None:
+    def request_ended(self) -> None:
         """The client ended the stream: the request is complete."""
+        self.request_open = False
         if self.state is BODY:
             self.conn.reading.discard(self)
             self._execute()
@@ -638,6 +645,8 @@ class Stream:
         responder, self.responder = self.responder, None
         if responder is not None:
             responder.client_lost()
+        self.conn.reading.discard(self)
+        self.state = RESPOND  # what the client still sends for it is dropped
         self.exchange.handler = "local"
         self.reply(refusal(exc))
 
@@ -680,7 +689,7 @@ class Stream:
             return
         self.exchange.body_bytes += len(body)
         self.ending = True
-        self.send(body)
+        self.send(body)  # with END_STREAM on its last frame
 
     def write(self, data) -> None:
         if self.bodiless or self.state is DONE:
@@ -692,12 +701,17 @@ class Stream:
             self.send(data)
 
     def send(self, data) -> None:
-        """Bytes of the body, into DATA frames as the window allows (the sink's ``write``)."""
+        """Bytes of the body (the sink's ``write``): DATA frames at the connection's next flush, as far as the
+        window allows; past STREAM_HIGH_WATER waiting, the producer is paused."""
         if self.state is DONE or not data:
             return
         self.out.append(data)
         self.out_size += len(data)
-        self.conn.pump(self)
+        if self.out_size >= STREAM_HIGH_WATER:
+            self.write_paused = True
+        conn = self.conn
+        conn.sending[self] = None
+        conn.dirty()
 
     def finish(self) -> None:
         spool = self.spool
@@ -712,13 +726,10 @@ class Stream:
         if self.bodiless:  # its HEADERS ended the stream
             self.complete()
             return
-        self.ending = True
-        if self.out:
-            self.conn.pump(self)  # END_STREAM goes with the last frame
-            return
-        self.conn.h2.end_stream(self.id)
-        self.conn.dirty()
-        self.complete()
+        self.ending = True  # END_STREAM goes with the last frame, at the flush (or alone if all is sent)
+        conn = self.conn
+        conn.sending[self] = None
+        conn.dirty()
 
     def resume(self) -> None:
         """The stream's window (or the socket) has room again: the producer goes on."""
@@ -756,9 +767,8 @@ class Stream:
         """The whole answer was handed to h2: the request is logged and forgotten."""
         if self.state is DONE:
             return
-        request_open = self.state is BODY
         self.state = DONE
-        self.conn.stream_done(self, request_open)
+        self.conn.stream_done(self, self.request_open)
         self.w.metrics.http2_streams += 1
         self._end_exchange()
 
@@ -766,7 +776,6 @@ class Stream:
         """The client reset the stream, or the connection ended, before the answer was complete (499)."""
         if self.state is DONE:
             return
-        request_open = self.state is BODY
         self.state = DONE
         self.out.clear()
         self.out_size = 0
