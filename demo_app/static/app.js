@@ -133,7 +133,7 @@ async function loadWhoami() {
     if (connect) {
       const reused = connect.desc === "reused";
       setField("api.conn", reused ? "pooled, reused" : `new (${ms(connect.dur)} to connect)`, reused ? "reused" : "new");
-      setField("api.hop2", reused ? "HTTP/1.1, kept-alive connection" : "HTTP/1.1, new connection");
+      setField("api.hop2", `${seen.protocol || "HTTP/1.1"}, ${reused ? "kept-alive" : "new"} connection`);
     } else {
       setField("api.conn", "–");
     }
