@@ -27,7 +27,8 @@ BIG = 4 * MIB
 
 
 def limits_config(app: str, send_timeout: float = 1.5) -> str:
-    return tls_site_config(app, limits=f"send_timeout = {send_timeout}\nkeepalive_timeout = 1.5", static=True)
+    return tls_site_config(app, limits=f"send_timeout = {send_timeout}\nkeepalive_timeout = 1.5\nbody_timeout = 1.5",
+                           static=True)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,17 @@ def test_control_frame_floods(site, frame):
         except OSError:
             pass
         assert goaway_code(client) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_request_body_that_stops_gets_408_on_its_stream(site):
+    with H2Client(site.tls_port) as client:
+        stalled = client.start("POST", "/echo", [("content-length", "100")], end=False)
+        client.send_body(stalled, b"x" * 10, end=False)
+        began = time.monotonic()
+        response = client.response(stalled, timeout=10)
+        assert response.status == 408
+        assert 1.0 < time.monotonic() - began < 8
+        assert client.request("GET", "/static/small.txt").status == 200  # the connection goes on
 
 
 def test_a_few_pings_are_answered(site):
