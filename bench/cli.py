@@ -1,11 +1,15 @@
 """``python -m bench`` (``make bench``): measure the proxy against nginx, print and save the table.
 
 Order of a run: check wrk and nginx are installed; lay out a temporary folder;
-start Gunicorn, nginx and the proxy (one worker each); check every scenario's
-URL answers the same on both; then per scenario a warm-up of each server and
-``--pairs`` back-to-back pairs of wrk runs. Pairs alternate which server goes
-first (proxy-nginx, nginx-proxy, ...) so a drift in the machine's speed
-during a pair does not always favour the same side.
+start Gunicorn, nginx and the proxy once per HTTP/1.1 engine (``--engines``,
+default llhttp and h11; one worker each); check every scenario's URL answers
+the same on all of them; then per scenario a warm-up of each server and
+``--groups`` groups of back-to-back runs, one per server (wrk; h2load over
+TLS for the HTTP/2 scenarios). The order
+rotates from one group to the next (llhttp-nginx-h11, nginx-h11-llhttp,
+h11-llhttp-nginx, ...) so a drift in the machine's speed during a group does
+not always favour the same server; each engine is reported as the median of
+its per-group ratios to nginx.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from . import h2load, load, report, stack as stack_module, wrk
+from .configs import ENGINES
 from .procs import Processes, StartError, UsageMeter, raise_open_files_limit, sigterm_as_interrupt
 from .scenarios import BY_KEY, SCENARIOS, Scenario
 
@@ -31,7 +36,7 @@ INSTALL_HINT = "install it with: apt-get install -y nginx wrk"
 H2LOAD_HINT = "apt-get install -y nghttp2-client"
 OPEN_FILES = 16384  # 1,000 client connections, as many upstream ones, and headroom, for wrk, nginx and the proxy
 
-# (pairs, seconds per run, warm-up seconds per server per scenario)
+# (groups, seconds per run, warm-up seconds per server per scenario)
 FULL = (5, 3.0, 1.0)
 QUICK = (1, 1.0, 0.0)
 
@@ -39,7 +44,8 @@ QUICK = (1, 1.0, 0.0)
 @dataclasses.dataclass(frozen=True)
 class Options:
     scenarios: tuple[Scenario, ...]
-    pairs: int
+    engines: tuple[str, ...]
+    groups: int
     seconds: float
     warmup: float
     wrk_threads: int
@@ -61,12 +67,18 @@ def _on_off(value: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one 1 s pair per scenario, no warm-up (a smoke test, < 30 s)")
-    p.add_argument("--pairs", type=int, help=f"back-to-back pairs per scenario (default {FULL[0]}, quick {QUICK[0]})")
+    p.add_argument("--quick", action="store_true",
+                   help="one group of 1 s runs per scenario, no warm-up (a smoke test, < 30 s)")
+    p.add_argument("--groups", "--pairs", type=int, metavar="N",
+                   help=f"groups of back-to-back runs (one per server) per scenario (default {FULL[0]}, "
+                        f"quick {QUICK[0]})")
     p.add_argument("--seconds", type=float, help=f"length of one wrk run (default {FULL[1]:g})")
     p.add_argument("--warmup", type=float, help=f"warm-up per server per scenario (default {FULL[2]:g})")
     p.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS],
                    help="run only this scenario (repeatable; default all)")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES), metavar="ENGINE",
+                   help=f"the proxy's [server] http_engine values to measure, each in a proxy of its own "
+                        f"(default: {' '.join(ENGINES)}; one of {', '.join(ENGINES)})")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s: one per core)")
     p.add_argument("--nginx-sendfile", type=_on_off, default=False, metavar="on|off",
                    help="nginx's sendfile (default off: faster here, see docs/performance.md)")
@@ -85,11 +97,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    pairs, seconds, warmup = QUICK if args.quick else FULL
+    groups, seconds, warmup = QUICK if args.quick else FULL
     chosen = tuple(BY_KEY[k] for k in args.scenario) if args.scenario else SCENARIOS
     return Options(
         scenarios=chosen,
-        pairs=max(1, args.pairs if args.pairs is not None else pairs),
+        engines=tuple(dict.fromkeys(args.engines)),
+        groups=max(1, args.groups if args.groups is not None else groups),
         seconds=max(1.0, args.seconds if args.seconds is not None else seconds),
         warmup=max(0.0, args.warmup if args.warmup is not None else warmup),
         wrk_threads=max(1, args.wrk_threads),
@@ -152,16 +165,12 @@ def meta(opts: Options, nginx: str) -> dict:
         "versions": {"python": platform.python_version(), "nginx": _version([nginx, "-v"]),
                      "wrk": _version(["wrk", "-v"]), "h2load": _version(["h2load", "--version"]),
                      "h11": package("h11"), "h2": package("h2"), "gunicorn": package("gunicorn"),
-                     "flask": package("flask")},
-        "options": {"pairs": opts.pairs, "seconds": opts.seconds, "warmup": opts.warmup,
-                    "wrk_threads": opts.wrk_threads, "nginx_sendfile": opts.nginx_sendfile,
+                     "flask": package("flask"), "httptools": package("httptools"), "uvloop": package("uvloop")},
+        "options": {"engines": list(opts.engines), "groups": opts.groups, "seconds": opts.seconds,
+                    "warmup": opts.warmup, "wrk_threads": opts.wrk_threads, "nginx_sendfile": opts.nginx_sendfile,
                     "proxy_sendfile": opts.proxy_sendfile, "workers": opts.workers, "quick": opts.quick,
                     "gunicorn": " ".join(stack_module.GUNICORN_ARGS)},
     }
-
-
-def order(pair: int) -> tuple[str, str]:
-    return ("proxy", "nginx") if pair % 2 == 0 else ("nginx", "proxy")
 
 
 def _children_cpu() -> float:
@@ -169,7 +178,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts: Options, pair: int) -> report.Run:
+def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts: Options, group: int) -> report.Run:
     meter = UsageMeter(stack.child(server))
     app = UsageMeter(stack.gunicorn)
     wrk_before = _children_cpu()
@@ -178,43 +187,43 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
     app_usage = app.read()
     wrk_cpu = _children_cpu() - wrk_before
     stack.check_alive()
-    return report.Run(server, pair, result, usage.cpu_seconds, usage.peak_rss_mb, usage.system_seconds,
+    return report.Run(server, group, result, usage.cpu_seconds, usage.peak_rss_mb, usage.system_seconds,
                       app_usage.cpu_seconds, wrk_cpu)
 
 
 def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
     if opts.warmup:
-        for server in report.SERVERS:
+        for server in report.servers(opts.engines):
             load.run(scenario, stack.url(server, scenario.path, load.tls(scenario)), opts.warmup, opts.wrk_threads)
     runs = []
-    for pair in range(opts.pairs):
-        for server in order(pair):
-            run = measure_one(stack, server, scenario, opts, pair)
+    for group in range(opts.groups):
+        for server in report.order(group, opts.engines):
+            run = measure_one(stack, server, scenario, opts, group)
             runs.append(run)
-            print(f"  pair {pair + 1}/{opts.pairs} {server:5}: {run.wrk.rps:10,.0f} req/s  "
-                  f"p99 {run.wrk.p99_ms:8.2f} ms  CPU µs/req: {run.cpu_us_per_request:5.0f} {server}, "
+            print(f"  group {group + 1}/{opts.groups} {report.label(server):12}: {run.wrk.rps:10,.0f} req/s  "
+                  f"p99 {run.wrk.p99_ms:8.2f} ms  CPU µs/req: {run.cpu_us_per_request:5.0f} server, "
                   f"{run.per_request_us(run.app_cpu_seconds):5.0f} app, {run.per_request_us(run.wrk_cpu_seconds):4.0f} wrk"
                   f"  errors {run.wrk.error_count}", flush=True)
     return runs
 
 
 def estimate_seconds(opts: Options) -> float:
-    per_scenario = opts.pairs * 2 * opts.seconds + 2 * opts.warmup
+    servers = len(opts.engines) + 1
+    per_scenario = opts.groups * servers * opts.seconds + servers * opts.warmup
     return len(opts.scenarios) * per_scenario + 5
 
 
 def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
     started = time.monotonic()
-    stack = stack_module.start(procs, layout, nginx, opts.source)
+    stack = stack_module.start(procs, layout, nginx, opts.source, opts.engines)
     for tls in sorted({load.tls(s) for s in opts.scenarios}):
         stack_module.sanity_check(stack, sorted({s.path for s in opts.scenarios if load.tls(s) == tls}), tls)
-    print(f"servers up: proxy :{stack.proxy_port}, nginx :{layout.nginx_port}, gunicorn :{layout.app_port} "
-          f"({time.monotonic() - started:.1f}s)", flush=True)
+    print(f"servers up: {stack.describe()} ({time.monotonic() - started:.1f}s)", flush=True)
     summaries, runs = [], {}
     for scenario in opts.scenarios:
         print(f"{scenario.title}:", flush=True)
         runs[scenario.key] = measure(stack, scenario, opts)
-        summaries.append(report.summarise(scenario, runs[scenario.key]))
+        summaries.append(report.summarise(scenario, runs[scenario.key], opts.engines))
     elapsed = time.monotonic() - started
     info = meta(opts, nginx)
     info["elapsed_seconds"] = round(elapsed, 1)
@@ -223,17 +232,31 @@ def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
     path = report.save(document, opts.results, stem)
     print()
     print(document["table"])
-    print(f"\nratio = median over {opts.pairs} back-to-back pair(s) of proxy/nginx; req/s and latencies are medians; "
+    print(f"\nratio = median over {opts.groups} group(s) of back-to-back runs of that proxy's req/s / nginx's "
+          f"(p99 ratio likewise); req/s, latencies and CPU µs per request (server, Gunicorn, wrk) are medians; "
           f"{elapsed:.0f}s in all. Saved {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = options_from(parser().parse_args(argv))
-    proxy_master = stack_module.proxy_supports_workers(opts.source)
+    if not (opts.source / "proxy" / "config.py").is_file():
+        print(f"bench: {opts.source} holds no proxy/config.py: --proxy-src takes a copy of this repository "
+              f"(the folder that holds proxy/)", file=sys.stderr)
+        return 2
+    try:
+        keys = stack_module.proxy_server_keys(opts.source)
+    except StartError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    proxy_master = "workers" in keys
     if opts.workers != 1 and not proxy_master:
         print("bench: --proxy-workers is disabled: the proxy has no [server] workers key yet "
               "(it runs one process). Leave it at 1 until proxy/config.py declares one.", file=sys.stderr)
+        return 2
+    if "http_engine" not in keys:
+        print(f"bench: the proxy in {opts.source} has no [server] http_engine key, so its engine cannot be "
+              f"chosen: measure a proxy that declares it (--proxy-src)", file=sys.stderr)
         return 2
     problems = missing_tools()
     if problems:
@@ -251,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: warning: open files limited to {limit}; the 1,000-connection scenario may fail",
               file=sys.stderr)
     sigterm_as_interrupt()
-    print(f"bench: {len(opts.scenarios)} scenario(s) x {opts.pairs} pair(s) x {opts.seconds:g}s, "
+    print(f"bench: {len(opts.scenarios)} scenario(s) x {opts.groups} group(s) x {len(opts.engines) + 1} servers "
+          f"({', '.join(map(report.label, report.servers(opts.engines)))}) x {opts.seconds:g}s, "
           f"about {estimate_seconds(opts):.0f}s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="twotier-bench-"))
     try:
         layout = stack_module.prepare(work, nginx_sendfile=opts.nginx_sendfile, proxy_sendfile=opts.proxy_sendfile,
-                                      workers=opts.workers, proxy_master=proxy_master)
+                                      workers=opts.workers, engines=opts.engines, proxy_master=proxy_master)
         with Processes(work, stack_module.ROOT) as procs:
             if opts.profile:
                 from . import profiling

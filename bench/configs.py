@@ -1,8 +1,8 @@
-"""The two servers' configurations, written so that they do the same work.
+"""The servers' configurations, written so that they do the same work.
 
-Both: one worker, access log off, a plain listener and a TLS one that
-offers HTTP/2 (the same self-signed certificate; nginx ``listen ... ssl
-http2``), /static/ served from the same folder,
+All of them: one worker, access log off, a plain listener and a TLS one
+that offers HTTP/2 (the same self-signed certificate; nginx ``listen ...
+ssl http2``), /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -13,14 +13,29 @@ stat the other makes. ``keepalive_requests`` is high on both: h2load does
 not open a new connection after a GOAWAY, so a limit it reaches would end
 its run in errors.
 
+The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
+identical but for ``[server] http_engine``.
+
+What each URL prefix does is one row of ``LOCATIONS``: nginx's ``location``
+block and the proxy's ``[[routes]]`` entry side by side, with what either
+needs beside them (an nginx ``http``-level directive such as
+``proxy_cache_path``, a top-level proxy table such as ``[caches.NAME]``), so
+a new scenario that needs a new kind of work adds one row and both servers
+get it.
+
 Pure functions of a ``Layout``: nothing here touches the file system.
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+# The proxy's [server] http_engine values the harness measures, in the order they are reported.
+# "auto" means llhttp; the harness names the engine so the label and the config cannot disagree.
+ENGINES = ("llhttp", "h11")
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,68 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+
+    def proxy_config(self, engine: str) -> Path:
+        """Where the config of the proxy running ``engine`` is written."""
+        return self.work / f"proxy-{engine}.toml"
+
+
+def _nothing(layout: Layout) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Location:
+    """One URL prefix, served alike by both servers. Each part is a function of the Layout, giving lines."""
+
+    prefix: str
+    nginx: Callable[[Layout], str]  # the directives inside nginx's `location PREFIX { }`
+    proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
+    nginx_http: Callable[[Layout], str] = _nothing  # directives it needs in nginx's http block
+    proxy_tables: Callable[[Layout], str] = _nothing  # top-level TOML tables it needs in the proxy's config
+
+
+def _nginx_static(layout: Layout) -> str:
+    return f"""\
+alias {layout.static}/;
+gzip_static on;
+"""
+
+
+def _nginx_api(layout: Layout) -> str:
+    return """\
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Forwarded-For $remote_addr;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Forwarded-Host $http_host;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+proxy_set_header X-Request-ID $request_id;
+add_header X-Request-ID $request_id always;
+proxy_connect_timeout 3s;
+proxy_read_timeout 60s;
+proxy_send_timeout 60s;
+proxy_buffer_size 8k;
+proxy_buffers 8 8k;
+"""
+
+
+LOCATIONS: tuple[Location, ...] = (
+    Location("/static/", _nginx_static, lambda layout: f'static = "{layout.static}"\n'),
+    Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
+)
+
+
+def _nginx_locations(layout: Layout) -> str:
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n" for loc in LOCATIONS]
+    return textwrap.indent("\n".join(blocks), " " * 8)
+
+
+def _nginx_http(layout: Layout) -> str:
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in LOCATIONS), " " * 4)
 
 
 KEEPALIVE_REQUESTS = 1_000_000
@@ -79,7 +156,7 @@ http {{
     fastcgi_temp_path {work}/nginx-fastcgi-temp;
     uwsgi_temp_path {work}/nginx-uwsgi-temp;
     scgi_temp_path {work}/nginx-scgi-temp;
-
+{_nginx_http(layout)}
     upstream app {{
         server 127.0.0.1:{layout.app_port};
         keepalive 32;
@@ -93,41 +170,21 @@ http {{
         ssl_certificate_key {layout.key};
         ssl_protocols TLSv1.2 TLSv1.3;
 
-        location /static/ {{
-            alias {layout.static}/;
-            gzip_static on;
-        }}
-
-        location /api/ {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
-            proxy_set_header X-Request-ID $request_id;
-            add_header X-Request-ID $request_id always;
-            proxy_connect_timeout 3s;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-            proxy_buffer_size 8k;
-            proxy_buffers 8 8k;
-        }}
-    }}
+{_nginx_locations(layout)}    }}
 }}
 """
 
 
-def proxy_toml(layout: Layout) -> str:
+def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in LOCATIONS) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]
         listen = ["127.0.0.1:0"]
         sendfile = {"true" if layout.proxy_sendfile else "false"}
+        http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
 
         [limits]
@@ -144,12 +201,4 @@ def proxy_toml(layout: Layout) -> str:
         [upstreams.app]
         servers = ["127.0.0.1:{layout.app_port}"]
         keepalive = 32
-
-        [[routes]]
-        prefix = "/static/"
-        static = "{layout.static}"
-
-        [[routes]]
-        prefix = "/api/"
-        upstream = "app"
-        """)
+        """) + routes + tables

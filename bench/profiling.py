@@ -1,6 +1,7 @@
 """``python -m bench --profile cprofile|py-spy``: where the proxy's time goes, per request.
 
-The proxy runs alone in front of the same Gunicorn, one scenario at a time:
+The proxy runs alone in front of the same Gunicorn, one scenario and one
+HTTP/1.1 engine (``--engines``) at a time:
 
 * ``cprofile``: the proxy runs under cProfile with a CPU-time clock
   (bench/cpuprofile.py) and is stopped with SIGTERM after the wrk run, which
@@ -163,15 +164,16 @@ def find_pyspy() -> str | None:
     return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
-def _measure(procs: Processes, layout, scenario: Scenario, opts, runner: tuple[str, ...], name: str,
+def _measure(procs: Processes, layout, scenario: Scenario, opts, engine: str, runner: tuple[str, ...], name: str,
              during=None, warmup: bool = True):
-    """Start a proxy with ``runner``, warm it up, run the load once; returns (child, result, usage).
+    """Start a proxy with ``engine`` under ``runner``, warm it up, run the load once; returns (child, result,
+    usage).
 
-    ``during(child)`` is started just before wrk (py-spy) and its return value waited on after it.
+    ``during(child)`` is started just before the load (py-spy) and its return value waited on after it.
     """
-    proxy, port, tls_port = stack_module.start_proxy(procs, layout, opts.source, runner, name=name)
-    url = f"https://127.0.0.1:{tls_port}{scenario.path}" if load.tls(scenario) else \
-        f"http://127.0.0.1:{port}{scenario.path}"
+    server = stack_module.start_proxy(procs, layout, opts.source, engine, runner, name=name)
+    proxy = server.child
+    url = server.url(scenario.path, load.tls(scenario))
     if warmup and opts.warmup:
         load.run(scenario, url, opts.warmup, opts.wrk_threads)
     waiter = during(proxy) if during else None
@@ -190,12 +192,13 @@ def _cpu_note(result, usage) -> str:
             f"{usage.cpu_seconds / result.seconds * 100:.0f}% of a core")
 
 
-def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts) -> str:
-    proxy, base, base_usage = _measure(procs, layout, scenario, opts, ("-m", "proxy"), f"proxy-{scenario.key}")
+def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts, engine: str) -> str:
+    tag = f"{scenario.key}-{engine}"
+    proxy, base, base_usage = _measure(procs, layout, scenario, opts, engine, ("-m", "proxy"), f"proxy-{tag}")
     procs.stop(proxy)
-    out = layout.work / f"{scenario.key}.prof"
-    proxy, result, usage = _measure(procs, layout, scenario, opts, ("-m", "bench.cpuprofile", str(out)),
-                                    f"proxy-cprofile-{scenario.key}", warmup=False)
+    out = layout.work / f"{tag}.prof"
+    proxy, result, usage = _measure(procs, layout, scenario, opts, engine, ("-m", "bench.cpuprofile", str(out)),
+                                    f"proxy-cprofile-{tag}", warmup=False)
     procs.stop(proxy)  # SIGTERM: the proxy drains and returns, and cpuprofile writes its stats
     if not out.exists():
         raise RuntimeError(f"cProfile wrote no {out}:\n{proxy.tail()}")
@@ -208,11 +211,12 @@ def _profile_cprofile(procs: Processes, layout, scenario: Scenario, opts) -> str
     note = (f"cProfile (CPU-time clock). Without the profiler: {_cpu_note(base, base_usage)}. Under it: "
             f"{result.rps:,.0f} req/s. No warm-up under the profiler, so calls per request are exact (start-up included); "
             f"µs = share of profiled self time x the unprofiled CPU µs/req.")
-    return render(f"== {scenario.title}: cProfile", rows, note)
+    return render(f"== {scenario.title}, proxy {engine}: cProfile", rows, note)
 
 
-def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, pyspy: str) -> str:
-    out = layout.work / f"{scenario.key}.pyspy.txt"
+def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, engine: str, pyspy: str) -> str:
+    tag = f"{scenario.key}-{engine}"
+    out = layout.work / f"{tag}.pyspy.txt"
     seconds = max(1, round(opts.seconds))
 
     def record(proxy):
@@ -230,7 +234,7 @@ def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, pyspy: st
                     spy.wait()
         return wait
 
-    proxy, result, usage = _measure(procs, layout, scenario, opts, ("-m", "proxy"), f"proxy-pyspy-{scenario.key}",
+    proxy, result, usage = _measure(procs, layout, scenario, opts, engine, ("-m", "proxy"), f"proxy-pyspy-{tag}",
                                     during=record)
     procs.stop(proxy)
     if not out.exists():
@@ -239,7 +243,7 @@ def _profile_pyspy(procs: Processes, layout, scenario: Scenario, opts, pyspy: st
     note = (f"py-spy record --nonblocking at {PYSPY_RATE} Hz, {samples} busy samples; {_cpu_note(result, usage)}. "
             f"µs = share of samples x CPU µs/req. A thread pre-empted while runnable is sampled too, which "
             f"overweights loopback send() (it wakes the reader).")
-    return render(f"== {scenario.title}: py-spy", rows, note)
+    return render(f"== {scenario.title}, proxy {engine}: py-spy", rows, note)
 
 
 def run(opts, layout, procs: Processes) -> int:
@@ -253,11 +257,12 @@ def run(opts, layout, procs: Processes) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     stack_module.start_gunicorn(procs, layout)
     for scenario in opts.scenarios:
-        if pyspy:
-            text = _profile_pyspy(procs, layout, scenario, opts, pyspy)
-        else:
-            text = _profile_cprofile(procs, layout, scenario, opts)
-        (folder / f"{scenario.key}-{opts.profile}.txt").write_text(text)
-        print(text, flush=True)
+        for engine in opts.engines:
+            if pyspy:
+                text = _profile_pyspy(procs, layout, scenario, opts, engine, pyspy)
+            else:
+                text = _profile_cprofile(procs, layout, scenario, opts, engine)
+            (folder / f"{scenario.key}-{engine}-{opts.profile}.txt").write_text(text)
+            print(text, flush=True)
     print(f"profiles saved in {folder}")
     return 0

@@ -1,14 +1,18 @@
-"""From measurements to the table: pair ratios, medians, targets, JSON.
+"""From measurements to the table: per-group ratios, medians, targets, JSON.
 
 Only ratios of runs made back to back mean anything on a shared machine (the
-same nginx has measured 6.3k and then 2.3k req/s a minute apart), so every
-ratio is computed inside one pair and the reported ratio is the median over
-pairs. The absolute req/s and latencies are medians too, shown for scale.
+same nginx has measured 6.3k and then 2.3k req/s a minute apart), so each
+scenario is measured as groups of back-to-back runs (nginx and the proxy
+once per engine), every ratio is computed inside one group, and the ratio
+reported for an engine is the median of its per-group ratios, never a ratio
+of medians. The absolute req/s, latencies and CPU per request are medians
+too, shown for scale.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,15 +20,32 @@ from pathlib import Path
 from .scenarios import Scenario
 from .wrk import WrkResult
 
-SERVERS = ("proxy", "nginx")
+NGINX = "nginx"  # the reference every proxy run is divided by; the proxies are named by their engine
+
+
+def servers(engines: tuple[str, ...]) -> tuple[str, ...]:
+    """The servers of one group in their first order: nginx after the first engine (llhttp, nginx, h11)."""
+    return (*engines[:1], NGINX, *engines[1:])
+
+
+def order(group: int, engines: tuple[str, ...]) -> tuple[str, ...]:
+    """The servers in the order group ``group`` runs them: rotated by one each group, so that a drift in the
+    machine's speed during a group favours no server (with one engine: proxy-nginx, nginx-proxy, ...)."""
+    first = servers(engines)
+    turn = group % len(first)
+    return first[turn:] + first[:turn]
+
+
+def label(server: str) -> str:
+    return server if server == NGINX else f"proxy {server}"
 
 
 @dataclass(frozen=True)
 class Run:
     """One wrk run against one server."""
 
-    server: str
-    pair: int
+    server: str  # NGINX or the proxy's engine
+    group: int
     wrk: WrkResult
     cpu_seconds: float  # CPU used by the server's process group during the run
     peak_rss_mb: float
@@ -42,24 +63,38 @@ class Run:
 
 @dataclass(frozen=True)
 class ServerSummary:
+    """One server over a scenario's groups: medians, the highest RSS, the errors summed."""
+
     rps: float
     p50_ms: float
     p99_ms: float
     cpu_us_per_request: float
-    peak_rss_mb: float  # the highest over the runs
-    errors: dict[str, int]  # summed over the runs
+    system_us_per_request: float
+    app_cpu_us_per_request: float  # Gunicorn's CPU per request while this server was measured
+    wrk_cpu_us_per_request: float
+    peak_rss_mb: float
+    errors: dict[str, int]
+
+
+@dataclass(frozen=True)
+class EngineSummary:
+    """The proxy running one engine, judged against nginx in the same groups."""
+
+    engine: str
+    proxy: ServerSummary
+    rps_ratio: float  # median over groups of proxy/nginx req/s
+    p99_ratio: float  # median over groups of proxy/nginx p99
+    rps_ratios: tuple[float, ...]
+    p99_ratios: tuple[float, ...]
+    verdict: str  # "met" or "missed: ..."
 
 
 @dataclass(frozen=True)
 class ScenarioSummary:
     scenario: Scenario
-    pairs: int
-    proxy: ServerSummary
+    groups: int  # complete groups: every server measured
     nginx: ServerSummary
-    rps_ratio: float  # median over pairs of proxy/nginx req/s
-    p99_ratio: float  # median over pairs of proxy/nginx p99
-    rps_ratios: tuple[float, ...]
-    verdict: str  # "met", "missed: ..." or "-"
+    engines: tuple[EngineSummary, ...]
 
 
 def _server_summary(runs: list[Run]) -> ServerSummary:
@@ -67,27 +102,49 @@ def _server_summary(runs: list[Run]) -> ServerSummary:
     for run in runs:
         for kind, count in run.wrk.errors.items():
             errors[kind] = errors.get(kind, 0) + count
+
+    def median(per_run) -> float:
+        return statistics.median(per_run(r) for r in runs)
+
     return ServerSummary(
-        rps=statistics.median(r.wrk.rps for r in runs),
-        p50_ms=statistics.median(r.wrk.p50_ms for r in runs),
-        p99_ms=statistics.median(r.wrk.p99_ms for r in runs),
-        cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in runs),
+        rps=median(lambda r: r.wrk.rps),
+        p50_ms=median(lambda r: r.wrk.p50_ms),
+        p99_ms=median(lambda r: r.wrk.p99_ms),
+        cpu_us_per_request=median(lambda r: r.cpu_us_per_request),
+        system_us_per_request=median(lambda r: r.per_request_us(r.system_seconds)),
+        app_cpu_us_per_request=median(lambda r: r.per_request_us(r.app_cpu_seconds)),
+        wrk_cpu_us_per_request=median(lambda r: r.per_request_us(r.wrk_cpu_seconds)),
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         errors=errors,
     )
 
 
 def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+    return a / b if b else float("nan")  # nginx answered nothing in that run (possible in a 1 s --quick run)
+
+
+def _median_ratio(ratios: tuple[float, ...]) -> float:
+    """The median of the groups' ratios that are defined; NaN when none is."""
+    defined = [r for r in ratios if math.isfinite(r)]
+    return statistics.median(defined) if defined else float("nan")
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "n/a"
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined ratio is saved as null."""
+    return value if math.isfinite(value) else None
 
 
 def verdict(scenario: Scenario, proxy: ServerSummary, rps_ratio: float, p99_ratio: float) -> str:
     targets = scenario.targets
     missed = []
     if targets.min_rps_ratio is not None and not rps_ratio >= targets.min_rps_ratio:
-        missed.append(f"req/s {rps_ratio:.2f}x < {targets.min_rps_ratio:g}x")
+        missed.append(f"req/s {_times(rps_ratio)} < {targets.min_rps_ratio:g}x")
     if targets.max_p99_ratio is not None and not p99_ratio <= targets.max_p99_ratio:
-        missed.append(f"p99 {p99_ratio:.2f}x > {targets.max_p99_ratio:g}x")
+        missed.append(f"p99 {_times(p99_ratio)} > {targets.max_p99_ratio:g}x")
     if targets.max_rss_mb is not None and not proxy.peak_rss_mb < targets.max_rss_mb:
         missed.append(f"RSS {proxy.peak_rss_mb:.0f} MB >= {targets.max_rss_mb:g} MB")
     if targets.no_errors and sum(proxy.errors.values()):
@@ -95,28 +152,32 @@ def verdict(scenario: Scenario, proxy: ServerSummary, rps_ratio: float, p99_rati
     return "missed: " + "; ".join(missed) if missed else "met"
 
 
-def summarise(scenario: Scenario, runs: list[Run]) -> ScenarioSummary:
-    """Pair up the runs (same ``pair`` index) and reduce them to medians."""
-    by_pair: dict[int, dict[str, Run]] = {}
+def _engine_summary(scenario: Scenario, engine: str, groups: list[dict[str, Run]]) -> EngineSummary:
+    rps_ratios = tuple(_ratio(g[engine].wrk.rps, g[NGINX].wrk.rps) for g in groups)
+    p99_ratios = tuple(_ratio(g[engine].wrk.p99_ms, g[NGINX].wrk.p99_ms) for g in groups)
+    proxy = _server_summary([g[engine] for g in groups])
+    rps_ratio, p99_ratio = _median_ratio(rps_ratios), _median_ratio(p99_ratios)
+    return EngineSummary(engine, proxy, rps_ratio, p99_ratio, rps_ratios, p99_ratios,
+                         verdict(scenario, proxy, rps_ratio, p99_ratio))
+
+
+def summarise(scenario: Scenario, runs: list[Run], engines: tuple[str, ...]) -> ScenarioSummary:
+    """Group the runs (same ``group`` index), keep the complete groups and reduce them to medians."""
+    by_group: dict[int, dict[str, Run]] = {}
     for run in runs:
-        by_pair.setdefault(run.pair, {})[run.server] = run
-    complete = [p for _, p in sorted(by_pair.items()) if all(s in p for s in SERVERS)]
+        by_group.setdefault(run.group, {})[run.server] = run
+    wanted = servers(engines)
+    complete = [g for _, g in sorted(by_group.items()) if all(s in g for s in wanted)]
     if not complete:
-        raise ValueError(f"{scenario.key}: no complete pair of runs")
-    rps_ratios = tuple(_ratio(p["proxy"].wrk.rps, p["nginx"].wrk.rps) for p in complete)
-    p99_ratios = [_ratio(p["proxy"].wrk.p99_ms, p["nginx"].wrk.p99_ms) for p in complete]
-    proxy = _server_summary([p["proxy"] for p in complete])
-    nginx = _server_summary([p["nginx"] for p in complete])
-    rps_ratio = statistics.median(rps_ratios)
-    p99_ratio = statistics.median(p99_ratios)
-    return ScenarioSummary(scenario, len(complete), proxy, nginx, rps_ratio, p99_ratio, rps_ratios,
-                           verdict(scenario, proxy, rps_ratio, p99_ratio))
+        raise ValueError(f"{scenario.key}: no complete group of runs")
+    return ScenarioSummary(scenario, len(complete), _server_summary([g[NGINX] for g in complete]),
+                           tuple(_engine_summary(scenario, e, complete) for e in engines))
 
 
 # --- output -----------------------------------------------------------------
 
-COLUMNS = ("scenario", "proxy req/s", "nginx req/s", "ratio", "proxy p50 / p99 ms", "nginx p50 / p99 ms",
-           "p99 ratio", "proxy CPU µs/req", "nginx CPU µs/req", "proxy peak RSS", "errors p/n", "target")
+COLUMNS = ("scenario", "server", "req/s", "ratio", "p50 / p99 ms", "p99 ratio", "CPU µs/req", "app µs/req",
+           "wrk µs/req", "peak RSS", "errors", "verdict")
 
 
 def _rps(value: float) -> str:
@@ -127,50 +188,55 @@ def _ms(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def row(summary: ScenarioSummary) -> tuple[str, ...]:
-    p, n = summary.proxy, summary.nginx
-    return (
-        summary.scenario.title,
-        _rps(p.rps), _rps(n.rps),
-        f"**{summary.rps_ratio:.2f}x**",
-        f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)}", f"{_ms(n.p50_ms)} / {_ms(n.p99_ms)}",
-        f"{summary.p99_ratio:.2f}x",
-        f"{p.cpu_us_per_request:.0f}", f"{n.cpu_us_per_request:.0f}",
-        f"{p.peak_rss_mb:.0f} MB",
-        f"{sum(p.errors.values())}/{sum(n.errors.values())}",
-        f"{summary.scenario.targets.describe()}: {summary.verdict}",
-    )
+def _figures(s: ServerSummary) -> tuple[str, ...]:
+    return (f"{s.cpu_us_per_request:.0f}", f"{s.app_cpu_us_per_request:.0f}", f"{s.wrk_cpu_us_per_request:.0f}",
+            f"{s.peak_rss_mb:.0f} MB", f"{sum(s.errors.values())}")
+
+
+def rows(summary: ScenarioSummary) -> list[tuple[str, ...]]:
+    """One row per proxy engine, then nginx's; the scenario's first cell names it, the second its target."""
+    out = [(label(e.engine), _rps(e.proxy.rps), f"**{_times(e.rps_ratio)}**",
+            f"{_ms(e.proxy.p50_ms)} / {_ms(e.proxy.p99_ms)}", _times(e.p99_ratio), *_figures(e.proxy), e.verdict)
+           for e in summary.engines]
+    n = summary.nginx
+    out.append((label(NGINX), _rps(n.rps), "", f"{_ms(n.p50_ms)} / {_ms(n.p99_ms)}", "", *_figures(n), ""))
+    first = (summary.scenario.title, f"target: {summary.scenario.targets.describe()}")
+    return [(first[i] if i < len(first) else "", *r) for i, r in enumerate(out)]
 
 
 def table(summaries: list[ScenarioSummary]) -> str:
     """A Markdown table: readable in a terminal, pasted as is into the docs."""
-    rows = [COLUMNS, *(row(s) for s in summaries)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    body = [r for s in summaries for r in rows(s)]
+    widths = [max(len(r[i]) for r in (COLUMNS, *body)) for i in range(len(COLUMNS))]
 
     def line(cells) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
-    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in rows[1:])])
+    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in body)])
+
+
+def run_json(run: Run) -> dict:
+    return {"server": run.server, "group": run.group, "rps": run.wrk.rps, "cpu_seconds": run.cpu_seconds,
+            "cpu_us_per_request": run.cpu_us_per_request,
+            "system_us_per_request": run.per_request_us(run.system_seconds),
+            "app_cpu_us_per_request": run.per_request_us(run.app_cpu_seconds),
+            "wrk_cpu_us_per_request": run.per_request_us(run.wrk_cpu_seconds), "peak_rss_mb": run.peak_rss_mb,
+            "wrk": asdict(run.wrk)}
 
 
 def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: dict) -> dict:
+    def engine_json(e: EngineSummary) -> dict:
+        return {"rps_ratio": _finite(e.rps_ratio), "p99_ratio": _finite(e.p99_ratio),
+                "rps_ratios": [_finite(r) for r in e.rps_ratios], "p99_ratios": [_finite(r) for r in e.p99_ratios],
+                "verdict": e.verdict, "proxy": asdict(e.proxy)}
+
     def scenario_json(s: ScenarioSummary) -> dict:
         return {
             "scenario": asdict(s.scenario),
-            "pairs": s.pairs,
-            "rps_ratio": s.rps_ratio,
-            "p99_ratio": s.p99_ratio,
-            "rps_ratios": list(s.rps_ratios),
-            "verdict": s.verdict,
-            "proxy": asdict(s.proxy),
+            "groups": s.groups,
             "nginx": asdict(s.nginx),
-            "runs": [{"server": r.server, "pair": r.pair, "rps": r.wrk.rps, "cpu_seconds": r.cpu_seconds,
-                      "cpu_us_per_request": r.cpu_us_per_request,
-                      "system_us_per_request": r.per_request_us(r.system_seconds),
-                      "app_cpu_us_per_request": r.per_request_us(r.app_cpu_seconds),
-                      "wrk_cpu_us_per_request": r.per_request_us(r.wrk_cpu_seconds), "peak_rss_mb": r.peak_rss_mb,
-                      "wrk": asdict(r.wrk)} for r in runs[s.scenario.key]],
+            "engines": {e.engine: engine_json(e) for e in s.engines},
+            "runs": [run_json(r) for r in runs[s.scenario.key]],
         }
 
     return {"meta": meta, "table": table(summaries), "scenarios": [scenario_json(s) for s in summaries]}
@@ -179,5 +245,5 @@ def to_json(summaries: list[ScenarioSummary], runs: dict[str, list[Run]], meta: 
 def save(document: dict, folder: Path, stem: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path

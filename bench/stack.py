@@ -1,8 +1,9 @@
-"""The three servers of one benchmark run: Gunicorn, nginx and the proxy.
+"""The servers of one benchmark run: Gunicorn, nginx and the proxy once per HTTP/1.1 engine.
 
 ``prepare`` lays out the run's temporary folder (static files, nginx's
-prefix, both configs); ``Stack`` starts the servers inside a ``Processes``
-block, which stops them however the run ends.
+prefix, the configs); ``start`` starts the servers inside a ``Processes``
+block, which stops them however the run ends. The proxies sit side by side,
+each idle while another server is measured.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from . import configs
 from .procs import Child, Processes, StartError, accepting, free_port
+from .report import NGINX, label
 from .scenarios import STATIC_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ def find_nginx() -> str | None:
 
 
 def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: int,
-            proxy_master: bool = False) -> configs.Layout:
+            engines: tuple[str, ...] = configs.ENGINES, proxy_master: bool = False) -> configs.Layout:
     static = work / "static"
     static.mkdir()
     for name, size in STATIC_FILES.items():
@@ -49,12 +51,13 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
                             proxy_master=proxy_master, run_as_root=os.geteuid() == 0)
     (work / "nginx.conf").write_text(configs.nginx_conf(layout))
-    (work / "proxy.toml").write_text(configs.proxy_toml(layout))
+    for engine in engines:
+        layout.proxy_config(engine).write_text(configs.proxy_toml(layout, engine))
     return layout
 
 
 def make_certificate(work: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for both TLS listeners, made by ``proxy gencert`` (the openssl command)."""
+    """A self-signed certificate for every TLS listener, made by ``proxy gencert`` (the openssl command)."""
     done = subprocess.run([sys.executable, "-m", "proxy", "gencert", "--out", str(work), "localhost", "127.0.0.1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
@@ -70,25 +73,36 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started server and the ports it listens on: plain HTTP/1.1, and TLS offering HTTP/2."""
+
+    child: Child
+    port: int
+    tls_port: int
+
+    def url(self, path: str, tls: bool = False) -> str:
+        return f"https://127.0.0.1:{self.tls_port}{path}" if tls else f"http://127.0.0.1:{self.port}{path}"
+
+
 @dataclass
 class Stack:
     layout: configs.Layout
     gunicorn: Child
-    nginx: Child
-    proxy: Child
-    proxy_port: int
-    proxy_tls_port: int
+    servers: dict[str, Server]  # NGINX and one proxy per engine, by name (report.servers)
 
     def url(self, server: str, path: str, tls: bool = False) -> str:
-        if tls:
-            return f"https://127.0.0.1:{self.proxy_tls_port if server == 'proxy' else self.layout.nginx_tls_port}{path}"
-        return f"http://127.0.0.1:{self.proxy_port if server == 'proxy' else self.layout.nginx_port}{path}"
+        return self.servers[server].url(path, tls)
 
     def child(self, server: str) -> Child:
-        return self.proxy if server == "proxy" else self.nginx
+        return self.servers[server].child
+
+    def describe(self) -> str:
+        listening = [f"{label(name)} :{s.port} (TLS :{s.tls_port})" for name, s in self.servers.items()]
+        return ", ".join([*listening, f"gunicorn :{self.layout.app_port}"])
 
     def check_alive(self) -> None:
-        for child in (self.gunicorn, self.nginx, self.proxy):
+        for child in (self.gunicorn, *(s.child for s in self.servers.values())):
             if not child.alive:
                 raise StartError(f"{child.name} exited with status {child.proc.returncode} during the run:\n"
                                  f"{child.tail()}")
@@ -112,51 +126,56 @@ def start_nginx(procs: Processes, layout: configs.Layout, nginx: str) -> Child:
     return child
 
 
-def start_proxy(procs: Processes, layout: configs.Layout, source: Path, runner: tuple[str, ...] = ("-m", "proxy"),
-                name: str = "proxy") -> tuple[Child, int, int]:
-    """``python -m proxy`` from ``source`` (the repo, or a scratch copy being tried out).
+def start_proxy(procs: Processes, layout: configs.Layout, source: Path, engine: str,
+                runner: tuple[str, ...] = ("-m", "proxy"), name: str = "") -> Server:
+    """``python -m proxy`` from ``source`` (the repo, or a scratch copy being tried out) with ``engine``.
 
     ``runner`` replaces ``-m proxy`` to run the same CLI under a profiler.
     """
-    argv = [sys.executable, *runner, "--config", str(layout.work / "proxy.toml")]
+    argv = [sys.executable, *runner, "--config", str(layout.proxy_config(engine))]
+    name = name or f"proxy-{engine}"
     child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": f"{source}{os.pathsep}{ROOT}"})
     match = child.wait_for_log(r"listening on http://[^\s:]+:(\d+)/")
     tls = child.wait_for_log(r"listening on https://[^\s:]+:(\d+)/")
     if layout.proxy_master:  # the master logs first, then forks: wait for its workers too
         child.wait_for(lambda: len(child.group()) >= 1 + layout.workers, f"{layout.workers} worker(s)")
-    return child, int(match[1]), int(tls[1])
+    return Server(child, int(match[1]), int(tls[1]))
 
 
-def proxy_supports_workers(source: Path) -> bool:
-    """Whether the proxy in ``source`` has a [server] workers key, i.e. a master process that forks workers.
+def proxy_server_keys(source: Path) -> frozenset[str]:
+    """The [server] keys the proxy in ``source`` declares (``workers``, ``http_engine``...).
 
     Asked in a child process, so the harness never imports the proxy it measures.
     """
     code = ("import dataclasses, proxy.config as c; "
-            "print('workers' in {f.name for f in dataclasses.fields(c.ServerSettings)})")
+            "print(' '.join(f.name for f in dataclasses.fields(c.ServerSettings)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=30,
                           env={**os.environ, "PYTHONPATH": str(source)})
-    return done.stdout.strip() == "True"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StartError(f"cannot read the proxy's [server] settings from {source}/proxy/config.py: {why}")
+    return frozenset(done.stdout.split())
 
 
-def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path) -> Stack:
+def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path, engines: tuple[str, ...]) -> Stack:
     gunicorn = start_gunicorn(procs, layout)
-    nginx_child = start_nginx(procs, layout, nginx)
-    proxy, port, tls_port = start_proxy(procs, layout, source)
-    return Stack(layout, gunicorn, nginx_child, proxy, port, tls_port)
+    servers = {NGINX: Server(start_nginx(procs, layout, nginx), layout.nginx_port, layout.nginx_tls_port)}
+    servers.update((engine, start_proxy(procs, layout, source, engine)) for engine in engines)
+    return Stack(layout, gunicorn, servers)
 
 
 def sanity_check(stack: Stack, paths: list[str], tls: bool = False) -> None:
-    """Every path answers 200 with the same body on both servers before anything is timed."""
+    """Every path answers 200 with a body of the same length on every server before anything is timed."""
     for path in paths:
-        bodies = {}
-        for server in ("proxy", "nginx"):
+        lengths = {}
+        for server in stack.servers:
             try:
                 status, body = http_get(stack.url(server, path, tls))
             except OSError as exc:
-                raise StartError(f"{server} GET {path}: {exc}") from None
+                raise StartError(f"{label(server)} GET {path}: {exc}") from None
             if status != 200:
-                raise StartError(f"{server} GET {path}: status {status}")
-            bodies[server] = body
-        if len(bodies["proxy"]) != len(bodies["nginx"]):
-            raise StartError(f"GET {path}: proxy sent {len(bodies['proxy'])} bytes, nginx {len(bodies['nginx'])}")
+                raise StartError(f"{label(server)} GET {path}: status {status}")
+            lengths[server] = len(body)
+        if len(set(lengths.values())) > 1:
+            sent = ", ".join(f"{label(server)} {n}" for server, n in lengths.items())
+            raise StartError(f"GET {path}: the servers sent bodies of different lengths ({sent} bytes)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from bisect import bisect_left
 from collections import Counter
 
 from .accesslog import AccessRecord, iso8601
@@ -74,10 +75,9 @@ class Metrics:
             return  # a tunnel's lifetime (minutes) would swamp the request-duration histogram
         self.duration_sum[route] += seconds
         self.duration_count[route] += 1
-        for le in BUCKETS:
-            if seconds <= le:
-                self.buckets[route, le] += 1
-                break
+        i = bisect_left(BUCKETS, seconds)  # the first bucket whose bound is >= seconds
+        if i < len(BUCKETS):
+            self.buckets[route, BUCKETS[i]] += 1
 
     def as_data(self) -> dict:
         return {

@@ -10,7 +10,9 @@ but old clients send it and nginx strips it too.
 
 from __future__ import annotations
 
+import os
 import re
+from functools import lru_cache
 from random import getrandbits as _random_bits
 
 HOP_BY_HOP = frozenset({
@@ -59,15 +61,37 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def request_id(client_value: bytes | None) -> bytes:
-    """The client's X-Request-ID when well formed, else a new random one.
+class _Ids:
+    """New request ids: 64 random bits drawn once per process, then a counter (32 hex digits).
 
-    128 random bits from ``random`` (reseeded from the OS in every forked worker): an id
-    only has to be unique, not unguessable, and os.urandom is a system call per request.
+    Unique across workers and restarts without a system call or 128 random bits per
+    request; an id has to be unique, not unguessable. The prefix is drawn again in every
+    forked worker (``random`` is reseeded in the child too), so workers never share one.
     """
+
+    __slots__ = ("prefix", "count")
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.prefix = b"%016x" % _random_bits(64)
+        self.count = 0
+
+    def next(self) -> bytes:
+        self.count += 1
+        return b"%s%016x" % (self.prefix, self.count)
+
+
+_IDS = _Ids()
+os.register_at_fork(after_in_child=_IDS.restart)
+
+
+def request_id(client_value: bytes | None) -> bytes:
+    """The client's X-Request-ID when well formed, else a new one."""
     if client_value is not None and _REQUEST_ID_RE.match(client_value):
         return client_value
-    return b"%032x" % _random_bits(128)
+    return _IDS.next()
 
 
 def forwarded_for(ip: str) -> bytes:
@@ -85,6 +109,7 @@ def upstream_request_headers(
     via: bytes,
     body_length: int | None,
     upgrade: bytes | None = None,
+    named: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The header list the upstream receives.
 
@@ -93,7 +118,8 @@ def upstream_request_headers(
     ``upgrade`` is the protocol of an allowed upgrade (http/upgrade.py): the
     one case where Connection and Upgrade are passed on.
     """
-    named = connection_tokens(headers)
+    if named is None:
+        named = connection_tokens(headers)
     out: list[tuple[bytes, bytes]] = [(b"host", host)] if host else []
     client_via = None
     for name, value in headers:
@@ -102,23 +128,26 @@ def upstream_request_headers(
                 client_via = value
             continue
         out.append((name, value))
-    ip = client_ip.encode()
-    out += [
-        (b"x-forwarded-for", ip),
-        (b"x-forwarded-proto", scheme),
-        (b"x-real-ip", ip),
-        (b"forwarded", b"for=" + forwarded_for(client_ip) + b";proto=" + scheme
-         + (b";host=" + _quoted(host) if host else b"")),
-        (b"via", client_via + b", " + via if client_via else via),
-        (b"x-request-id", request_id),
-    ]
-    if host:
-        out.append((b"x-forwarded-host", host))
+    before, after = _forwarding(client_ip, scheme, host)
+    out += before
+    out += [(b"via", client_via + b", " + via if client_via else via), (b"x-request-id", request_id)]
+    out += after
     if body_length is not None:
         out.append((b"content-length", str(body_length).encode()))
     if upgrade is not None:
         out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
     return out
+
+
+@lru_cache(maxsize=4096)
+def _forwarding(client_ip: str, scheme: bytes, host: bytes) -> tuple[tuple, tuple]:
+    """The forwarding headers for one client address, scheme and host: the same for every request of a
+    connection, so they are built once (the fields before Via and X-Request-ID, and those after)."""
+    ip = client_ip.encode()
+    before = ((b"x-forwarded-for", ip), (b"x-forwarded-proto", scheme), (b"x-real-ip", ip),
+              (b"forwarded", b"for=" + forwarded_for(client_ip) + b";proto=" + scheme
+               + (b";host=" + _quoted(host) if host else b"")))
+    return before, (((b"x-forwarded-host", host),) if host else ())
 
 
 def why_dropped(name: bytes, named: set[bytes]) -> str | None:
@@ -151,19 +180,26 @@ def client_response_headers(
     *,
     via: bytes,
     extra: list[tuple[bytes, bytes]],
+    named: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers as the client receives them.
 
-    Content-Length is kept only when the caller passes it in ``extra``: h11
-    then frames the body with it, or chooses chunked/close-delimited itself.
+    Content-Length is kept only when the caller passes it in ``extra``: the
+    client connection frames the body itself (codec.response_framing).
+    ``named``: the response's Connection tokens, when already known.
     """
-    named = connection_tokens(headers)
-    out = [(n, v) for n, v in headers if n not in _RESPONSE_REPLACED and n not in named]
-    upstream_via = next((v for n, v in headers if n == b"via" and n not in named), None)
-    if upstream_via is not None:
-        out = [(n, v) for n, v in out if n != b"via"]
-        via = upstream_via + b", " + via
-    out.append((b"via", via))
+    if named is None:
+        named = connection_tokens(headers)
+    out = []
+    upstream_via = None
+    for n, v in headers:
+        if n in _RESPONSE_REPLACED or n in named:
+            continue
+        if n == b"via":
+            upstream_via = v if upstream_via is None else upstream_via
+            continue
+        out.append((n, v))
+    out.append((b"via", upstream_via + b", " + via if upstream_via is not None else via))
     out += extra
     return out
 

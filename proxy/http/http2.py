@@ -139,8 +139,7 @@ def request_head(fields, limits: Limits, end_stream: bool) -> RequestHead:
             exc.head = _refused_head(method or b"", path or b"", fields)
         raise
     if not end_stream and not head.has_body:
-        head = RequestHead(head.method, head.target, head.path, head.query, head.host, head.http_version,
-                           head.headers, True, head.content_length, head.expect_continue, head.keep_alive)
+        head = head._replace(has_body=True)
     return head
 
 

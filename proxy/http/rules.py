@@ -375,6 +375,7 @@ def check_request(method: bytes, target: bytes, version: bytes, fields: list[tup
         expect_continue=expect is not None,
         keep_alive=keep_alive,
         upgrade=upgrade,
+        named=named,
     )
 
 
@@ -447,6 +448,7 @@ def check_response(status: int, reason: bytes, version: bytes, fields: list[tupl
         content_length=length,
         chunked=bool(codings) and not bodiless,
         keep_alive=keep_alive,
+        named=named,
     )
 
 

@@ -33,6 +33,7 @@ import stat as stat_module
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from ..config import Route
@@ -230,6 +231,7 @@ class Variant:
     validators: tuple[tuple[bytes, bytes], ...]  # what a 304 repeats (RFC 9110 15.4.5)
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes | None  # the whole file when it was read into the cache
+    whole: tuple  # the Plans of a plain GET and HEAD, made once: most requests have no conditionals
 
     @property
     def size(self) -> int:
@@ -260,7 +262,11 @@ def _variant(found: OnDisk, kind: bytes, route_headers: tuple, body: bytes | Non
     if found.encoding:
         headers.append((b"content-encoding", found.encoding))
     headers.append((b"content-length", b"%d" % size))
-    return Variant(found.path, found.encoding, found.identity, kind, tag, modified, validators, tuple(headers), body)
+    headers = tuple(headers)
+    parts = ((0, size),) if size else ()
+    whole = (Plan(200, headers, parts, size, body), Plan(200, headers, parts, size, b""))
+    return Variant(found.path, found.encoding, found.identity, kind, tag, modified, validators, headers, body,
+                   whole)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -519,8 +525,7 @@ def _coalesce_unsafe(ranges: list[tuple[int, int]], size: int) -> bool:
     return any(b[0] <= a[1] for a, b in zip(ordered, ordered[1:]))
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """What to send for a file: status, headers, and the body.
 
     ``parts`` are bytes (multipart boundaries) or ``(offset, length)`` of the file.
@@ -543,6 +548,8 @@ _CONDITIONAL = frozenset((b"if-match", b"if-none-match", b"if-modified-since", b
 def plan(variant: Variant, method: bytes, request_headers: list[tuple[bytes, bytes]]) -> Plan:
     """Decide the answer from the variant's facts (RFC 9110 13.2.2 for the order of preconditions)."""
     given = {name: value for name, value in request_headers if name in _CONDITIONAL}
+    if not given and method != b"HEAD":
+        return variant.whole[0]  # a plain GET (or a method the route does not serve): the whole file
     size = variant.size
     tag = variant.etag
     if given:
@@ -566,8 +573,7 @@ def plan(variant: Variant, method: bytes, request_headers: list[tuple[bytes, byt
             ranges = parse_range(given[b"range"], size)
             if ranges is not None and (len(ranges) == 1 or not _coalesce_unsafe(ranges, size)):
                 return _partial(variant, ranges)
-    body = b"" if method == b"HEAD" else variant.body
-    return Plan(200, variant.headers, ((0, size),) if size else (), size, body)
+    return variant.whole[1] if method == b"HEAD" else variant.whole[0]
 
 
 def _partial(variant: Variant, ranges: list[tuple[int, int]]) -> Plan:

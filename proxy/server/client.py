@@ -68,7 +68,7 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = ("w", "scheme", "transport", "parser", "facts", "client_ip", "state", "exchange", "action",
                  "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
-                 "eof", "tunnel", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
+                 "eof", "tunnel", "_spool_limits", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
 
     takes_sendfile = True  # a FileSender may hand the transport to loop.sendfile (an HTTP/2 stream may not)
 
@@ -85,6 +85,7 @@ class ClientProtocol(asyncio.Protocol):
         self.body: RequestBody | None = None
         self.responder = None  # what produces the current answer: a FileSender or a Forwarding
         self.spool = None  # a Forwarding's buffers.Spool while it relays a response
+        self._spool_limits: tuple[int, int] | None = None
         self.write_paused = False
         self.deadline = 0.0
         self.queued = 0.0
@@ -356,8 +357,7 @@ class ClientProtocol(asyncio.Protocol):
         so a fast producer (an upstream) is read at its own pace; without it, the producer writes only
         while ``write_paused`` is false (a FileSender).
         """
-        if spool is not None:
-            self.spool = Spool(self, spool[0], spool[1], self.w.config.server.temp_dir)
+        self._spool_limits = spool  # the Spool itself is made only when the client falls behind
         self.transport.write(self.head_bytes(status, headers, length, reason))
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
@@ -378,11 +378,7 @@ class ClientProtocol(asyncio.Protocol):
             data = codec.chunk(data)
         elif self.framing == "none":
             return
-        spool = self.spool
-        if spool is not None:
-            spool.push(data)
-        else:
-            self.transport.write(data)
+        self.write_raw(data)
 
     def finish(self) -> None:
         """The producer handed over the whole body: end it, then complete once the last byte is queued."""
@@ -396,10 +392,13 @@ class ClientProtocol(asyncio.Protocol):
 
     def write_raw(self, data: bytes) -> None:
         spool = self.spool
-        if spool is not None:
-            spool.push(data)
-        else:
-            self.transport.write(data)
+        if spool is None:
+            limits = self._spool_limits
+            if not self.write_paused or limits is None:
+                self.transport.write(data)
+                return
+            spool = self.spool = Spool(self, limits[0], limits[1], self.w.config.server.temp_dir)
+        spool.push(data)
 
     def _complete(self) -> None:
         if self.state is not RESPOND:
@@ -436,6 +435,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        self._spool_limits = None
         self.w.log.write(exchange, self.client_ip)
 
     # --- errors: the edge ---
@@ -454,6 +454,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        self._spool_limits = None
         keep_alive = not isinstance(exc, ClientError) or exc.keep_alive
         self.reply(Reply(exc.status, str(exc), tuple(exc.headers), keep_alive=keep_alive))
 

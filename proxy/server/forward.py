@@ -89,7 +89,7 @@ class Forwarding:
             head.headers, host=self.action.host, client_ip=client.client_ip, scheme=client.scheme,
             request_id=self.exchange.request_id, via=w.via,
             body_length=body.size if body is not None else (0 if head.has_body else None),
-            upgrade=upgrade.protocol if upgrade is not None else None)
+            upgrade=upgrade.protocol if upgrade is not None else None, named=head.named)
         self._pick()
 
     def _pick(self) -> None:
@@ -108,7 +108,7 @@ class Forwarding:
         self.peer = peer
         peer.requests += 1
         peer.in_flight += 1
-        self.exchange.upstream_addr.append(str(peer.address))
+        self.exchange.upstream_addr.append(peer.name)
         self.more = len(self.tried) < self.upstream.tries and group.has_other(self.tried)
         self._acquire()
 
@@ -267,7 +267,7 @@ class Forwarding:
         client = self.client
         w = client.w
         self.state = RELAYING
-        headers = client_response_headers(response.headers, via=w.via, extra=[])
+        headers = client_response_headers(response.headers, via=w.via, extra=[], named=response.named)
         client.start_response(response.status, headers, response.content_length, reason=response.reason,
                               spool=(self.upstream.buffer_bytes, self.upstream.max_temp_file_bytes))
         return True

@@ -544,7 +544,7 @@ class Stream:
 
     __slots__ = ("conn", "id", "w", "client_ip", "scheme", "exchange", "action", "body", "responder", "spool",
                  "write_paused", "transport", "state", "request_open", "out", "out_size", "ending", "ended",
-                 "bodiless", "received", "last_read", "stalled_since")
+                 "bodiless", "received", "last_read", "stalled_since", "_spool_limits")
 
     takes_sendfile = False  # the bytes go through h2, not straight from a file to the socket
 
@@ -568,6 +568,7 @@ class Stream:
         self.body: RequestBody | None = None
         self.responder = None
         self.spool = None
+        self._spool_limits = None  # ClientProtocol's, cleared by the methods both share; a Stream spools at once
         self.write_paused = conn.write_paused
         self.transport = _StreamSink(self)
         self.state = BODY

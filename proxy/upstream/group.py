@@ -48,13 +48,14 @@ STATES = ("up", "failing", "failed", "down", "draining")
 class Peer:
     """One upstream address: its connection pool, counters and health."""
 
-    __slots__ = ("spec", "address", "pool", "group", "current_weight", "in_flight", "requests", "failures",
+    __slots__ = ("spec", "address", "name", "pool", "group", "current_weight", "in_flight", "requests", "failures",
                  "fails", "fail_window", "failed_until", "failing", "health", "draining", "checker", "last_error")
 
     def __init__(self, spec: ServerSpec, address: Address, group: "UpstreamGroup") -> None:
         config = group.config
         self.spec = spec
         self.address = address
+        self.name = str(address)  # as logs and the status page show it
         self.group = group
         self.pool = ServerPool(address, keepalive=config.keepalive, idle_timeout=config.idle_timeout,
                                connect_timeout=config.connect_timeout, loop=group.loop, timers=group.timers,
@@ -204,6 +205,10 @@ class UpstreamGroup:
     def pick(self, key: bytes, tried: set) -> Peer | None:
         """The peer for the next try of a request, or None when no untried one is available."""
         now = self.loop.time()
+        peers = self.peers
+        if len(peers) == 1:  # one server (the usual app tier): no policy to consult
+            peer = peers[0]
+            return peer if peer not in tried and peer.available(now) else None
 
         def usable(peer) -> bool:
             return peer not in tried and peer.available(now)

@@ -163,3 +163,31 @@ def test_refused_upstream_is_502(start_proxy):
     assert response.status_code == 502
     assert "502 Bad Gateway" in response.text
     assert requests.get(proxy.url + "/again").status_code == 502
+
+
+@pytest.mark.parametrize("setting, allow, shown", [
+    ('"all"', None, True),
+    ('"off"', None, False),
+    ('"trusted"', None, True),  # [status] absent: loopback is trusted
+    ('"trusted"', '["10.0.0.0/8"]', False),  # 127.0.0.1 is not in [status] allow
+])
+def test_server_timing_goes_to_whom_server_timing_says(start_proxy, recording_upstream, setting, allow, shown):
+    upstream = recording_upstream()
+    status = f"[status]\nallow = {allow}\n" if allow else ""
+    proxy = start_proxy(f"""
+[server]
+listen = ["127.0.0.1:0"]
+server_timing = {setting}
+{status}
+[upstreams.app]
+servers = ["{upstream.address}"]
+[[routes]]
+prefix = "/"
+upstream = "app"
+""")
+    response = requests.get(proxy.url + "/x")
+    assert response.status_code == 200
+    assert ("Server-Timing" in response.headers) is shown
+    if shown:
+        assert 'upstream-ttfb;dur=' in response.headers["Server-Timing"]
+        assert 'desc="upstream time to first byte"' in response.headers["Server-Timing"]

@@ -1,24 +1,32 @@
-"""The benchmark's sans-IO parts: wrk's result line, h2load's summary, pairing and medians, the two configs."""
+"""The benchmark's sans-IO parts: wrk's result line, h2load's summary, groups and medians, the configs, the table."""
 
 from __future__ import annotations
 
+import json
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from bench import cli, configs, h2load, load, report, wrk
-from bench.scenarios import BY_KEY
+from bench.scenarios import BY_KEY, SCENARIOS
 
 WRK_LINE = ('WRK_JSON {"requests":3000,"duration_us":3000000,"bytes":123,"connect_errors":0,"read_errors":1,'
             '"write_errors":0,"status_errors":2,"timeouts":0,"p50_us":1500,"p90_us":2500,"p99_us":4000,'
             '"mean_us":1600.5,"max_us":9000}')
+BOTH = ("llhttp", "h11")
 
 
-def result(rps: float, p99_ms: float) -> wrk.WrkResult:
+def result(rps: float, p99_ms: float, **errors: int) -> wrk.WrkResult:
     return wrk.WrkResult(requests=int(rps * 3), seconds=3.0, bytes=0, p50_ms=1.0, p90_ms=2.0, p99_ms=p99_ms,
                          mean_ms=1.0, max_ms=p99_ms, errors={"connect": 0, "read": 0, "write": 0, "status": 0,
-                                                             "timeout": 0})
+                                                             "timeout": 0, **errors})
+
+
+def run(server: str, group: int, rps: float, p99_ms: float = 10, rss: float = 20, **errors: int) -> report.Run:
+    return report.Run(server, group, result(rps, p99_ms, **errors), cpu_seconds=rps * 3 * 200e-6, peak_rss_mb=rss,
+                      app_cpu_seconds=rps * 3 * 300e-6, wrk_cpu_seconds=rps * 3 * 30e-6)
 
 
 def test_wrk_result_line_is_parsed_amid_wrks_own_output():
@@ -37,39 +45,108 @@ def test_wrk_command_never_has_more_threads_than_connections():
     assert "-t1" in wrk.command("http://127.0.0.1:1/", connections=1, seconds=1, threads=2)
 
 
-def test_ratio_is_the_median_of_per_pair_ratios_not_a_ratio_of_medians():
-    # nginx swings 6k -> 2k between pairs; within each pair the proxy is at half of it.
-    runs = [report.Run("proxy", 0, result(3000, 10), 1.0, 20), report.Run("nginx", 0, result(6000, 10), 0.1, 5),
-            report.Run("nginx", 1, result(2000, 10), 0.1, 5), report.Run("proxy", 1, result(1000, 30), 1.0, 25),
-            report.Run("proxy", 2, result(2000, 10), 1.0, 22), report.Run("nginx", 2, result(4000, 5), 0.1, 5)]
-    summary = report.summarise(BY_KEY["proxied"], runs)
-    assert summary.pairs == 3
-    assert summary.rps_ratio == pytest.approx(0.5)
-    assert summary.p99_ratio == pytest.approx(2.0)
-    assert summary.proxy.peak_rss_mb == 25
-    assert summary.verdict.startswith("missed")
-    assert "req/s 0.50x" in summary.verdict and "p99 2.00x" in summary.verdict
+def test_each_engines_ratio_is_the_median_of_its_per_group_ratios_not_a_ratio_of_medians():
+    # nginx swings 6k -> 2k -> 4k between groups; within each group llhttp is at half of it, h11 at 0.9, 0.7, 0.5.
+    runs = [run("llhttp", 0, 3000), run("nginx", 0, 6000), run("h11", 0, 5400),
+            run("nginx", 1, 2000), run("h11", 1, 1400, p99_ms=40), run("llhttp", 1, 1000, p99_ms=30, rss=25),
+            run("h11", 2, 2000), run("llhttp", 2, 2000), run("nginx", 2, 4000, p99_ms=5)]
+    summary = report.summarise(BY_KEY["proxied"], runs, BOTH)
+    assert summary.groups == 3
+    llhttp, h11 = summary.engines
+    assert (llhttp.engine, h11.engine) == BOTH
+    assert llhttp.rps_ratio == pytest.approx(0.5)
+    assert h11.rps_ratios == pytest.approx((0.9, 0.7, 0.5))
+    assert h11.rps_ratio == pytest.approx(0.7)  # a ratio of medians would say 2000 / 4000 = 0.5
+    assert llhttp.p99_ratio == pytest.approx(2.0) and h11.p99_ratio == pytest.approx(2.0)
+    assert llhttp.proxy.peak_rss_mb == 25 and summary.nginx.rps == 4000
+    assert llhttp.proxy.cpu_us_per_request == pytest.approx(200)
+    assert llhttp.proxy.app_cpu_us_per_request == pytest.approx(300)
+    assert llhttp.proxy.wrk_cpu_us_per_request == pytest.approx(30)
+    assert "req/s 0.50x" in llhttp.verdict and "p99 2.00x" in llhttp.verdict
+    assert "req/s 0.70x" in h11.verdict
 
 
-def test_incomplete_pairs_are_left_out():
-    runs = [report.Run("proxy", 0, result(3000, 10), 1.0, 20), report.Run("nginx", 0, result(3000, 10), 0.1, 5),
-            report.Run("proxy", 1, result(1, 10), 1.0, 20)]
-    summary = report.summarise(BY_KEY["static-4k"], runs)
-    assert summary.pairs == 1
-    assert summary.verdict == "met"
-    assert not math.isnan(summary.rps_ratio)
+def test_incomplete_groups_are_left_out():
+    runs = [run("llhttp", 0, 3000), run("nginx", 0, 3000), run("h11", 0, 3000),
+            run("llhttp", 1, 1), run("nginx", 1, 3000)]  # the run stopped before h11's turn
+    summary = report.summarise(BY_KEY["static-4k"], runs, BOTH)
+    assert summary.groups == 1
+    assert [e.verdict for e in summary.engines] == ["met", "met"]
+    assert not math.isnan(summary.engines[0].rps_ratio)
+    with pytest.raises(ValueError):
+        report.summarise(BY_KEY["static-4k"], runs[3:], BOTH)
 
 
-def test_rss_target_and_errors_are_judged():
-    failing = wrk.WrkResult(requests=10, seconds=1.0, bytes=0, p50_ms=1, p90_ms=1, p99_ms=1, mean_ms=1, max_ms=1,
-                            errors={"connect": 5, "read": 0, "write": 0, "status": 0, "timeout": 0})
-    runs = [report.Run("proxy", 0, failing, 1.0, 90), report.Run("nginx", 0, result(10, 1), 0.1, 5)]
-    summary = report.summarise(BY_KEY["proxied-1k"], runs)
-    assert "RSS 90 MB" in summary.verdict and "5 errors" in summary.verdict
+def test_a_group_where_nginx_answered_nothing_has_no_ratio_and_the_json_stays_json(tmp_path):
+    # A 1 s --quick run of the 10 MiB stream on a busy machine can end before nginx finishes one answer.
+    runs = [run("llhttp", 0, 30), run("nginx", 0, 0, p99_ms=0), run("h11", 0, 20),
+            run("nginx", 1, 40), run("h11", 1, 20), run("llhttp", 1, 40)]
+    summary = report.summarise(BY_KEY["stream-10m"], runs, BOTH)
+    llhttp, h11 = summary.engines
+    assert llhttp.rps_ratio == pytest.approx(1.0) and h11.rps_ratio == pytest.approx(0.5)  # group 1 alone
+    alone = report.summarise(BY_KEY["proxied"], runs[:3], BOTH)
+    assert math.isnan(alone.engines[0].rps_ratio)
+    assert "req/s n/a < 0.9x" in alone.engines[0].verdict
+    path = report.save(report.to_json([alone], {"proxied": runs[:3]}, {}), tmp_path, "nan")
+    saved = json.loads(path.read_text())  # allow_nan=False when writing: the file is strict JSON
+    assert saved["scenarios"][0]["engines"]["llhttp"]["rps_ratio"] is None
+    assert "**n/a**" in saved["table"]
 
 
-def test_pairs_alternate_which_server_goes_first():
-    assert [cli.order(i) for i in range(3)] == [("proxy", "nginx"), ("nginx", "proxy"), ("proxy", "nginx")]
+def test_one_engine_alone_is_summarised_against_nginx():
+    summary = report.summarise(BY_KEY["static-1m"], [run("h11", 0, 900), run("nginx", 0, 1000)], ("h11",))
+    [h11] = summary.engines
+    assert h11.engine == "h11" and h11.rps_ratio == pytest.approx(0.9) and h11.verdict == "met"
+
+
+def test_rss_target_and_errors_are_judged_for_each_engine():
+    runs = [run("llhttp", 0, 900, rss=90, connect=5), run("nginx", 0, 1000), run("h11", 0, 850, rss=70)]
+    llhttp, h11 = report.summarise(BY_KEY["proxied-1k"], runs, BOTH).engines
+    assert "RSS 90 MB" in llhttp.verdict and "5 errors" in llhttp.verdict
+    assert h11.verdict == "met"
+
+
+def test_the_order_rotates_so_each_server_takes_each_place():
+    orders = [report.order(g, BOTH) for g in range(3)]
+    assert orders[0] == ("llhttp", "nginx", "h11")
+    assert [o[0] for o in orders] == ["llhttp", "nginx", "h11"]
+    for place in range(3):
+        assert {o[place] for o in orders} == {"llhttp", "nginx", "h11"}
+    assert report.order(3, BOTH) == orders[0]
+    # One engine: the pairs alternate, as they always have.
+    assert [report.order(g, ("llhttp",)) for g in range(3)] == [("llhttp", "nginx"), ("nginx", "llhttp"),
+                                                                ("llhttp", "nginx")]
+
+
+def test_the_table_has_a_row_per_engine_and_one_for_nginx_and_the_json_holds_both_engines():
+    runs = {s.key: [run("llhttp", 0, 900), run("nginx", 0, 1000), run("h11", 0, 400)] for s in SCENARIOS[:2]}
+    summaries = [report.summarise(s, runs[s.key], BOTH) for s in SCENARIOS[:2]]
+    document = json.loads(json.dumps(report.to_json(summaries, runs, {"date": "x"})))
+    lines = document["table"].splitlines()
+    assert len(lines) == 2 + 3 * 2
+    assert all(len(line) == len(lines[0]) for line in lines)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [c[1] for c in cells[:3]] == ["proxy llhttp", "proxy h11", "nginx"]
+    assert cells[0][0] == SCENARIOS[0].title and cells[1][0].startswith("target: >=0.9x")
+    assert cells[0][3] == "**0.90x**" and cells[1][3] == "**0.40x**" and cells[2][3] == ""
+    assert cells[0][6:9] == ["200", "300", "30"]  # CPU µs per request: server, app, wrk
+    assert [c[-1] for c in cells] == ["met", "missed: req/s 0.40x < 0.9x", "",  # proxied: >= 0.9x
+                                      "met", "missed: req/s 0.40x < 0.8x", ""]  # 4 KiB: >= 0.8x
+    first = document["scenarios"][0]
+    assert first["groups"] == 1 and set(first["engines"]) == set(BOTH)
+    assert first["engines"]["h11"]["rps_ratios"] == [pytest.approx(0.4)]
+    assert first["engines"]["llhttp"]["proxy"]["cpu_us_per_request"] == pytest.approx(200)
+    assert first["nginx"]["rps"] == 1000
+    assert [r["server"] for r in first["runs"]] == ["llhttp", "nginx", "h11"]
+
+
+def test_both_engines_are_measured_unless_told_otherwise():
+    assert cli.options_from(cli.parser().parse_args([])).engines == BOTH
+    one = cli.options_from(cli.parser().parse_args(["--engines", "h11", "--pairs", "3"]))
+    assert (one.engines, one.groups) == (("h11",), 3)
+    assert cli.options_from(cli.parser().parse_args(["--quick"])).groups == 1
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--engines", "picohttp"])
 
 
 def layout(**changes) -> configs.Layout:
@@ -88,6 +165,38 @@ def test_both_configs_pool_upstream_connections_and_log_nothing():
     assert "worker_processes 1;" in nginx and "workers" not in proxy
     assert "sendfile off;" in nginx and "sendfile = false" in proxy
     assert "user " not in nginx
+
+
+def test_every_location_reaches_both_servers():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    for location in configs.LOCATIONS:
+        assert f"location {location.prefix} {{" in nginx
+        assert f'prefix = "{location.prefix}"' in proxy
+    assert "alias /tmp/w/static/;" in nginx and 'static = "/tmp/w/static"' in proxy
+    assert "proxy_pass http://app;" in nginx and 'upstream = "app"' in proxy
+    assert nginx.count("{") == nginx.count("}")
+
+
+def test_a_location_brings_what_it_needs_beside_its_block(monkeypatch):
+    cached = configs.Location(
+        "/api/cached/", lambda layout: "proxy_pass http://app;\nproxy_cache bench;\n",
+        lambda layout: 'upstream = "app"\ncache = "bench"\n',
+        nginx_http=lambda layout: f"proxy_cache_path {layout.work}/nginx-cache keys_zone=bench:1m;\n",
+        proxy_tables=lambda layout: '[caches.bench]\nmemory = "64m"\n')
+    monkeypatch.setattr(configs, "LOCATIONS", (*configs.LOCATIONS, cached))
+    nginx = configs.nginx_conf(layout())
+    assert "\n    proxy_cache_path /tmp/w/nginx-cache keys_zone=bench:1m;\n" in nginx.split("server {")[0]
+    assert "location /api/cached/ {\n            proxy_pass http://app;\n            proxy_cache bench;\n        }" in nginx
+    proxy = tomllib.loads(configs.proxy_toml(layout()))
+    assert proxy["routes"][-1] == {"prefix": "/api/cached/", "upstream": "app", "cache": "bench"}
+    assert proxy["caches"] == {"bench": {"memory": "64m"}}
+
+
+def test_the_engines_configs_differ_only_in_the_engine():
+    llhttp, h11 = (configs.proxy_toml(layout(), engine).splitlines() for engine in BOTH)
+    assert [(a, b) for a, b in zip(llhttp, h11) if a != b] == [('http_engine = "llhttp"', 'http_engine = "h11"')]
+    assert layout().proxy_config("h11") == Path("/tmp/w/proxy-h11.toml")
 
 
 def test_root_gets_a_worker_user_and_workers_reach_both_configs():

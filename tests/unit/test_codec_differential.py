@@ -20,7 +20,6 @@ seconds each). A deeper run, before changing codec.py or rules.py:
 from __future__ import annotations
 
 import os
-from dataclasses import astuple
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -72,7 +71,7 @@ def drive(parser, reads: list[bytes], error: type, paused) -> list:
                     return out
                 else:
                     head = event
-                    out.append(astuple(event))
+                    out.append(tuple(event))
         except error as exc:
             out.append(("refused", exc.status, number, body))
             return out
