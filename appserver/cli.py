@@ -15,6 +15,7 @@ import errno
 import importlib.util
 import os
 import socket
+import stat
 import sys
 
 from . import config as config_module
@@ -76,6 +77,7 @@ def check_bind(addresses: tuple[str, ...]) -> None:
     Bound with SO_REUSEADDR, as Gunicorn binds: only a listener makes the port busy, not TIME_WAIT."""
     for address in addresses:
         if address.startswith("unix:"):
+            check_unix_bind(address)
             continue
         host, port = address.rsplit(":", 1)
         host = host.strip("[]")
@@ -90,6 +92,26 @@ def check_bind(addresses: tuple[str, ...]) -> None:
             hint = " (is another server running there?)" if exc.errno == errno.EADDRINUSE else ""
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ConfigError(f"cannot listen on {address}: {reason}{hint}") from None
+
+
+def check_unix_bind(address: str) -> None:
+    """Gunicorn removes any socket file at a unix: address and binds a new one: a second appserver would
+    steal the socket of a running one. Refuse that, and a file that is no socket or a missing folder,
+    in one line; a socket nobody listens on (left by a killed server) is Gunicorn's to replace."""
+    path = address[len("unix:"):]
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        raise ConfigError(f"cannot listen on {address}: the folder {os.path.dirname(path)} does not exist")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"cannot listen on {address}: a file that is not a socket is there")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        if probe.connect_ex(path) != errno.ECONNREFUSED:
+            raise ConfigError(f"cannot listen on {address}: another process listens on it "
+                              "(is another server running there?)")
 
 
 def describe(settings: Settings) -> str:

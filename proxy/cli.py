@@ -57,6 +57,10 @@ def summary(cfg: config_module.Config) -> str:
     for name, upstream in cfg.upstreams.items():
         servers = ", ".join(str(s) for s in upstream.servers)
         checks = f", health {upstream.health.path}" if upstream.health else ""
+        if upstream.tls is not None:
+            checks += ", tls " + ("verify" if upstream.tls.verify else "no verify") + (
+                f" ca_file {upstream.tls.ca_file}" if upstream.tls.ca_file else "") + (
+                f" server_name {upstream.tls.server_name}" if upstream.tls.server_name else "")
         lines.append(f"  {name}: {servers} ({upstream.balance}, keepalive {upstream.keepalive}, "
                      f"read_timeout {upstream.read_timeout:g}s{checks})")
     if cfg.status is not None:

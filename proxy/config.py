@@ -274,7 +274,6 @@ SECONDS = Kind("a number of seconds > 0", _convert_seconds)
 SECONDS_OR_ZERO = Kind("a number of seconds >= 0", lambda v, c: _convert_seconds(v, c, zero=True))
 SIZE = Kind('a size: bytes as an integer, or a string like "16k", "1m"', lambda v, c: parse_size(v))
 ADDRESS = Kind('"host:port" or "[v6]:port"', lambda v, c: parse_address(v))
-LISTEN = Kind('"host:port", "[v6]:port", or a port alone for every IPv4 address', lambda v, c: parse_listen(v))
 FOLDER = Kind("a folder (relative to the config file), or \"\" for none", _convert_folder, ("",))
 TEMP_DIR = Kind('a folder (relative to the config file), or "" for the system temp folder', _convert_temp_dir, ("",))
 ACCESS_LOG = Kind('a file (relative to the config file), "-" or "off"', _output_file("-", "off"), ("-", "off"))
@@ -345,6 +344,9 @@ WORKERS = Kind('a number of processes from 1 to 256, or "auto" for one per CPU c
 WEIGHT = Kind("a whole number from 1 to 1000", _convert_weight)
 STATUSES = Kind("a list of HTTP status codes", _convert_statuses)
 NETWORK = Kind('an address or network like "127.0.0.1/32" or "::1/128"', _convert_network)
+# "unix:" stands for every client of a unix: listener (they have no address; nginx's allow unix:).
+NETWORK_OR_UNIX = Kind('an address or network like "127.0.0.1/32" or "::1/128", or "unix:"',
+                       lambda value, ctx: value if value == "unix:" else _convert_network(value, ctx))
 
 
 def _convert_file(value: Any, ctx: Context) -> Path:
@@ -392,14 +394,151 @@ SERVER_NAME = Kind('a host name like "api.example.test" or "*.example.test"', _c
 PROTOCOL = Kind('an Upgrade protocol name like "websocket"', _convert_protocol)
 
 
+# --- where the proxy listens and what it talks to ---------------------------
+# Unix sockets beside TCP addresses, listen entries as tables (the PROXY protocol), HTTPS upstreams.
+
+UNIX_PREFIX = "unix:"
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL (unix(7))
+DEFAULT_SOCKET_MODE = 0o666  # nginx's: any local user may connect, as to a TCP port of 127.0.0.1
+
+
+@dataclass(frozen=True, order=True)
+class UnixAddress:
+    """A unix-domain stream socket, written ``"unix:/run/gunicorn.sock"`` (nginx's and Gunicorn's form)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return UNIX_PREFIX + self.path
+
+
+def parse_unix(value: str) -> UnixAddress:
+    """``"unix:/absolute/path"``: absolute, because the proxy, Gunicorn and systemd each start in a
+    different folder and must all mean the same file."""
+    path = value[len(UNIX_PREFIX):]
+    if not path.startswith("/") or "\0" in path:
+        raise Invalid(f"{value!r}: a unix socket is written unix:/absolute/path")
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise Invalid(f"{value!r}: a unix socket path has at most {UNIX_PATH_MAX} bytes (unix(7)); use a shorter one")
+    return UnixAddress(path)
+
+
+def authority(address: "Address | UnixAddress") -> str:
+    """What a request that reached ``address`` without a Host of its own is taken to have asked for."""
+    return "localhost" if type(address) is UnixAddress else str(address)
+
+
+def needs_lookup(address: "Address | UnixAddress") -> bool:
+    """A host name, looked up (and again every resolve_interval), rather than an IP literal or a path."""
+    return type(address) is Address and not is_ip_literal(address.host)
+
+
+def _convert_listen_address(value: Any, ctx: Context) -> "Address | UnixAddress":
+    if isinstance(value, str) and value.startswith(UNIX_PREFIX):
+        return parse_unix(value)
+    return parse_listen(value)
+
+
+def _convert_mode(value: Any, ctx: Context) -> int:
+    # TOML writes octal as 0o660; "0660" and "660" (chmod's form) are read as octal too.
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        value = int(value, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise Invalid
+    return value
+
+
+LISTEN_ADDRESS = Kind('"host:port", "[v6]:port", ":port", a port alone for every IPv4 address, or "unix:/path"',
+                      _convert_listen_address)
+SOCKET_MODE = Kind('permissions like 0o660 or "0660"', _convert_mode)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One entry of ``listen``: an address as a string, or a table with these keys."""
+
+    address: "Address | UnixAddress" = setting(
+        None, LISTEN_ADDRESS,
+        '"host:port", ":port" or "port" (every IPv4 address), "[::]:port", or "unix:/run/twotier.sock". A unix '
+        "socket file left by a proxy that is gone is replaced; one a running process listens on is an error.",
+        shown="(required)")
+    proxy_protocol: bool = setting(
+        False, BOOL,
+        "Every connection begins with a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and cloud load "
+        "balancers send it), whose client address becomes the connection's: in the access log, X-Forwarded-For "
+        "and everything that looks at the client. A connection without a valid one is closed. Read before the "
+        "TLS handshake on [tls] listeners. (nginx: listen ... proxy_protocol.)")
+    mode: int | None = setting(
+        None, SOCKET_MODE,
+        "unix: sockets only: the socket file's permissions. The default, 0o666, lets any local user connect "
+        "(as to a TCP port on 127.0.0.1, and as nginx does); narrow it, or the folder's, to restrict who can.",
+        shown="0o666")
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and type(self.address) is not UnixAddress:
+            raise Invalid("mode: only a unix: socket has permissions")
+
+    def __str__(self) -> str:
+        return str(self.address) + (" (PROXY protocol)" if self.proxy_protocol else "")
+
+    @property
+    def socket_mode(self) -> int:
+        return DEFAULT_SOCKET_MODE if self.mode is None else self.mode
+
+
+def _convert_listen(value: Any, ctx: Context) -> Listen:
+    if isinstance(value, dict):
+        return _build(Listen, value, ctx)
+    return Listen(_convert_listen_address(value, ctx))
+
+
+LISTEN = Kind('"host:port", "[v6]:port", a port alone for every IPv4 address, "unix:/path", or '
+              '{address = ..., proxy_protocol = true}', _convert_listen)
+
+
+_HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _convert_tls_name(value: Any, ctx: Context) -> str:
+    if value == "" or (isinstance(value, str) and is_ip_literal(value)):
+        return value
+    if not isinstance(value, str) or not _HOST_NAME_RE.match(value.lower()):
+        raise Invalid
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """HTTPS to a group's servers: an ``[upstreams.NAME.tls]`` table, or the defaults for "https://" servers."""
+
+    verify: bool = setting(
+        True, BOOL,
+        "Check the server's certificate: a chain to a trusted CA, and a name that matches server_name. "
+        "A server that fails is a failed try (502) with the reason logged. (nginx's proxy_ssl_verify is off "
+        "by default; here it is on.)")
+    ca_file: Path | None = setting(
+        None,
+        Kind('a PEM file (relative to the config file), or "" for the system\'s CAs', _convert_optional_file, ("",)),
+        "CA certificates to trust for this group instead of the system's (a private CA).", shown='""')
+    server_name: str = setting(
+        "", Kind('a host name or IP address, or ""', _convert_tls_name),
+        "Name sent in SNI and checked against the certificate; \"\" for the host of each server's address "
+        "(the name as written, not the address it resolves to). (nginx: proxy_ssl_name.)")
+
+
+DEFAULT_UPSTREAM_TLS = UpstreamTls()
+SCHEMES = ("http://", "https://")
+
+
 # --- sections ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ServerSettings:
-    listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8080),), _list_of(LISTEN),
+    listen: tuple[Listen, ...] = setting(
+        (Listen(Address("127.0.0.1", 8080)),), _list_of(LISTEN),
         "Addresses to accept connections on; several allowed. Port 0 picks a free port. A host name must "
-        'resolve when the file is loaded; "8080" alone is "0.0.0.0:8080" (nginx\'s listen 8080).',
+        'resolve when the file is loaded; "8080" alone is "0.0.0.0:8080" (nginx\'s listen 8080); "unix:/path" is '
+        "a unix socket. An entry may be a table to add options (see the listen entries table).",
         shown='["127.0.0.1:8080"]')
     name: str = setting("twotier", TOKEN, "Product name sent in the Server and Via headers.")
     sendfile: bool = setting(
@@ -482,31 +621,59 @@ class LogSettings:
     error: str = setting("-", ERROR_LOG, 'Error and state-change log: a file, or "-" for standard error.')
 
 
+def _convert_server_address(value: Any, ctx: Context) -> "Address | UnixAddress":
+    if isinstance(value, str) and value.startswith(UNIX_PREFIX):
+        return parse_unix(value)
+    return parse_address(value)
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """One entry of ``servers``: a string "host:port", or a table with these keys."""
 
-    address: Address = setting(None, ADDRESS, "host:port of the server. A host name stands for every address "
-                               "it resolves to, re-resolved every resolve_interval.", shown="(required)")
+    address: "Address | UnixAddress" = setting(
+        None, Kind('"host:port", "https://host:port" or "unix:/path"', _convert_server_address),
+        "host:port of the server (https:// in front for HTTPS), or unix:/path of its unix socket (Gunicorn's "
+        "--bind unix:/path). A host name stands for every address it resolves to, re-resolved every "
+        "resolve_interval.", shown="(required)")
     weight: int = setting(1, WEIGHT, "Share of requests relative to the other servers.")
     backup: bool = setting(False, BOOL, "Used only when no primary server is available.")
     max_conns: int = setting(0, COUNT, "Most requests in flight to this server at once; 0 = no limit.")
+    scheme: str = field(default="", metadata={"internal": True})  # "http", "https", or "" as written
+
+    def __post_init__(self) -> None:
+        if self.scheme == "https" and type(self.address) is UnixAddress:
+            raise Invalid(f"https://{self.address}: a unix: server speaks plain HTTP")
 
     def __str__(self) -> str:
         extras = [f"weight={self.weight}"] if self.weight != 1 else []
         extras += ["backup"] if self.backup else []
         extras += [f"max_conns={self.max_conns}"] if self.max_conns else []
-        return " ".join([str(self.address), *extras])
+        scheme = f"{self.scheme}://" if self.scheme else ""
+        return " ".join([scheme + str(self.address), *extras])
+
+
+def _split_scheme(value: Any) -> tuple[str, Any]:
+    """"https://10.0.0.5:8443" -> ("https", "10.0.0.5:8443"); no scheme -> ("", value)."""
+    if isinstance(value, str):
+        for scheme in SCHEMES:
+            if value.startswith(scheme):
+                return scheme[:-3], value[len(scheme):]
+    return "", value
 
 
 def _convert_server(value: Any, ctx: Context) -> ServerSpec:
     if isinstance(value, str):
-        return ServerSpec(address=parse_address(value))
+        scheme, rest = _split_scheme(value)
+        return ServerSpec(address=_convert_server_address(rest, ctx), scheme=scheme)
+    if isinstance(value, dict) and "address" in value:
+        scheme, rest = _split_scheme(value["address"])
+        return _build(ServerSpec, {**value, "address": rest}, ctx, {"scheme": scheme})
     return _build(ServerSpec, value, ctx)
 
 
-SERVERS = Kind('a list of "host:port" strings or {address = "host:port", weight, backup, max_conns} tables',
-               lambda value, ctx: _list_of(Kind("", _convert_server)).convert(value, ctx))
+SERVERS = Kind('a list of "host:port", "https://host:port" or "unix:/path" strings, or {address = ..., weight, '
+               'backup, max_conns} tables', lambda value, ctx: _list_of(Kind("", _convert_server)).convert(value, ctx))
 
 
 @dataclass(frozen=True)
@@ -596,6 +763,24 @@ class Upstream:
         "An upgraded connection (a WebSocket tunnel) that carries no bytes either way for this long is closed. "
         "Here rather than in [limits] because it is the app that knows how chatty its sockets are (nginx: "
         "proxy_read_timeout per location).")
+    # HTTPS to the servers: a table makes every host:port server HTTPS (https:// servers are, table or not).
+    tls: UpstreamTls | None = setting(
+        None, _table(UpstreamTls, "a table"),
+        "HTTPS to this group's servers, as an [upstreams.NAME.tls] table or tls = {verify, ca_file, server_name}: "
+        "every host:port server is then HTTPS (http:// ones stay plain). An https:// server in a group without "
+        "it gets the defaults (certificates verified against the system's CAs).", shown="(none)")
+
+    def __post_init__(self) -> None:
+        if self.tls is not None and not any(self.tls_for(spec) for spec in self.servers):
+            raise Invalid("tls: no server of this group speaks HTTPS (unix: and http:// servers are plain)")
+
+    def tls_for(self, spec: ServerSpec) -> UpstreamTls | None:
+        """The TLS settings for connections to ``spec``, or None for plain HTTP."""
+        if spec.scheme == "https":
+            return self.tls or DEFAULT_UPSTREAM_TLS
+        if spec.scheme == "" and self.tls is not None and type(spec.address) is not UnixAddress:
+            return self.tls
+        return None
 
 
 @dataclass(frozen=True)
@@ -640,9 +825,9 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 class TlsSettings:
     """TLS termination; on when [tls] is present. Certificates are checked when the file is loaded."""
 
-    listen: tuple[Address, ...] = setting(
-        (Address("127.0.0.1", 8443),), _list_of(LISTEN), "Addresses that speak HTTPS (written as [server].listen).",
-        shown='["127.0.0.1:8443"]')
+    listen: tuple[Listen, ...] = setting(
+        (Listen(Address("127.0.0.1", 8443)),), _list_of(LISTEN),
+        "Addresses that speak HTTPS (written as [server].listen, tables included).", shown='["127.0.0.1:8443"]')
     certificate: Path = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
         "Re-read on SIGHUP.", shown="(required)")
@@ -671,15 +856,16 @@ class Status:
     path: str = setting("/_proxy/status", PREFIX, "JSON status of every upstream and server.")
     metrics_path: str = setting("/_proxy/metrics", PREFIX, "Prometheus text exposition of the proxy's counters.")
     allow: tuple = setting((ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
-                           _list_of(NETWORK), "Clients allowed to read both pages; anyone else gets 404.",
+                           _list_of(NETWORK_OR_UNIX), "Clients allowed to read both pages; anyone else gets 404. "
+                           '"unix:" allows clients of unix: listeners (nginx: allow unix:).',
                            shown='["127.0.0.1/32", "::1/128"]')
 
     def allows(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return False
-        return any(address in network for network in self.allow)
+            return ip == UNIX_PREFIX and UNIX_PREFIX in self.allow
+        return any(address in network for network in self.allow if network != UNIX_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -793,6 +979,8 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         fix(cls, out.get(name))
     for route in out.get("routes", []) if isinstance(out.get("routes"), list) else ():
         fix(Route, route)
+    for upstream in out.get("upstreams", {}).values() if isinstance(out.get("upstreams"), dict) else ():
+        fix(UpstreamTls, upstream.get("tls") if isinstance(upstream, dict) else None)
     tls = out.get("tls")
     fix(TlsSettings, tls)
     for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
@@ -802,11 +990,13 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _cross_check(config: Config) -> None:
     source = config.path
-    seen: set[Address] = set()
-    for address in config.server.listen:
-        if address in seen and address.port != 0:
-            raise ConfigError(f"{source}: server.listen: {address} is listed twice")
-        seen.add(address)
+    seen: set = set()
+    _check_listen("server.listen", config.server.listen, seen, source, "")
+    for name, upstream in config.upstreams.items():
+        if upstream.tls is not None:
+            from .tls import client_context  # built once here to check ca_file, and again per worker
+
+            client_context(upstream.tls, f"upstreams.{name}.tls", source)
     prefixes: set[str] = set()
     for route in config.routes:
         if route.prefix in prefixes:
@@ -822,13 +1012,18 @@ def _cross_check(config: Config) -> None:
         _check_tls(config.tls, seen, source)
 
 
-def _check_tls(tls: TlsSettings, plain: set[Address], source: Path) -> None:
-    """Listen addresses apart from [server].listen, each SNI name once, and certificates that load."""
-    seen = set(plain)
-    for address in tls.listen:
-        if address in seen and address.port != 0:
-            raise ConfigError(f"{source}: tls.listen: {address} is listed twice (in [server] or [tls])")
+def _check_listen(where: str, listen: tuple[Listen, ...], seen: set, source: Path, again: str) -> None:
+    """Each address once (port 0 excepted: every one is a new port), across [server] and [tls]."""
+    for entry in listen:
+        address = entry.address
+        if address in seen and getattr(address, "port", None) != 0:
+            raise ConfigError(f"{source}: {where}: {address} is listed twice{again}")
         seen.add(address)
+
+
+def _check_tls(tls: TlsSettings, plain: set, source: Path) -> None:
+    """Listen addresses apart from [server].listen, each SNI name once, and certificates that load."""
+    _check_listen("tls.listen", tls.listen, set(plain), source, " (in [server] or [tls])")
     names: set[str] = set()
     for i, site in enumerate(tls.sites):
         for name in site.names:
@@ -856,8 +1051,11 @@ def _shown(f: dataclasses.Field) -> str:
 def reference() -> str:
     """The configuration reference as Markdown, generated from the declarations above."""
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
+              ("listen = [{...}] entries", Listen),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
-              ("[upstreams.NAME.health]", Health), ("[[routes]]", Route), ("[status]", Status),
+              ("[upstreams.NAME.health]", Health),
+              ("[upstreams.NAME.tls]", UpstreamTls),
+              ("[[routes]]", Route), ("[status]", Status),
               ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
     out: list[str] = []
     for title, cls in tables:

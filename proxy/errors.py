@@ -45,6 +45,12 @@ class ClientTimeout(ClientError):
     status = 408
 
 
+class ProxyHeaderError(ClientError):
+    """A connection on a ``proxy_protocol`` listener did not begin with a valid PROXY header
+    (http/proxyproto.py). Never answered: the peer is a load balancer, not an HTTP client, and
+    whatever follows cannot be trusted to be HTTP; the connection is closed."""
+
+
 class UpstreamError(ProxyError):
     """The upstream refused, broke the protocol, or closed early (502)."""
 
@@ -74,6 +80,21 @@ class ConfigError(ProxyError):
 
 # --- the I/O boundary: OS errors become proxy errors here, and only here ---
 
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a TLS handshake with an upstream server failed, in words; None when ``exc`` is no TLS error."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # verify_message: "unable to get local issuer certificate", "Hostname mismatch, certificate is
+        # not valid for 'x'.", "certificate has expired"...
+        return f"its certificate is not accepted: {exc.verify_message or exc.reason}".rstrip(".")
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        hint = " (does it speak HTTPS on that port?)" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS handshake failed: {reason}{hint}"
+    return None
+
+
 def connect_error(exc: BaseException, address) -> UpstreamError:
     """What a failed connect to an upstream server means for the client (502, or 504 for a timeout)."""
     import socket
@@ -82,6 +103,9 @@ def connect_error(exc: BaseException, address) -> UpstreamError:
         return UpstreamTimeout(f"connect to {address} timed out")
     if isinstance(exc, ConnectionRefusedError):
         return UpstreamError(f"connection refused by {address}")
+    tls = tls_failure(exc)
+    if tls is not None:
+        return UpstreamError(f"HTTPS to {address}: {tls}")
     if isinstance(exc, socket.gaierror):
         return UpstreamError(f"cannot resolve {address}: {exc.strerror}")
     return UpstreamError(f"cannot connect to {address}: {getattr(exc, 'strerror', None) or exc}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, UnixAddress, authority
 from .errors import ClientError
 from .http import codec, static
 from .http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
@@ -81,15 +81,14 @@ class Explanation:
 
 def explain(cfg: Config, method: str, target: str, headers: list[tuple[str, str]],
             client_ip: str = "127.0.0.1", scheme: str = "http") -> str:
-    listen = cfg.server.listen[0]
-    raw = build_request(method, target, headers, str(listen))
+    raw = build_request(method, target, headers, authority(cfg.server.listen[0].address))
     return str(explain_bytes(cfg, raw, client_ip, scheme, shown=headers))
 
 
 def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme: str = "http",
                   shown: list[tuple[str, str]] | None = None, eof: bool = False) -> Explanation:
     """The first request in ``raw``, as the server would take it (the corpus tests feed raw bytes here)."""
-    listen = cfg.server.listen[0]
+    local = authority(cfg.server.listen[0].address)
     line = raw.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")[:200]
     try:
         head = parse(cfg, raw, eof)
@@ -104,10 +103,12 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
     if shown is None:
         shown = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
     decider = Decider(cfg)
-    facts = ConnFacts(scheme.encode(), client_ip, str(listen).encode(), cfg.tls.listen[0].port if cfg.tls else None)
+    https_ports = [e.address.port for e in (cfg.tls.listen if cfg.tls else ()) if type(e.address) is not UnixAddress]
+    facts = ConnFacts(scheme.encode(), client_ip, local.encode(), https_ports[0] if https_ports else None)
     action = decider.decide(head, facts)
     out = [f"request: {head.request_line}  (from {client_ip}, Host: {head.host.decode('latin-1')})",
            f"path:    {head.path}  (decoded and normalised; routing uses this)"]
+    out += _client_lines(cfg)
     route = getattr(action, "route", None)
     if route is None and type(action) is Reply and head.path != "*":
         route = decider.router.match(head.path)
@@ -117,6 +118,20 @@ def explain_bytes(cfg: Config, raw: bytes, client_ip: str = "127.0.0.1", scheme:
         out.append(f"route:   {route.where} prefix {route.prefix!r} (the longest matching prefix{others})")
     lines, status = describe(cfg, action, head, facts, shown)
     return Explanation(tuple(out + lines), status, forwarded=status is None)
+
+
+def _client_lines(cfg: Config) -> list[str]:
+    """Where the client address comes from on listeners that do not take it from the TCP peer."""
+    entries = [*cfg.server.listen, *(cfg.tls.listen if cfg.tls else ())]
+    proxied = [str(e.address) for e in entries if e.proxy_protocol]
+    unix = [str(e.address) for e in entries if type(e.address) is UnixAddress and not e.proxy_protocol]
+    out = []
+    if proxied:
+        out.append(f"client:  on {', '.join(proxied)} (proxy_protocol) the address its PROXY header names "
+                   "(what --client-ip stands for here)")
+    if unix:
+        out.append(f"client:  on {', '.join(unix)} \"unix:\" (a unix socket's client has no address)")
+    return out
 
 
 def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[str, str]]) -> tuple[list[str], int | None]:
@@ -203,4 +218,18 @@ def _explain_server(upstream, client_ip: str) -> str:
     if peer is None:
         return f"server:  upstream {upstream.name!r} has no address known before resolution{late}"
     return (f"server:  {peer.address} of upstream {upstream.name!r} ({upstream.balance}, "
-            f"first pick of {len(group.peers)} known server(s){late})")
+            f"first pick of {len(group.peers)} known server(s){late}){_over(upstream, peer.spec)}")
+
+
+def _over(upstream, spec) -> str:
+    """How the proxy reaches the server: a unix socket, plain HTTP, or HTTPS and what it checks."""
+    if type(spec.address) is UnixAddress:
+        return ", over its unix socket"
+    tls = upstream.tls_for(spec)
+    if tls is None:
+        return ""
+    name = tls.server_name or spec.address.host
+    if not tls.verify:
+        return f", over HTTPS (SNI {name}; the certificate is not checked: verify = false)"
+    trusted = f"CAs in {tls.ca_file}" if tls.ca_file else "the system's CAs"
+    return f", over HTTPS (certificate checked against {trusted}, for the name {name})"

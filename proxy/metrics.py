@@ -64,6 +64,7 @@ class Metrics:
         self.http2_streams = 0
         self.http2_resets = 0
         self.http2_goaway: Counter[str] = Counter()
+        self.proxy_protocol_refused = 0  # connections closed for a missing or malformed PROXY header
 
     def observe(self, record: AccessRecord) -> None:
         self.count(record.route, record.status, record.request_time, bool(record.tunnel))
@@ -176,7 +177,8 @@ def edge_view(runtime) -> dict:
     return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
             "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
                     if runtime.tls is not None else None),
-            "http2": {**dict(zip(HTTP2_KEYS, http2)), "goaway": dict(metrics.http2_goaway)}}
+            "http2": {**dict(zip(HTTP2_KEYS, http2)), "goaway": dict(metrics.http2_goaway)},
+            "proxy_protocol": {"refused": metrics.proxy_protocol_refused}}
 
 
 def merge_edge(edges) -> dict:
@@ -184,9 +186,10 @@ def merge_edge(edges) -> dict:
     tunnels: Counter[str] = Counter()
     http2: Counter[str] = Counter()
     goaway: Counter[str] = Counter()
-    handshakes, failures, tls_on = 0, Counter(), False
+    handshakes, failures, tls_on, refused = 0, Counter(), False, 0
     for edge in edges:
         tunnels.update(edge["tunnels"])
+        refused += edge.get("proxy_protocol", {}).get("refused", 0)
         if edge["tls"] is not None:
             tls_on = True
             handshakes += edge["tls"]["handshakes"]
@@ -196,7 +199,8 @@ def merge_edge(edges) -> dict:
             goaway.update(edge["http2"]["goaway"])
     return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
             "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None,
-            "http2": {**{key: http2[key] for key in HTTP2_KEYS}, "goaway": dict(sorted(goaway.items()))}}
+            "http2": {**{key: http2[key] for key in HTTP2_KEYS}, "goaway": dict(sorted(goaway.items()))},
+            "proxy_protocol": {"refused": refused}}
 
 
 def _edge_samples(edge: dict) -> list[str]:
@@ -229,6 +233,9 @@ def _edge_samples(edge: dict) -> list[str]:
             f"proxy_http2_client_resets_total {http2['resets_by_client']}",
             "# HELP proxy_http2_goaway_total GOAWAY frames sent, by reason.", "# TYPE proxy_http2_goaway_total counter"]
     out += [f'proxy_http2_goaway_total{{reason="{_label(reason)}"}} {n}' for reason, n in http2["goaway"].items()]
+    refused = edge.get("proxy_protocol", {}).get("refused", 0)
+    out += ["# HELP proxy_protocol_refused_total Connections closed for a missing or malformed PROXY header.",
+            "# TYPE proxy_protocol_refused_total counter", f"proxy_protocol_refused_total {refused}"]
     return out
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from .config import TlsSettings
+from .config import TlsSettings, UpstreamTls
 from .errors import ConfigError
 
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -163,6 +163,37 @@ def describe(certificates: Certificates) -> str:
     return ", ".join(f"{path} (sha256 {fp[:23]}...)" for path, fp in files)
 
 
+# --- the proxy as a client: HTTPS to upstream servers -------------------------
+
+def client_context(settings: UpstreamTls, where: str, source: Path) -> ssl.SSLContext:
+    """The context for connections to a group's HTTPS servers; ConfigError naming ``where.ca_file``.
+
+    TLS 1.2 or newer, ALPN http/1.1 (so a server that also speaks h2 answers in the only version the
+    pools speak), and, unless ``verify`` is off, the chain checked against ``ca_file`` or the system's
+    CAs and the name against ``server_name`` (Python's ssl checks IP addresses against the
+    certificate's IP entries, and sends no SNI for them, as RFC 6066 section 3 requires).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(list(ALPN[False]))  # the docstring says why: HTTP/1.1, whatever clients speak
+    if not settings.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if settings.ca_file is None:
+        context.load_default_certs()
+        return context
+    try:
+        context.load_verify_locations(cafile=settings.ca_file)
+    except ssl.SSLError as exc:
+        reason = str(getattr(exc, "reason", None) or "not valid PEM").lower().replace("_", " ")
+        raise ConfigError(f"{source}: {where}.ca_file: {settings.ca_file} holds no PEM CA certificate "
+                          f"({reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: {where}.ca_file: cannot read {settings.ca_file}: {exc.strerror}") from None
+    return context
+
+
 # --- redirects and headers -------------------------------------------------
 
 def https_location(host: bytes, target: bytes, port: int) -> bytes:
@@ -225,10 +256,11 @@ class FailureLog:
     A flood of port scans or plain-HTTP probes then costs one log line a minute, not one per connection.
     """
 
-    __slots__ = ("window", "_last", "_held")
+    __slots__ = ("window", "what", "_last", "_held")
 
-    def __init__(self, window: float = 60.0) -> None:
+    def __init__(self, window: float = 60.0, what: str = "TLS handshake failed") -> None:
         self.window = window
+        self.what = what  # the start of each line
         self._last: float | None = None
         self._held: Counter[str] = Counter()
 
@@ -240,7 +272,7 @@ class FailureLog:
         if self._last is not None and now - self._last < self.window:
             self._held[failure.kind] += 1
             return None
-        line = f"TLS handshake failed from {peer}: {failure.text}"
+        line = f"{self.what} from {peer}: {failure.text}"
         if self._held:
             counts = ", ".join(f"{kind} {n}" for kind, n in sorted(self._held.items()))
             line += f" ({sum(self._held.values())} more since the last such line: {counts})"

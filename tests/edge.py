@@ -56,13 +56,15 @@ class EagerClient:
     to wait: ``finish`` raises TimeoutError instead of hanging when the server never answers.
     """
 
-    def __init__(self, port: int, context: ssl.SSLContext, server_name: str | None, send: slice = slice(None)):
-        """``send`` picks the part of the ClientHello to send now (all of it by default)."""
+    def __init__(self, port: int, context: ssl.SSLContext, server_name: str | None, send: slice = slice(None),
+                 prefix: bytes = b""):
+        """``send`` picks the part of the ClientHello to send now (all of it by default); ``prefix`` goes
+        in the same write, before it (a PROXY header, as a load balancer sends one)."""
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.hello = self._step()[1]
-        self.sock.sendall(self.hello[send])
+        self.sock.sendall(prefix + self.hello[send])
 
     def _step(self) -> tuple[bool, bytes]:
         try:
@@ -87,6 +89,24 @@ class EagerClient:
             self.sock.sendall(flight)
             if done:
                 return self.tls.getpeercert(binary_form=True)
+
+    def exchange(self, request: bytes, timeout: float = 5.0) -> bytes:
+        """After ``finish``: send ``request`` over TLS, return what comes back until the server closes."""
+        self.tls.write(request)
+        self.sock.sendall(self._outgoing.read())
+        response = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and select.select([self.sock], [], [], deadline - time.monotonic())[0]:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self._incoming.write(data)
+            try:
+                while chunk := self.tls.read(65536):
+                    response += chunk
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+        return response
 
     def close(self) -> None:
         self.sock.close()

@@ -48,12 +48,28 @@ def compose_duration(text: str) -> float:
     return sum(float(number) * units[unit] for number, unit in found)
 
 
-def accepting(port: int, host: str = "127.0.0.1") -> bool:
+def connect(target: int | str, timeout: float = 5.0) -> socket.socket:
+    """A connection to a port of 127.0.0.1, or (a str) to a unix socket's path."""
+    if isinstance(target, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(("127.0.0.1", target), timeout=timeout)
+
+
+def accepting(port: int | str, host: str = "127.0.0.1") -> bool:
+    """Something listens on ``port`` of ``host`` (or, a str, on that unix socket)."""
     try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
+        sock = connect(port, timeout=0.2) if isinstance(port, str) else socket.create_connection((host, port), 0.2)
     except OSError:
         return False
+    sock.close()
+    return True
 
 
 class Process:
@@ -121,12 +137,16 @@ class Process:
 
 
 class ProxyProcess(Process):
-    """``python -m proxy`` with a config written to ``folder``; ``port`` is the first listener's."""
+    """``python -m proxy`` with a config written to ``folder``; ``port`` is the first TCP listener's
+    (``tcp=False`` for a proxy with none: it is then ready once its workers accept)."""
 
-    def __init__(self, folder: Path, config: str, args: list[str] = ()) -> None:
+    def __init__(self, folder: Path, config: str, args: list[str] = (), tcp: bool = True) -> None:
         self.config_path = Path(folder) / "proxy.toml"
         self.config_path.write_text(textwrap.dedent(config))
         super().__init__([sys.executable, "-m", "proxy", "--config", str(self.config_path), *args])
+        if not tcp:
+            self.wait_for_line(r"is accepting connections")
+            return
         match = self.wait_for_line(r"listening on http://(\S+):(\d+)/")
         self.host = match[1]
         self.port = int(match[2])
@@ -137,18 +157,21 @@ class ProxyProcess(Process):
 
 
 class GunicornProcess(Process):
-    """Gunicorn serving ``app`` (module:callable) on a free port of 127.0.0.1."""
+    """Gunicorn serving ``app`` (module:callable) on a free port of 127.0.0.1, or on the unix socket
+    ``unix`` (a path); ``address`` is how proxy.toml names it."""
 
     def __init__(self, app: str, *args: str, workers: int = 1, worker_class: str = "sync",
-                 env: dict | None = None, port: int | None = None) -> None:
+                 env: dict | None = None, port: int | None = None, unix: str | None = None) -> None:
         self.port = port or free_port()
-        super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+        bind = f"unix:{unix}" if unix else f"127.0.0.1:{self.port}"
+        super().__init__([sys.executable, "-m", "gunicorn", "--bind", bind,
                           "--workers", str(workers), "--worker-class", worker_class,
                           "--graceful-timeout", "3", *args, app], env=env)
-        wait_until(lambda: accepting(self.port) or self._died(), what="gunicorn to accept connections")
+        target = unix or self.port
+        wait_until(lambda: accepting(target) or self._died(), what="gunicorn to accept connections")
         if self.proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited:\n{self.output()}")
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = bind
 
     def _died(self) -> bool:
         return self.proc.poll() is not None
@@ -238,9 +261,10 @@ class RecordingUpstream:
         self._sock.close()
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
-    """Send raw bytes, return everything the proxy answers until it closes (or ``timeout``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def raw_request(port: int | str, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send raw bytes to a port of 127.0.0.1 (or a unix socket's path), return everything the proxy
+    answers until it closes (or ``timeout``)."""
+    with connect(port, timeout) as sock:
         sock.sendall(data)
         chunks = []
         deadline = time.monotonic() + timeout

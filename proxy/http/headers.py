@@ -15,6 +15,8 @@ import re
 from functools import lru_cache
 from random import getrandbits as _random_bits
 
+from .proxyproto import UNIX_CLIENT
+
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te",
     b"transfer-encoding", b"upgrade", b"trailer",
@@ -95,8 +97,11 @@ def request_id(client_value: bytes | None) -> bytes:
 
 
 def forwarded_for(ip: str) -> bytes:
-    """RFC 7239 node: IPv6 addresses are quoted and bracketed."""
-    return f'"[{ip}]"'.encode() if ":" in ip else ip.encode()
+    """RFC 7239 node: IPv6 addresses are quoted and bracketed; a unix socket's client ("unix:") has no
+    address to give, which RFC 7239 section 6 writes "unknown"."""
+    if ":" not in ip:
+        return ip.encode()
+    return b"unknown" if ip == UNIX_CLIENT else f'"[{ip}]"'.encode()
 
 
 def upstream_request_headers(

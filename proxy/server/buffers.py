@@ -151,7 +151,9 @@ class Spool:
                 data = self._memory.popleft()
                 self._memory_size -= len(data)
             else:
-                data = os.pread(self._fd, CHUNK, self._file_read)
+                # Never past what this fill wrote: the file is reused from its start, so bytes
+                # beyond _file_write are an earlier fill's and must not be sent again.
+                data = os.pread(self._fd, min(CHUNK, self._file_write - self._file_read), self._file_read)
                 if not data:
                     break
                 self._file_read += len(data)

@@ -72,13 +72,13 @@ class ClientProtocol(asyncio.Protocol):
 
     takes_sendfile = True  # a FileSender may hand the transport to loop.sendfile (an HTTP/2 stream may not)
 
-    def __init__(self, worker, scheme: bytes = b"http") -> None:
+    def __init__(self, worker, scheme: bytes = b"http", client_ip: str | None = None) -> None:
         self.w = worker
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.parser = codec.request_parser(worker.config.server.http_engine, worker.config.limits)
         self.facts = None
-        self.client_ip = ""
+        self.client_ip = client_ip or ""  # given: the client a PROXY header named (server/proxied.py)
         self.state = IDLE
         self.exchange: Exchange | None = None
         self.action = None
@@ -107,7 +107,8 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         prepare(transport, WRITE_HIGH_WATER)
-        self.client_ip = peer_ip(transport)
+        if not self.client_ip:
+            self.client_ip = peer_ip(transport)
         w = self.w
         self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port)
         w.conns.add(self)

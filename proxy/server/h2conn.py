@@ -102,13 +102,13 @@ class Http2Protocol(asyncio.Protocol):
                  "write_paused", "closed", "served", "last_stream", "reading", "stalled", "sending", "idle_since",
                  "paused_since", "resets", "control", "_receiving", "_flush_soon", "_read_paused")
 
-    def __init__(self, worker, scheme: bytes = b"https") -> None:
+    def __init__(self, worker, scheme: bytes = b"https", client_ip: str | None = None) -> None:
         self.w = worker
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.h2: h2.connection.H2Connection | None = None
         self.facts: ConnFacts | None = None
-        self.client_ip = ""
+        self.client_ip = client_ip or ""  # given: the client a PROXY header named
         self.streams: dict[int, Stream] = {}
         self.deadline = 0.0
         self.queued = 0.0
@@ -135,7 +135,8 @@ class Http2Protocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         prepare(transport, WRITE_HIGH_WATER)
-        self.client_ip = peer_ip(transport)
+        if not self.client_ip:
+            self.client_ip = peer_ip(transport)
         w = self.w
         limits = w.config.limits
         self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port)
@@ -816,9 +817,9 @@ class PriorKnowledge(asyncio.Protocol):
 
     __slots__ = ("w", "http1", "transport", "_seen")
 
-    def __init__(self, worker) -> None:
+    def __init__(self, worker, client_ip: str | None = None) -> None:
         self.w = worker
-        self.http1 = ClientProtocol(worker, b"http")
+        self.http1 = ClientProtocol(worker, b"http", client_ip)
         self.transport = None
         self._seen = b""
 
@@ -834,7 +835,7 @@ class PriorKnowledge(asyncio.Protocol):
                 self._seen = seen
                 return
             self.http1.handed_over()
-            protocol = Http2Protocol(self.w, b"http")
+            protocol = Http2Protocol(self.w, b"http", self.http1.client_ip)
         else:
             protocol = self.http1
         self.transport.set_protocol(protocol)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Awaitable, Callable
 
-from ..config import Address, Config
+from ..config import Address, Config, Listen, UnixAddress
 from ..http.responses import error_bytes
 from ..tls import Certificates
 from .board import Board
 from .client import ClientProtocol
 from .h2conn import PriorKnowledge
-from .sockets import bind_all, bound_address
+from .proxied import PendingHeader
+from .sockets import bind_all, bound_address, close_listener, describe_listener
 from .tls import log_tls_listening, tls_protocol
 from .worker import Worker
 
@@ -34,6 +36,22 @@ def accept(worker: Worker, scheme: bytes = b"http") -> asyncio.Protocol:
     if worker.config.server.h2c:
         return PriorKnowledge(worker)  # HTTP/2 if it starts with the preface, else HTTP/1.1
     return ClientProtocol(worker, scheme)
+
+
+def accept_proxied(worker: Worker) -> asyncio.Protocol:
+    """The same on a ``proxy_protocol`` listener: its PROXY header is read first (server/proxied.py)."""
+    if worker.conns.at_capacity(len(worker.edge.handshakes)):
+        return _Refuse(worker)
+    return PendingHeader(worker)
+
+
+def factory(worker: Worker, entry: Listen, secure: bool) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for a listen entry: TLS or not, with the PROXY protocol or not."""
+    if secure:
+        return tls_protocol(worker, entry.proxy_protocol)  # the handshake (and a PROXY header) first
+    if entry.proxy_protocol:
+        return lambda: accept_proxied(worker)
+    return lambda: accept(worker)
 
 
 class _Refuse(asyncio.Protocol):
@@ -112,41 +130,42 @@ class Acceptor:
 
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
                 certificates: Certificates | None = None,
-                on_ready: Callable[[list[Address]], None] | None = None, grace: float | None = None,
+                on_ready: Callable[[list[Address | UnixAddress]], None] | None = None, grace: float | None = None,
                 board: Board | None = None, slot: int | None = None) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
-    grace period (0 stops at once, for SIGQUIT). ``sockets`` are listening
-    sockets to serve on (a worker gets the master's), ``tls_sockets`` those
-    of ``[tls] listen`` and ``certificates`` the contexts for them; without
-    sockets ``serve`` binds both lists itself.
+    grace period (0 stops at once, for SIGQUIT). ``sockets`` are the
+    (listen entry, listening socket) pairs to serve on (a worker gets the
+    master's), ``tls_sockets`` those of ``[tls] listen`` and ``certificates``
+    the contexts for them; without sockets ``serve`` binds both lists itself
+    (and closes them, unix socket files included, when it ends).
     """
     loop = asyncio.get_running_loop()
     worker = Worker(config, loop, board, slot, certificates)
     own = sockets is None
     if own:
-        bound = bind_all(config.server.listen)
+        sockets = bind_all(config.server.listen)
         try:
-            secure = bind_all(config.tls.listen if config.tls is not None else ())
+            tls_sockets = bind_all(config.tls.listen if config.tls is not None else ())
         except BaseException:
-            for sock in bound.values():
-                sock.close()
+            for _, sock in sockets:
+                close_listener(sock)
             raise
-        sockets, tls_sockets = list(bound.values()), list(secure.values())
-        for sock in sockets:
-            log.info("listening on http://%s/", bound_address(sock))
+        for entry, sock in sockets:
+            log.info("%s", describe_listener(entry, sock, "http"))
         log_tls_listening(tls_sockets, worker.tls)
     tls_sockets = tls_sockets or []
     for group in worker.groups.values():
         await group.start()
-    if tls_sockets:
-        worker.edge.https_port = bound_address(tls_sockets[0]).port
-    acceptors = [Acceptor(worker, sock) for sock in sockets]
-    acceptors += [Acceptor(worker, sock, tls_protocol(worker)) for sock in tls_sockets]  # handshake first
+    tcp_ports = [bound_address(sock).port for _, sock in tls_sockets if sock.family != socket.AF_UNIX]
+    if tcp_ports:
+        worker.edge.https_port = tcp_ports[0]
+    acceptors = [Acceptor(worker, sock, factory(worker, entry, False)) for entry, sock in sockets]
+    acceptors += [Acceptor(worker, sock, factory(worker, entry, True)) for entry, sock in tls_sockets]
     worker.publish()
     if on_ready is not None:
-        on_ready([bound_address(sock) for sock in sockets + tls_sockets])
+        on_ready([bound_address(sock) for _, sock in sockets + tls_sockets])
     try:
         override = await shutdown
         if override is not None:
@@ -154,6 +173,9 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     finally:
         for acceptor in acceptors:
             await acceptor.close()
+        if own:
+            for _, sock in sockets + tls_sockets:
+                close_listener(sock)
         log.info("shutting down: %d request(s) in flight", worker.conns.active)
         await worker.stop(config.server.grace_period if grace is None else grace)
         if board is not None:

@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 
 from .. import config as config_module
 from ..accesslog import cannot_open
-from ..config import Address, Config
+from ..config import Config, Listen
 from ..errors import ConfigError
 from ..logfiles import reopen_log_files
 from ..metrics import NOTHING_RETIRED, master_view, retire
 from ..tls import Certificates, describe, load_certificates
 from .board import Board
-from .sockets import ListenError, bind, bound_address, raise_fd_limit
+from .sockets import (ListenError, bind, chmod_listener, close_listener, describe_listener, keyed,
+                      raise_fd_limit)
 from .tls import log_tls_listening
 
 log = logging.getLogger("proxy")
@@ -76,10 +77,11 @@ class Worker:
 @dataclass
 class Master:
     config: Config
-    sockets: dict[Address, object] = field(default_factory=dict)
+    # Listening sockets by sockets.keyed key: the address, and which occurrence of it (port 0 may repeat).
+    sockets: dict[tuple, object] = field(default_factory=dict)
     # Edge (TLS): [tls] listen sockets, apart from the plain ones (both lists may hold "127.0.0.1:0"), and the
     # contexts built once per generation here, so every worker of a generation serves the same certificates.
-    tls_sockets: dict[Address, object] = field(default_factory=dict)
+    tls_sockets: dict[tuple, object] = field(default_factory=dict)
     certificates: Certificates | None = None
     workers: dict[int, Worker] = field(default_factory=dict)
     generation: int = 0
@@ -102,15 +104,22 @@ class Master:
 
     def run(self) -> int:
         raise_fd_limit()
-        for address in self.config.server.listen:
-            self.sockets[address] = bind(address)  # ListenError goes to the CLI as one line
-        for sock in self.sockets.values():
-            log.info("listening on http://%s/", bound_address(sock))
+        try:
+            return self._run()
+        finally:  # whatever way the master ends, its unix socket files go with it (as nginx's do)
+            for sock in [*self.sockets.values(), *self.tls_sockets.values()]:
+                close_listener(sock)
+
+    def _run(self) -> int:
+        for key, entry in keyed(self.config.server.listen):
+            self.sockets[key] = bind(entry)  # ListenError goes to the CLI as one line
+        for entry, sock in self.sockets_for(self.config):
+            log.info("%s", describe_listener(entry, sock, "http"))
         if self.config.tls is not None:
             self.certificates = load_certificates(self.config.tls, self.config.path)  # ConfigError: to the CLI
-            for address in self.config.tls.listen:
-                self.tls_sockets[address] = bind(address)
-            log_tls_listening(list(self.tls_sockets.values()), self.certificates)
+            for key, entry in keyed(self.config.tls.listen):
+                self.tls_sockets[key] = bind(entry)
+            log_tls_listening(self.tls_sockets_for(self.config), self.certificates)
         self._write_pid_file(self.config)  # ConfigError: to the CLI
         self.slot = self.board.take()
         self._publish()
@@ -221,9 +230,8 @@ class Master:
             os.close(ready_read)
             code = 1
             try:
-                code = _worker_main(self.config, list(self.sockets_for(self.config).values()), ready_write,
-                                    self.board, slot, list(self.tls_sockets_for(self.config).values()),
-                                    self.certificates)
+                code = _worker_main(self.config, self.sockets_for(self.config), ready_write,
+                                    self.board, slot, self.tls_sockets_for(self.config), self.certificates)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -233,11 +241,13 @@ class Master:
         os.close(ready_write)
         self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic(), slot)
 
-    def sockets_for(self, cfg: Config) -> dict[Address, object]:
-        return {address: self.sockets[address] for address in cfg.server.listen}
+    def sockets_for(self, cfg: Config) -> list[tuple[Listen, object]]:
+        """``cfg``'s plain listen entries, each with its socket (options such as proxy_protocol come from
+        the entry, so a reload may change them without a new socket)."""
+        return [(entry, self.sockets[key]) for key, entry in keyed(cfg.server.listen)]
 
-    def tls_sockets_for(self, cfg: Config) -> dict[Address, object]:
-        return {address: self.tls_sockets[address] for address in (cfg.tls.listen if cfg.tls else ())}
+    def tls_sockets_for(self, cfg: Config) -> list[tuple[Listen, object]]:
+        return [(entry, self.tls_sockets[key]) for key, entry in keyed(cfg.tls.listen if cfg.tls else ())]
 
     def _worker_ready(self, worker: Worker) -> None:
         try:
@@ -259,14 +269,14 @@ class Master:
             self._stop_worker(worker, signal.SIGTERM)
         if old:
             log.info("reload complete: %d old worker(s) finishing their requests", len(old))
-        in_use = {id(s) for s in self.sockets_for(self.config).values()}
-        for address in [a for a, s in self.sockets.items() if id(s) not in in_use]:
-            self.sockets.pop(address).close()
-            log.info("no longer listening on %s", address)
-        in_use = {id(s) for s in self.tls_sockets_for(self.config).values()}
-        for address in [a for a, s in self.tls_sockets.items() if id(s) not in in_use]:
-            self.tls_sockets.pop(address).close()
-            log.info("no longer listening on %s (TLS)", address)
+        in_use = {id(s) for _, s in self.sockets_for(self.config)}
+        for key in [k for k, s in self.sockets.items() if id(s) not in in_use]:
+            close_listener(self.sockets.pop(key))
+            log.info("no longer listening on %s", key[0])
+        in_use = {id(s) for _, s in self.tls_sockets_for(self.config)}
+        for key in [k for k, s in self.tls_sockets.items() if id(s) not in in_use]:
+            close_listener(self.tls_sockets.pop(key))
+            log.info("no longer listening on %s (TLS)", key[0])
 
     def _stop_worker(self, worker: Worker, sig: int) -> None:
         worker.stopping = True
@@ -367,7 +377,7 @@ class Master:
         for worker in self.workers.values():
             self._stop_worker(worker, sig)
         for sock in [*self.sockets.values(), *self.tls_sockets.values()]:
-            sock.close()
+            close_listener(sock)
 
     def handle_sighup(self) -> None:
         if self.stopping:
@@ -390,22 +400,29 @@ class Master:
             return
         added, added_tls = {}, {}
         try:
-            for address in new.server.listen:
-                if address not in self.sockets:
-                    added[address] = bind(address)
-            for address in new.tls.listen if new.tls is not None else ():
-                if address not in self.tls_sockets:
-                    added_tls[address] = bind(address)
+            for key, entry in keyed(new.server.listen):
+                if key not in self.sockets:
+                    added[key] = bind(entry)
+            for key, entry in keyed(new.tls.listen if new.tls is not None else ()):
+                if key not in self.tls_sockets:
+                    added_tls[key] = bind(entry)
         except ListenError as exc:
             for sock in [*added.values(), *added_tls.values()]:
-                sock.close()
+                close_listener(sock)
             log.error("reload failed, still serving the previous configuration: %s", exc.strerror)
             return
-        for sock in added.values():
-            log.info("listening on http://%s/", bound_address(sock))
         self.sockets.update(added)
         self.tls_sockets.update(added_tls)
-        log_tls_listening(list(added_tls.values()), None)
+        fresh = {id(sock) for sock in [*added.values(), *added_tls.values()]}
+        for entry, sock in self.sockets_for(new):
+            if id(sock) in fresh:
+                log.info("%s", describe_listener(entry, sock, "http"))
+            else:
+                chmod_listener(entry, sock)  # a kept unix socket takes the mode the new file gives it
+        for entry, sock in self.tls_sockets_for(new):
+            if id(sock) not in fresh:
+                chmod_listener(entry, sock)
+        log_tls_listening([(e, s) for e, s in self.tls_sockets_for(new) if id(s) in fresh], None)
         if certificates is not None:
             log.info("TLS certificates for the new workers: %s", describe(certificates))
         self._previous = (self.config, self.certificates, self.generation)

@@ -31,10 +31,13 @@ import logging
 from typing import Callable
 
 from ..config import Address
-from ..tls import Certificates, FailureLog, classify, describe
+from ..errors import ProxyHeaderError
+from ..http import proxyproto
+from ..http.proxyproto import UNIX_CLIENT
+from ..tls import Certificates, Failure, FailureLog, classify, describe
 from .client import ClientProtocol
 from .h2conn import Http2Protocol
-from .sockets import bound_address
+from .sockets import describe_listener
 
 log = logging.getLogger("proxy")
 
@@ -57,8 +60,8 @@ class TlsClientProtocol(ClientProtocol):
 
     __slots__ = ("_early",)
 
-    def __init__(self, worker, scheme: bytes = b"https") -> None:
-        super().__init__(worker, scheme)
+    def __init__(self, worker, scheme: bytes = b"https", client_ip: str | None = None) -> None:
+        super().__init__(worker, scheme, client_ip)
         self._early: list[bytes] | None = []
 
     def connection_made(self, transport) -> None:
@@ -82,14 +85,21 @@ class TlsClientProtocol(ClientProtocol):
 
 class _Holding(asyncio.Protocol):
     """Owns a fresh TCP connection on a TLS port until ``start_tls`` takes it over, keeping whatever it
-    reads before then (``early``: the start of the ClientHello, under uvloop only)."""
+    reads before then (``early``: the start of the ClientHello, under uvloop only; or, on a
+    ``proxy_protocol`` listener, what followed the PROXY header in its last read).
 
-    __slots__ = ("_worker", "_transport", "early")
+    On a ``proxy_protocol`` listener it first reads the PROXY header (it comes before the TLS
+    handshake: the balancer writes it in clear as soon as it connects): ``header`` is then a future
+    that the handshake task waits for, resolved with the header or failed with why there is none.
+    """
 
-    def __init__(self, worker) -> None:
+    __slots__ = ("_worker", "_transport", "early", "header")
+
+    def __init__(self, worker, proxied: bool = False) -> None:
         self._worker = worker
         self._transport: asyncio.Transport | None = None
         self.early = bytearray()
+        self.header: asyncio.Future | None = worker.loop.create_future() if proxied else None
 
     def connection_made(self, transport) -> None:
         worker = self._worker
@@ -98,7 +108,8 @@ class _Holding(asyncio.Protocol):
             transport.abort()  # there is no way to say 503 before the handshake
             return
         self._transport = transport
-        transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
+        if self.header is None:
+            transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
         task = worker.loop.create_task(_handshake(worker, transport, self))
         edge.handshakes.add(task)
         task.add_done_callback(edge.handshakes.discard)
@@ -107,7 +118,32 @@ class _Holding(asyncio.Protocol):
         # uvloop read the ClientHello before start_tls took the transport: keep it for _replay, and let
         # the rest (if the hello spans several reads) wait in the kernel until start_tls resumes reading.
         self.early += data
+        header = self.header
+        if header is not None and not header.done():
+            try:
+                found = proxyproto.parse(self.early)
+            except ProxyHeaderError as exc:
+                found = exc
+            if found is None:
+                return  # more of the header to read
+            if isinstance(found, ProxyHeaderError):
+                header.set_exception(found)
+            else:
+                del self.early[:found.length]
+                header.set_result(found)
         self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._no_header(ProxyHeaderError("the connection closed before its PROXY header ended"))
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._no_header(ConnectionResetError())
+
+    def _no_header(self, exc: BaseException) -> None:
+        header = self.header
+        if header is not None and not header.done():
+            header.set_exception(exc)
 
 
 def _replay(transport: asyncio.Transport, holding: _Holding) -> None:
@@ -142,10 +178,18 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
 
 
 async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) -> None:
+    peer = transport.get_extra_info("peername")
     if transport.is_closing():  # reset before this task ran
-        worker.edge.handshake_failed(ConnectionResetError(), transport.get_extra_info("peername"), worker)
+        worker.edge.handshake_failed(ConnectionResetError(), peer, worker)
         return
-    protocol = TlsClientProtocol(worker, b"https")
+    client_ip = None
+    if holding.header is not None:
+        found = await _proxy_header(worker, transport, holding, peer)
+        if found is None:
+            return
+        client_ip = found.client_ip
+        peer = found.client or peer  # a failed handshake is then logged with the client's address
+    protocol = TlsClientProtocol(worker, b"https", client_ip)
     if holding.early:
         worker.loop.call_soon(_replay, transport, holding)
     try:
@@ -154,7 +198,7 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
             ssl_handshake_timeout=worker.config.limits.header_timeout)
     except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; so are resets and asyncio's timeout
         transport.abort()
-        worker.edge.handshake_failed(exc, transport.get_extra_info("peername"), worker)
+        worker.edge.handshake_failed(exc, peer, worker)
         return
     worker.metrics.tls_handshakes += 1
     worker.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
@@ -163,7 +207,7 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
         # The client chose HTTP/2 ([tls] http2 offered it): the connection is an Http2Protocol's, and what
         # the TLS protocol already delivered (kept in _early) goes to it.
         early, protocol._early = protocol._early, None
-        http2 = Http2Protocol(worker, b"https")
+        http2 = Http2Protocol(worker, b"https", client_ip)
         tls_transport.set_protocol(http2)
         http2.connection_made(tls_transport)
         for data in early:
@@ -172,19 +216,52 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
     protocol.connection_made(tls_transport)
 
 
+async def _proxy_header(worker, transport: asyncio.Transport, holding: _Holding, peer):
+    """The PROXY header of a connection on a proxy_protocol TLS listener, or None (the connection is then
+    closed and the refusal logged)."""
+    try:
+        async with asyncio.timeout(worker.config.limits.header_timeout):
+            return await holding.header
+    except ProxyHeaderError as exc:
+        refusal = exc
+    except TimeoutError:
+        refusal = ProxyHeaderError("no PROXY header within header_timeout")
+    except ConnectionResetError:
+        refusal = None  # gone before it said anything worth a line (a balancer's TCP check)
+    transport.abort()
+    if refusal is not None:
+        worker.edge.proxy_header_refused(refusal, peer, worker)
+    return None
+
+
+def _peer_text(peer) -> str:
+    """A peer address for the log: "host:port", "unix:" for a unix socket's client, "?" when unknown."""
+    if isinstance(peer, tuple) and peer and peer[0] != UNIX_CLIENT:
+        return str(Address(peer[0], peer[1]))
+    return UNIX_CLIENT if isinstance(peer, (str, tuple)) else "?"
+
+
 class EdgeState:
-    """What the TLS listeners share in one process: handshakes in progress and the failure log."""
+    """What the edge listeners share in one process: TLS handshakes in progress, and the logs of failed
+    handshakes and refused PROXY headers."""
 
     def __init__(self) -> None:
         self.handshakes: set[asyncio.Task] = set()
         self.failures = FailureLog()
+        self.proxy_failures = FailureLog(what="PROXY protocol header refused")
         self.https_port: int | None = None  # the first TLS listener's bound port, for redirect_http
+
+    def proxy_header_refused(self, exc: ProxyHeaderError, peer, worker) -> None:
+        """A connection on a proxy_protocol listener is closed for its header: said once a minute at most."""
+        worker.metrics.proxy_protocol_refused += 1
+        line = self.proxy_failures.note(Failure("proxy_protocol", str(exc)), _peer_text(peer), worker.loop.time())
+        if line is not None:
+            log.warning("%s", line)
 
     def handshake_failed(self, exc: BaseException, peer, worker) -> None:
         failure = classify(exc)
         worker.metrics.tls_failures[failure.kind] += 1
-        host = str(Address(peer[0], peer[1])) if peer else "?"
-        line = self.failures.note(failure, host, worker.loop.time())
+        line = self.failures.note(failure, _peer_text(peer), worker.loop.time())
         if line is not None:
             log.warning("%s", line)
 
@@ -197,14 +274,15 @@ class EdgeState:
             task.cancel()
 
 
-def tls_protocol(worker) -> Callable[[], asyncio.Protocol]:
-    """The protocol factory for connections accepted on a [tls] socket."""
-    return lambda: _Holding(worker)
+def tls_protocol(worker, proxied: bool = False) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for connections accepted on a [tls] socket (``proxied``: proxy_protocol on)."""
+    return lambda: _Holding(worker, proxied)
 
 
-def log_tls_listening(sockets, certificates: Certificates | None) -> None:
-    """The lines a process that binds [tls] listen logs (the master, or serve() on its own)."""
-    if certificates is not None and sockets:
+def log_tls_listening(listeners, certificates: Certificates | None) -> None:
+    """The lines a process that binds [tls] listen logs (the master, or serve() on its own);
+    ``listeners``: (listen entry, socket) pairs."""
+    if certificates is not None and listeners:
         log.info("TLS certificates: %s", describe(certificates))
-    for sock in sockets:
-        log.info("listening on https://%s/", bound_address(sock))
+    for entry, sock in listeners:
+        log.info("%s", describe_listener(entry, sock, "https"))

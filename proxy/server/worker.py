@@ -192,8 +192,11 @@ class Worker:
 
     @staticmethod
     def local_host(transport) -> bytes:
-        """Host for an HTTP/1.0 request that sent none: the address it reached us on."""
+        """Host for an HTTP/1.0 request that sent none: the address it reached us on ("localhost" for a
+        unix socket)."""
         name = transport.get_extra_info("sockname") if transport is not None else None
+        if isinstance(name, str):
+            return b"localhost"
         if not name or not isinstance(name, tuple):
             return b""
         return str(Address(name[0], name[1])).encode()

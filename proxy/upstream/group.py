@@ -27,10 +27,11 @@ import ipaddress
 import logging
 import socket
 
-from ..config import Address, ServerSpec, Upstream, is_ip_literal
+from ..config import Address, ServerSpec, UnixAddress, Upstream, needs_lookup
+from ..tls import client_context
 from .balancer import POLICIES
 from .health import HealthState, check_forever
-from .pool import ServerPool
+from .pool import ServerPool, TlsTarget
 
 log = logging.getLogger("proxy")
 
@@ -51,7 +52,7 @@ class Peer:
     __slots__ = ("spec", "address", "name", "pool", "group", "current_weight", "in_flight", "requests", "failures",
                  "fails", "fail_window", "failed_until", "failing", "health", "draining", "checker", "last_error")
 
-    def __init__(self, spec: ServerSpec, address: Address, group: "UpstreamGroup") -> None:
+    def __init__(self, spec: ServerSpec, address: "Address | UnixAddress", group: "UpstreamGroup") -> None:
         config = group.config
         self.spec = spec
         self.address = address
@@ -59,7 +60,7 @@ class Peer:
         self.group = group
         self.pool = ServerPool(address, keepalive=config.keepalive, idle_timeout=config.idle_timeout,
                                connect_timeout=config.connect_timeout, loop=group.loop, timers=group.timers,
-                               engine=group.engine)
+                               engine=group.engine, tls=group.tls_target(spec))
         self.current_weight = 0
         self.in_flight = 0
         self.requests = 0
@@ -108,8 +109,9 @@ class UpstreamGroup:
         # Requests waiting for a server under max_conns (nginx Plus "queue"), oldest first.
         self.waiting: collections.deque = collections.deque()
         self._resolver: asyncio.Task | None = None
+        self._contexts: dict = {}  # UpstreamTls -> ssl.SSLContext, one per settings for the whole group
         for spec in config.servers:
-            if is_ip_literal(spec.address.host):
+            if not needs_lookup(spec.address):
                 self._add(spec, spec.address)
 
     def __repr__(self) -> str:
@@ -118,9 +120,20 @@ class UpstreamGroup:
 
     # --- life cycle ---
 
+    def tls_target(self, spec: ServerSpec) -> TlsTarget | None:
+        """How to speak TLS to ``spec``'s addresses, or None for plain HTTP. The name checked is the one
+        written (a host name stays the name when it resolves to several addresses)."""
+        settings = self.config.tls_for(spec)
+        if settings is None:
+            return None
+        context = self._contexts.get(settings)
+        if context is None:
+            context = self._contexts[settings] = client_context(settings, f"upstreams.{self.name}.tls", "proxy.toml")
+        return TlsTarget(context, settings.server_name or spec.address.host)
+
     async def start(self) -> None:
         """Resolve host names once (so the first requests have servers), then keep them fresh."""
-        named = [spec for spec in self.config.servers if not is_ip_literal(spec.address.host)]
+        named = [spec for spec in self.config.servers if needs_lookup(spec.address)]
         if named:
             await self.resolve(named)
             self._resolver = self.loop.create_task(self._resolve_forever(named))

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import h11
 
-from ..config import Address, Health
+from ..config import Address, Health, UnixAddress, authority
+from ..errors import tls_failure
+from .pool import TlsTarget, open_connection
 
 
 @dataclass
@@ -47,11 +49,13 @@ class HealthState:
         return False
 
 
-async def probe(address: Address, health: Health, host: str) -> str | None:
-    """GET ``health.path`` once; None when the status is expected, else why not."""
+async def probe(address: "Address | UnixAddress", health: Health, host: str,
+                tls: TlsTarget | None = None) -> str | None:
+    """GET ``health.path`` once, over TCP, TLS or a unix socket as requests go; None when the status is
+    expected, else why not."""
     try:
         async with asyncio.timeout(health.timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port)
+            reader, writer = await _open(address, tls)
             try:
                 conn = h11.Connection(h11.CLIENT)
                 writer.write(conn.send(h11.Request(method="GET", target=health.path, headers=[
@@ -77,12 +81,22 @@ async def probe(address: Address, health: Health, host: str) -> str | None:
     except h11.RemoteProtocolError as exc:
         return f"health check: invalid response ({exc})"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return tls_failure(exc) or exc.strerror or str(exc)
+
+
+async def _open(address: "Address | UnixAddress", tls: TlsTarget | None):
+    """asyncio.open_connection, for any kind of server address."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await open_connection(loop, lambda: protocol, address, tls)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def check_forever(peer, health: Health, observe) -> None:
     """Probe ``peer`` every ``health.interval`` seconds; ``observe(peer, error)`` applies each result
     (UpstreamGroup.probed: the state, its log lines, and the end of a passive rest)."""
+    host = authority(peer.spec.address)
     while True:
-        observe(peer, await probe(peer.address, health, str(peer.spec.address)))
+        observe(peer, await probe(peer.address, health, host, peer.pool.tls))
         await asyncio.sleep(health.interval)

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Protocol
+import ssl
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
-from ..config import Address
+from ..config import Address, UnixAddress
 from ..errors import UpstreamError, connect_error
 
 CONNECTING, IDLE, ACTIVE, CLOSING, CLOSED = "connecting", "idle", "active", "closing", "closed"
@@ -42,12 +44,35 @@ class Waiter(Protocol):
     def connect_failed(self, error: UpstreamError) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TlsTarget:
+    """HTTPS to one server: the group's client context, and the name sent in SNI and checked in its
+    certificate (upstream/group.py chooses both)."""
+
+    context: ssl.SSLContext
+    server_name: str
+
+
+async def open_connection(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
+                          address: "Address | UnixAddress", tls: TlsTarget | None = None):
+    """Connect ``factory``'s protocol to a server: TCP (and TLS when ``tls`` is given) or a unix socket.
+    The caller bounds the time (connect_timeout covers the TLS handshake too)."""
+    if type(address) is UnixAddress:
+        return await loop.create_unix_connection(factory, address.path)
+    if tls is None:
+        return await loop.create_connection(factory, address.host, address.port)
+    return await loop.create_connection(factory, address.host, address.port, ssl=tls.context,
+                                        server_hostname=tls.server_name)
+
+
 class ServerPool:
     """The connections of one server and the counters that describe its use."""
 
-    def __init__(self, address: Address, *, keepalive: int, idle_timeout: float, connect_timeout: float,
-                 loop: asyncio.AbstractEventLoop, timers, engine: str = "auto") -> None:
+    def __init__(self, address: "Address | UnixAddress", *, keepalive: int, idle_timeout: float,
+                 connect_timeout: float, loop: asyncio.AbstractEventLoop, timers, engine: str = "auto",
+                 tls: TlsTarget | None = None) -> None:
         self.address = address
+        self.tls = tls
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -115,10 +140,9 @@ class ServerPool:
         task.add_done_callback(self._opening.discard)
 
     async def _connect(self, conn, waiter: Waiter) -> None:
-        host, port = self.address.host, self.address.port
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await self.loop.create_connection(lambda: conn, host, port)
+                await open_connection(self.loop, lambda: conn, self.address, self.tls)
         except (OSError, TimeoutError) as exc:
             self.move(conn, CLOSED)
             if not waiter.cancelled:

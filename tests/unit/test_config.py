@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
-from proxy import config
-from proxy.config import Address, ConfigError, parse_address, parse_size
+from proxy import cli, config
+from proxy.config import Address, ConfigError, Listen, UnixAddress, parse_address, parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ def load_text(tmp_path: Path, text: str) -> config.Config:
 
 def test_defaults_with_an_empty_file(tmp_path):
     cfg = load_text(tmp_path, "")
-    assert cfg.server.listen == (Address("127.0.0.1", 8080),)
+    assert cfg.server.listen == (Listen(Address("127.0.0.1", 8080)),)
     assert cfg.limits.max_body_bytes == 1024 * 1024
     assert cfg.limits.max_header_bytes == 32768
     assert cfg.log.format == "combined"
@@ -54,7 +55,7 @@ def test_full_example_loads(tmp_path):
         prefix = "/"
         upstream = "app"
     """.replace("\n        ", "\n"))
-    assert cfg.server.listen[1] == Address("::1", 8080)
+    assert cfg.server.listen[1] == Listen(Address("::1", 8080))
     assert cfg.limits.max_body_bytes == 16384
     assert cfg.upstreams["app"].servers[1].address == Address("app", 8001)
     assert cfg.routes[0].static == (tmp_path / "static").resolve()
@@ -165,7 +166,7 @@ def test_upgrade_protocols(tmp_path, protocols, expected):
     ('["[::]:80"]', Address("::", 80)),
 ])
 def test_listen_accepts_what_nginx_accepts(tmp_path, listen, expected):
-    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (expected,)
+    assert load_text(tmp_path, f"[server]\nlisten = {listen}\n").server.listen == (Listen(expected),)
 
 
 @pytest.mark.parametrize("listen, message", [
@@ -277,3 +278,104 @@ def test_with_absolute_paths_keeps_words_and_absolute_paths():
     assert out["tls"]["sites"][0]["certificate"] == "/etc/twotier/s.pem"
     assert out["routes"][0] == {"prefix": "/", "static": "/etc/twotier/www", "upstream": "app"}
     assert data["log"]["error"] == "err.log"  # the original is untouched
+
+
+# --- where the proxy listens and what it talks to ---------------------------
+
+def test_listen_entries_as_strings_and_tables(tmp_path):
+    cfg = load_text(tmp_path, """
+[server]
+listen = ["127.0.0.1:8080", "unix:/run/twotier.sock", { address = ":8081", proxy_protocol = true },
+          { address = "unix:/run/twotier/lb.sock", proxy_protocol = true, mode = 0o660 }]
+""")
+    assert cfg.server.listen == (
+        Listen(Address("127.0.0.1", 8080)), Listen(UnixAddress("/run/twotier.sock")),
+        Listen(Address("0.0.0.0", 8081), proxy_protocol=True),
+        Listen(UnixAddress("/run/twotier/lb.sock"), proxy_protocol=True, mode=0o660))
+    assert [e.socket_mode for e in cfg.server.listen[1::2]] == [0o666, 0o660]
+    assert [str(e) for e in cfg.server.listen] == ["127.0.0.1:8080", "unix:/run/twotier.sock",
+                                                   "0.0.0.0:8081 (PROXY protocol)",
+                                                   "unix:/run/twotier/lb.sock (PROXY protocol)"]
+    assert load_text(tmp_path, '[server]\nlisten = [{address = "unix:/a.sock", mode = "640"}]\n').server.listen[0].mode \
+        == 0o640
+
+
+def test_servers_on_unix_sockets_and_https(tmp_path):
+    cfg = load_text(tmp_path, """
+[upstreams.app]
+servers = ["unix:/run/gunicorn.sock", "https://10.0.0.5:8443", "http://10.0.0.6:8000",
+           { address = "https://app.internal:8443", weight = 2 }]
+""")
+    app = cfg.upstreams["app"]
+    assert [(s.address, s.scheme) for s in app.servers] == [
+        (UnixAddress("/run/gunicorn.sock"), ""), (Address("10.0.0.5", 8443), "https"),
+        (Address("10.0.0.6", 8000), "http"), (Address("app.internal", 8443), "https")]
+    assert [str(s) for s in app.servers][1:] == ["https://10.0.0.5:8443", "http://10.0.0.6:8000",
+                                                 "https://app.internal:8443 weight=2"]
+    # https:// without a tls table: verified against the system's CAs, named by the host as written.
+    assert [app.tls_for(s) for s in app.servers] == [None, config.UpstreamTls(), None, config.UpstreamTls()]
+
+
+def test_a_tls_table_makes_a_groups_host_port_servers_https(tmp_path):
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cfg = load_text(tmp_path, """
+[upstreams.app]
+servers = ["10.0.0.5:8443", "http://10.0.0.6:8000", "unix:/run/gunicorn.sock"]
+tls = { ca_file = "ca.pem", server_name = "App.Internal" }
+""")
+    app = cfg.upstreams["app"]
+    assert app.tls == config.UpstreamTls(verify=True, ca_file=tmp_path / "ca.pem", server_name="app.internal")
+    assert [app.tls_for(s) for s in app.servers] == [app.tls, None, None]  # http:// and unix: stay plain
+    assert "tls verify ca_file" in cli.summary(cfg)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[server]\nlisten = ["unix:run/x.sock"]\n', "server.listen: 'unix:run/x.sock': a unix socket is written unix:/absolute/path"),
+    (f'[server]\nlisten = ["unix:/{"x" * 110}"]\n', "server.listen: 'unix:/xxx"),
+    ('[server]\nlisten = [{address = "127.0.0.1:80", mode = 0o600}]\n',
+     "server.listen[0]: mode: only a unix: socket has permissions"),
+    ('[server]\nlisten = [{address = "unix:/a.sock", mode = 0o1777}]\n', "server.listen[0].mode: expected permissions"),
+    ('[server]\nlisten = [{address = "unix:/a.sock", mode = "rw"}]\n', "server.listen[0].mode: expected permissions"),
+    ('[server]\nlisten = [{address = "127.0.0.1:80", proxy_protocol = "yes"}]\n',
+     "server.listen[0].proxy_protocol: expected true or false"),
+    ('[server]\nlisten = [{address = "127.0.0.1:80", send_proxy = true}]\n', "server.listen[0].send_proxy: unknown key"),
+    ('[server]\nlisten = [{proxy_protocol = true}]\n', "server.listen[0].address: missing"),
+    ('[server]\nlisten = ["unix:/a.sock", {address = "unix:/a.sock"}]\n', "server.listen: unix:/a.sock is listed twice"),
+    ('[upstreams.app]\nservers = ["unix:relative.sock"]\n', "upstreams.app.servers: 'unix:relative.sock': a unix socket"),
+    ('[upstreams.app]\nservers = ["https://unix:/a.sock"]\n', "upstreams.app.servers: https://unix:/a.sock: a unix: server"),
+    ('[upstreams.app]\nservers = [{address = "https://unix:/a.sock"}]\n',
+     "upstreams.app.servers[0]: https://unix:/a.sock: a unix: server speaks plain HTTP"),
+    ('[upstreams.app]\nservers = ["ftp://a:1"]\n', "upstreams.app.servers: expected"),
+    ('[upstreams.app]\nservers = ["https://a:1/path"]\n', "upstreams.app.servers: expected"),
+    ('[upstreams.app]\nservers = ["unix:/a.sock"]\ntls = {}\n',
+     "upstreams.app: tls: no server of this group speaks HTTPS (unix: and http:// servers are plain)"),
+    ('[upstreams.app]\nservers = ["a:1"]\ntls = { verify = "yes" }\n', "upstreams.app.tls.verify: expected true or false"),
+    ('[upstreams.app]\nservers = ["a:1"]\ntls = { ca_file = "missing.pem" }\n', "upstreams.app.tls.ca_file: file"),
+    ('[upstreams.app]\nservers = ["a:1"]\ntls = { server_name = "*.app.internal" }\n',
+     "upstreams.app.tls.server_name: expected a host name or IP address"),
+    ('[upstreams.app]\nservers = ["a:1"]\ntls = { sni = "x" }\n', "upstreams.app.tls.sni: unknown key"),
+    ('[status]\nallow = ["unix"]\n', 'status.allow: expected a list of an address or network like "127.0.0.1/32" or '
+                                     '"::1/128", or "unix:"'),
+])
+def test_listen_and_server_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    assert str(caught.value).startswith(f"{tmp_path / 'proxy.toml'}: {message}"), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_ca_file_that_holds_no_certificate_is_an_error(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"upstreams.app.tls.ca_file: .*ca.pem holds no PEM CA certificate"):
+        load_text(tmp_path, '[upstreams.app]\nservers = ["a:1"]\ntls = { ca_file = "ca.pem" }\n')
+
+
+def test_status_allow_unix_clients(tmp_path):
+    status = load_text(tmp_path, '[status]\nallow = ["unix:", "10.0.0.0/8"]\n').status
+    assert status.allows("unix:") and status.allows("10.1.1.1") and not status.allows("127.0.0.1")
+    assert not load_text(tmp_path, "[status]\n").status.allows("unix:")  # never by default: nginx's rule too
+
+
+def test_with_absolute_paths_fixes_an_upstreams_ca_file(tmp_path):
+    data = {"upstreams": {"app": {"servers": ["a:1"], "tls": {"ca_file": "ca.pem"}}}}
+    assert config.with_absolute_paths(data, tmp_path)["upstreams"]["app"]["tls"]["ca_file"] == str(tmp_path / "ca.pem")

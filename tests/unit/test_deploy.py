@@ -621,3 +621,29 @@ def test_systemd_units_reload_with_sighup(unit):
     start = re.search(r"^ExecStart=(.*)$", text, re.MULTILINE)[1]
     if unit == "proxy.service":
         assert reloads[0] == start + " --check-config"
+
+
+def test_the_systemd_tiers_meet_on_a_unix_socket(tmp_path):
+    """appserver.service binds a unix socket in its RuntimeDirectory (readable by other users, so the proxy's
+    dynamic user can reach it), and proxy.service's install steps name that socket as the upstream, in a line
+    that is valid proxy.toml."""
+    app = (DEPLOY / "appserver.service").read_text()
+    path = re.search(r"^ExecStart=/opt/twotier/bin/appserver --bind unix:(\S+)$", app, re.MULTILINE)[1]
+    runtime = re.search(r"^RuntimeDirectory=(\S+)$", app, re.MULTILINE)[1]
+    assert path.startswith(f"/run/{runtime}/")
+    assert re.search(r"^RuntimeDirectoryMode=0755$", app, re.MULTILINE)
+    proxy_unit = (DEPLOY / "proxy.service").read_text()
+    line = re.search(r'^#\s+(servers = \["unix:\S+"\])$', proxy_unit, re.MULTILINE)[1]
+    assert line == f'servers = ["unix:{path}"]'
+    for text in (app, proxy_unit):
+        assert "AF_UNIX" in re.search(r"^RestrictAddressFamilies=(.*)$", text, re.MULTILINE)[1]
+    (tmp_path / "proxy.toml").write_text(f"[upstreams.app]\n{line}\n")
+    from proxy import config
+
+    [server] = config.load(tmp_path / "proxy.toml").upstreams["app"].servers
+    assert str(server.address) == f"unix:{path}"
+    # The proxy's own optional unix listener, shown in the same comments, is in its RuntimeDirectory.
+    listen = re.search(r'^#\s+(listen = \[\{ address = "unix:(\S+)".*\])$', proxy_unit, re.MULTILINE)
+    assert listen[2].startswith("/run/" + re.search(r"^RuntimeDirectory=(\S+)$", proxy_unit, re.MULTILINE)[1] + "/")
+    (tmp_path / "proxy.toml").write_text(f"[server]\n{listen[1]}\n")
+    assert config.load(tmp_path / "proxy.toml").server.listen[0].proxy_protocol

@@ -124,3 +124,52 @@ def test_refused_upgrade_is_explained(site):
     out = explain(site, "GET", "/api/ws", [("Connection", "Upgrade"), ("Upgrade", "foo")])
     assert out.endswith("answer:  400 from the proxy: upgrade to foo is not allowed here (upstream 'app' allows "
                         "websocket)")
+
+
+@pytest.mark.parametrize("servers, tls, line", [
+    ('["unix:/run/gunicorn.sock"]', "",
+     "server:  unix:/run/gunicorn.sock of upstream 'app' (round_robin, first pick of 1 known server(s)), "
+     "over its unix socket"),
+    ('["https://10.0.0.5:8443"]', "",
+     "server:  10.0.0.5:8443 of upstream 'app' (round_robin, first pick of 1 known server(s)), over HTTPS "
+     "(certificate checked against the system's CAs, for the name 10.0.0.5)"),
+    ('["10.0.0.5:8443"]', 'tls = { server_name = "app.internal" }',
+     "over HTTPS (certificate checked against the system's CAs, for the name app.internal)"),
+    ('["10.0.0.5:8443"]', "tls = { verify = false }",
+     "over HTTPS (SNI 10.0.0.5; the certificate is not checked: verify = false)"),
+    ('["http://10.0.0.5:8000"]', "", "(round_robin, first pick of 1 known server(s))\n"),
+])
+def test_explain_says_how_the_server_is_reached(tmp_path, servers, tls, line):
+    (tmp_path / "proxy.toml").write_text(f"""
+[server]
+listen = ["unix:/run/twotier.sock"]
+[upstreams.app]
+servers = {servers}
+{tls}
+[[routes]]
+prefix = "/"
+upstream = "app"
+""")
+    text = explain(config.load(tmp_path / "proxy.toml"), "GET", "/", [])
+    assert line in text + "\n"
+    assert "  host: localhost" in text  # a unix listener: the Host a request without one is given
+
+
+def test_explain_says_where_the_client_address_comes_from(tmp_path):
+    (tmp_path / "proxy.toml").write_text("""
+[server]
+listen = ["127.0.0.1:8080", { address = ":8081", proxy_protocol = true }, "unix:/run/twotier.sock"]
+[upstreams.app]
+servers = ["127.0.0.1:8000"]
+[[routes]]
+prefix = "/"
+upstream = "app"
+""")
+    text = explain(config.load(tmp_path / "proxy.toml"), "GET", "/", [], client_ip="203.0.113.7")
+    assert ("client:  on 0.0.0.0:8081 (proxy_protocol) the address its PROXY header names "
+            "(what --client-ip stands for here)") in text
+    assert 'client:  on unix:/run/twotier.sock "unix:" (a unix socket\'s client has no address)' in text
+    assert "  x-forwarded-for: 203.0.113.7" in text
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[upstreams.app]\nservers = ["127.0.0.1:8000"]\n[[routes]]\nprefix = "/"\nupstream = "app"\n')
+    assert "client:" not in explain(config.load(plain), "GET", "/", [])

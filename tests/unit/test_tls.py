@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from proxy import config, tls
-from proxy.config import Address, ConfigError
+from proxy.config import Address, ConfigError, Listen
 from proxy.gencert import openssl_command, subject_alt_names
 from proxy.server.tls import _feed
 
@@ -35,7 +35,7 @@ def load(folder: Path, text: str) -> config.Config:
 def test_tls_section_loads_with_defaults(tmp_path, ca):
     write(tmp_path, "a", ca.issue_cert("localhost"))
     cfg = load(tmp_path, '[tls]\ncertificate = "a.pem"\nkey = "a.key"\n')
-    assert cfg.tls.listen == (Address("127.0.0.1", 8443),)
+    assert cfg.tls.listen == (Listen(Address("127.0.0.1", 8443)),)
     assert cfg.tls.min_version == "TLSv1.2" and not cfg.tls.redirect_http and cfg.tls.hsts == ""
     assert cfg.tls.certificate == tmp_path / "a.pem"
     assert load(tmp_path, "").tls is None
