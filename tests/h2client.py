@@ -62,8 +62,12 @@ class H2Client:
     """One HTTP/2 connection to the proxy on 127.0.0.1:``port``."""
 
     def __init__(self, port: int, *, tls: bool = True, server_name: str = "localhost", timeout: float = 10.0,
-                 settings: dict | None = None, window: bool = True, authority: bytes | None = None) -> None:
+                 settings: dict | None = None, window: bool = True, authority: bytes | None = None,
+                 prefix: bytes = b"") -> None:
+        """``prefix``: bytes sent first, in cleartext (a PROXY protocol header, as a load balancer sends)."""
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if prefix:
+            raw.sendall(prefix)
         if tls:
             context = ssl.create_default_context()
             context.check_hostname = False
