@@ -68,7 +68,7 @@ def _on_off(value: str) -> bool:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="one group of 1 s runs per scenario, no warm-up (a smoke test, < 30 s)")
+                   help="one group of 1 s runs per scenario, no warm-up (a smoke test, < 45 s)")
     p.add_argument("--groups", "--pairs", type=int, metavar="N",
                    help=f"groups of back-to-back runs (one per server) per scenario (default {FULL[0]}, "
                         f"quick {QUICK[0]})")
