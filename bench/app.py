@@ -17,6 +17,7 @@ app = Flask(__name__, static_folder=None)
 
 
 @app.get("/api/json")
+@app.get("/policy/json")  # the same answer through the route with request policy
 def small_json():
     return jsonify(ok=True, service="twotier-bench", items=[1, 2, 3])
 

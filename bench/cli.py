@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="twotier-bench-"))
     try:
         layout = stack_module.prepare(work, nginx_sendfile=opts.nginx_sendfile, proxy_sendfile=opts.proxy_sendfile,
-                                      workers=opts.workers, engines=opts.engines, proxy_master=proxy_master)
+                                      workers=opts.workers, engines=opts.engines, proxy_master=proxy_master,
+                                      policy=any(s.path.startswith("/policy/") for s in opts.scenarios))
         with Processes(work, stack_module.ROOT) as procs:
             if opts.profile:
                 from . import profiling

@@ -54,6 +54,7 @@ class Layout:
     workers: int = 1
     proxy_master: bool = False  # the proxy has [server] workers: a master forks that many workers
     run_as_root: bool = False  # nginx's master then needs a `user` for its worker
+    policy: bool = False  # serve /policy/ too (a proxy older than request policy has no such keys)
 
     def proxy_config(self, engine: str) -> Path:
         """Where the config of the proxy running ``engine`` is written."""
@@ -73,6 +74,7 @@ class Location:
     proxy: Callable[[Layout], str]  # the keys of the proxy's [[routes]] entry, beside `prefix`
     nginx_http: Callable[[Layout], str] = _nothing  # directives it needs in nginx's http block
     proxy_tables: Callable[[Layout], str] = _nothing  # top-level TOML tables it needs in the proxy's config
+    wanted: Callable[[Layout], bool] = lambda layout: True  # whether this run serves it at all
 
 
 def _nginx_static(layout: Layout) -> str:
@@ -103,19 +105,51 @@ proxy_buffers 8 8k;
 """
 
 
+# /policy/: /api/ through a route with a request header rule, an allow list and a rate limit, at a rate no
+# run reaches (every request is counted, none refused): what request policy costs a proxied request.
+POLICY_RATE = 1_000_000
+
+
+def _nginx_policy(layout: Layout) -> str:
+    return _nginx_api(layout) + f"""\
+proxy_set_header X-Site shop;
+allow 127.0.0.0/8;
+deny all;
+limit_req zone=bench burst={POLICY_RATE} nodelay;
+"""
+
+
+def _proxy_policy(layout: Layout) -> str:
+    return """\
+upstream = "app"
+request_headers = { set = { "X-Site" = "shop" } }
+allow = ["127.0.0.0/8"]
+rate_limit = "bench"
+"""
+
+
 LOCATIONS: tuple[Location, ...] = (
     Location("/static/", _nginx_static, lambda layout: f'static = "{layout.static}"\n'),
     Location("/api/", _nginx_api, lambda layout: 'upstream = "app"\n'),
+    Location("/policy/", _nginx_policy, _proxy_policy,
+             nginx_http=lambda layout: f"limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n",
+             proxy_tables=lambda layout: f'[rate_limits.bench]\nrate = "{POLICY_RATE}r/s"\nburst = {POLICY_RATE}\n',
+             wanted=lambda layout: layout.policy),
 )
 
 
+def _locations(layout: Layout) -> list[Location]:
+    return [loc for loc in LOCATIONS if loc.wanted(layout)]
+
+
 def _nginx_locations(layout: Layout) -> str:
-    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n" for loc in LOCATIONS]
+    blocks = [f"location {loc.prefix} {{\n{textwrap.indent(loc.nginx(layout), '    ')}}}\n"
+              for loc in _locations(layout)]
     return textwrap.indent("\n".join(blocks), " " * 8)
 
 
 def _nginx_http(layout: Layout) -> str:
-    return textwrap.indent("".join(loc.nginx_http(layout) for loc in LOCATIONS), " " * 4)
+    return textwrap.indent("".join(loc.nginx_http(layout) for loc in _locations(layout)), " " * 4)
 
 
 KEEPALIVE_REQUESTS = 1_000_000
@@ -177,8 +211,8 @@ http {{
 
 def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
     workers = f"workers = {layout.workers}\n" if layout.proxy_master else ""
-    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in LOCATIONS)
-    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in LOCATIONS) if text)
+    routes = "".join(f'\n[[routes]]\nprefix = "{loc.prefix}"\n{loc.proxy(layout)}' for loc in _locations(layout))
+    tables = "".join(f"\n{text}" for text in (loc.proxy_tables(layout) for loc in _locations(layout)) if text)
     return textwrap.dedent(f"""\
         # Written by bench/configs.py for one benchmark run; not for deployment.
         [server]

@@ -98,18 +98,42 @@ class CountingTransport:
         pass
 
 
-def make_config(folder: Path):
+# A route with a request header rule, an allow list and a rate limit that no run reaches (what make bench's
+# "proxied JSON + policy" scenario measures), for a proxy that has them.
+POLICY = {
+    "rate_limits": {"bench": {"rate": "1000000r/s", "burst": 1000000}},
+    "route": {"prefix": "/policy/", "upstream": "app", "request_headers": {"set": {"X-Site": "shop"}},
+              "allow": ["127.0.0.0/8"], "rate_limit": "bench"},
+}
+
+
+def make_config(folder: Path, policy: bool = False):
     from proxy import config
 
     static = folder / "static"
     static.mkdir(exist_ok=True)
     (static / "small.bin").write_bytes(os.urandom(4096))
-    return config.from_dict({
+    data = {
         "server": {"listen": ["127.0.0.1:0"]},
         "log": {"access": "off"},
         "upstreams": {"app": {"servers": ["127.0.0.1:9"], "keepalive": 32}},
         "routes": [{"prefix": "/static/", "static": str(static)}, {"prefix": "/api/", "upstream": "app"}],
-    }, folder / "proxy.toml")
+    }
+    if policy:
+        data["rate_limits"] = POLICY["rate_limits"]
+        data["routes"].append(POLICY["route"])
+    return config.from_dict(data, folder / "proxy.toml")
+
+
+def has_policy(folder: Path) -> bool:
+    """Whether this proxy knows request policy (an older one, given with --proxy-src, may not)."""
+    from proxy.errors import ConfigError
+
+    try:
+        make_config(folder, policy=True)
+    except ConfigError:
+        return False
+    return True
 
 
 def fake_upstreams(worker) -> None:
@@ -145,7 +169,7 @@ def whole_requests(folder: Path, path: bytes, count: int) -> float:
 
     loop = asyncio.new_event_loop()
     try:
-        worker = Worker(make_config(folder), loop)
+        worker = Worker(make_config(folder, policy=path.startswith(b"/policy/")), loop)
         fake_upstreams(worker)
         request = REQUEST % path
 
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-src", type=Path, help="import the proxy package from DIR (a scratch copy)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per round (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is kept (default %(default)s)")
-    parser.add_argument("--cprofile", choices=["static", "proxied", "h2-static", "h2-proxied"],
+    parser.add_argument("--cprofile", choices=["static", "proxied", "policy", "h2-static", "h2-proxied"],
                         help="instead, profile whole requests of this kind and print the top functions")
     args = parser.parse_args(argv)
     if args.proxy_src:
@@ -382,13 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="twotier-micro-") as tmp:
         folder = Path(tmp)
         if args.cprofile:
-            return profile_whole(folder, b"/api/json" if args.cprofile.endswith("proxied") else b"/static/small.bin",
-                                 args.requests, whole_h2_requests if args.cprofile.startswith("h2") else whole_requests)
-        for label, path, run in (
-                ("whole static 4 KiB request (in-process)", b"/static/small.bin", whole_requests),
-                ("whole proxied request (in-process upstream)", b"/api/json", whole_requests),
-                ("HTTP/2: whole static 4 KiB request, 10 streams a read", b"/static/small.bin", whole_h2_requests),
-                ("HTTP/2: whole proxied request, 10 streams a read", b"/api/json", whole_h2_requests)):
+            path = {"static": b"/static/small.bin", "proxied": b"/api/json", "policy": b"/policy/json"}
+            return profile_whole(folder, path[args.cprofile.removeprefix("h2-")], args.requests,
+                                 whole_h2_requests if args.cprofile.startswith("h2-") else whole_requests)
+        wholes = [("whole static 4 KiB request (in-process)", b"/static/small.bin", whole_requests),
+                  ("whole proxied request (in-process upstream)", b"/api/json", whole_requests)]
+        if has_policy(folder):
+            wholes.append(("whole proxied request, route with header rule + allow + rate limit", b"/policy/json",
+                           whole_requests))
+        wholes += [("HTTP/2: whole static 4 KiB request, 10 streams a read", b"/static/small.bin", whole_h2_requests),
+                   ("HTTP/2: whole proxied request, 10 streams a read", b"/api/json", whole_h2_requests)]
+        for label, path, run in wholes:
             us = min(run(folder, path, args.requests) for _ in range(args.repeat))
             print(f"{us:8.1f} µs  {label}")
         for label, (fn, _) in stages(folder).items():

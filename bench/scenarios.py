@@ -1,4 +1,4 @@
-"""What is measured: seven scenarios, each against the proxy (once per engine) and nginx, and their targets.
+"""What is measured: eight scenarios, each against the proxy (once per engine) and nginx, and their targets.
 
 The targets (docs/performance.md) say how close to nginx a Python proxy on
 asyncio should come, with either HTTP/1.1 engine: proxied requests at 0.9x
@@ -65,6 +65,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              Targets(min_rps_ratio=0.8, max_rss_mb=80)),
     Scenario("stream-10m", "proxied 10 MiB stream, 8 conns", "/api/big", 8,
              Targets()),
+    # Proxied JSON through a route with a request header rule, an allow list and a rate limit (never reached).
+    Scenario("proxied-policy", "proxied JSON + policy, 32 conns", "/policy/json", 32,
+             Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
     Scenario("h2-static-4k", "HTTP/2 static 4 KiB, 10x10 streams", f"/static/{SMALL_FILE}", 10,
              Targets(min_rps_ratio=0.8), protocol="h2", streams=10),
     Scenario("h2-proxied", "HTTP/2 proxied JSON, 10x10 streams", "/api/json", 10,

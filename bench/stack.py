@@ -37,7 +37,8 @@ def find_nginx() -> str | None:
 
 
 def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: int,
-            engines: tuple[str, ...] = configs.ENGINES, proxy_master: bool = False) -> configs.Layout:
+            engines: tuple[str, ...] = configs.ENGINES, proxy_master: bool = False,
+            policy: bool = False) -> configs.Layout:
     static = work / "static"
     static.mkdir()
     for name, size in STATIC_FILES.items():
@@ -49,7 +50,7 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
     layout = configs.Layout(work=work, static=static, app_port=free_port(), nginx_port=free_port(),
                             nginx_tls_port=free_port(), certificate=certificate, key=key,
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
-                            proxy_master=proxy_master, run_as_root=os.geteuid() == 0)
+                            proxy_master=proxy_master, run_as_root=os.geteuid() == 0, policy=policy)
     (work / "nginx.conf").write_text(configs.nginx_conf(layout))
     for engine in engines:
         layout.proxy_config(engine).write_text(configs.proxy_toml(layout, engine))

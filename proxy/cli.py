@@ -33,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
                          help="a request header (repeatable)")
     explain.add_argument("--client-ip", default="127.0.0.1", help="the client address to assume")
+    explain.add_argument("--scheme", choices=["http", "https"], default="http",
+                         help="the listener the request came on (default: %(default)s)")
+    explain.add_argument("--sni", metavar="NAME", help="with --scheme https: the name the client asked for in TLS")
+    hashing = commands.add_parser(
+        "hash-password", help="print a bcrypt hash for an htpasswd file (basic_auth users_file)",
+        description="Reads a password (twice from a terminal, or one line from standard input) and prints its "
+                    "bcrypt hash, or a whole 'user:hash' line with --user, as `htpasswd -B` does. "
+                    "Needs no configuration file.")
+    hashing.add_argument("--user", help="print 'USER:hash', a line for the users file")
+    hashing.add_argument("--cost", type=int, default=10,
+                         help="bcrypt cost, 4 to 31: each step doubles the work of every check and of every "
+                              "guess (default: %(default)s, about 60 ms per check on one core)")
     gencert = commands.add_parser(
         "gencert", help="write a self-signed certificate and key for trying [tls] locally (uses openssl)",
         description="Writes OUT/cert.pem and OUT/key.pem, valid for the names given. Browsers will warn: "
@@ -45,14 +57,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def summary(cfg: config_module.Config) -> str:
-    lines = [f"configuration ok: {cfg.path}", "listen: " + ", ".join(str(a) for a in cfg.server.listen), "routes:"]
-    for route in sorted(cfg.routes, key=lambda r: len(r.prefix), reverse=True):
-        action = []
-        if route.static is not None:
-            action.append(f"static {route.static}")
-        if route.upstream:
-            action.append(f"upstream {route.upstream}")
-        lines.append(f"  {route.prefix:<16} -> " + (", else ".join(action)))
+    lines = [f"configuration ok: {cfg.path}", "listen: " + ", ".join(str(a) for a in cfg.server.listen)]
+    if cfg.server.trusted_proxies:
+        lines.append("trusted proxies: " + ", ".join(str(n) for n in cfg.server.trusted_proxies))
+    for site in cfg.sites:
+        if site.where:
+            names = ", ".join(site.names) or "(no names)"
+            lines.append(f"site {names}" + (" (default)" if site.default else "")
+                         + (f" with {site.certificate}" if site.certificate else "") + ":")
+        lines.append("routes:")
+        for route in sorted(site.routes, key=lambda r: len(r.prefix), reverse=True):
+            lines.append(f"  {route.prefix:<16} -> " + _route_summary(route))
     lines.append("upstreams:")
     for name, upstream in cfg.upstreams.items():
         servers = ", ".join(str(s) for s in upstream.servers)
@@ -66,6 +81,9 @@ def summary(cfg: config_module.Config) -> str:
     if cfg.status is not None:
         lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
                      f"(allow {', '.join(str(n) for n in cfg.status.allow)})")
+    for name, zone in cfg.rate_limits.items():
+        lines.append(f"rate limit {name}: {zone.rate:g}r/s per {zone.key}, burst {zone.burst}, delay {zone.delay}, "
+                     f"{zone.max_keys} keys")
     if cfg.tls is not None:
         tls = cfg.tls
         lines.append(f"tls: {', '.join(str(a) for a in tls.listen)} with {tls.certificate} (min {tls.min_version}"
@@ -74,10 +92,28 @@ def summary(cfg: config_module.Config) -> str:
     return "\n".join(lines)
 
 
+def _route_summary(route: config_module.Route) -> str:
+    if route.redirect is not None:
+        action = [f"redirect {route.redirect_status} {route.redirect}"]
+    else:
+        action = [f"static {route.static}"] if route.static is not None else []
+        action += [f"upstream {route.upstream}"] if route.upstream else []
+    policy = [name for name, on in (
+        ("strip_prefix", route.strip_prefix), (f"upstream_prefix {route.upstream_prefix}", route.upstream_prefix),
+        ("request_headers", route.request_headers), ("response_headers", route.response_headers),
+        ("error_pages", route.error_pages), ("allow/deny", route.allow or route.deny),
+        (f"basic_auth {route.basic_auth.realm!r}" if route.basic_auth else "", route.basic_auth),
+        (f"rate_limit {route.rate_limit}", route.rate_limit), (f"conn_limit {route.conn_limit}", route.conn_limit))
+        if on]
+    return ", else ".join(action) + (f" ({', '.join(policy)})" if policy else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "gencert":
         return _gencert(args)
+    if args.command == "hash-password":
+        return _hash_password(args)
     try:
         cfg = config_module.load(args.config)
     except ConfigError as exc:
@@ -110,7 +146,38 @@ def _explain(cfg: config_module.Config, args: argparse.Namespace) -> int:
             print(f"proxy explain: -H {item!r}: expected 'Name: value'", file=sys.stderr)
             return 2
         headers.append((name.strip(), value.strip()))
-    print(explain(cfg, args.method.upper(), args.target, headers, args.client_ip))
+    if args.sni and args.scheme != "https":
+        print("proxy explain: --sni needs --scheme https", file=sys.stderr)
+        return 2
+    print(explain(cfg, args.method.upper(), args.target, headers, args.client_ip, args.scheme,
+                  args.sni.lower() if args.sni else None))
+    return 0
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    import bcrypt
+
+    if not 4 <= args.cost <= 31:
+        print("proxy hash-password: --cost: expected a number from 4 to 31", file=sys.stderr)
+        return 2
+    if args.user is not None and (not args.user or ":" in args.user):
+        print("proxy hash-password: --user: a name without ':'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("proxy hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("proxy hash-password: empty password", file=sys.stderr)
+        return 1
+    # $2y$: the prefix Apache's htpasswd -B writes; the same algorithm as bcrypt's $2b$.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(args.cost)).decode().replace("$2b$", "$2y$", 1)
+    print(f"{args.user}:{hashed}" if args.user is not None else hashed)
     return 0
 
 

@@ -30,7 +30,12 @@ from .errors import ConfigError
 
 
 class Invalid(ValueError):
-    """Raised by a converter; the loader adds the file and the key."""
+    """Raised by a converter; the loader adds the file and the key. A check across keys (in
+    ``__post_init__``) names the key it blames with ``key``."""
+
+    def __init__(self, message: str = "", key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,7 @@ def _convert_temp_dir(value: Any, ctx: Context) -> str:
 def _convert_prefix(value: Any, ctx: Context) -> str:
     # Printable ASCII without quotes or backslashes: a prefix is also written into the
     # Server-Timing header's quoted desc, and headers are not re-validated on the way out.
-    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+    if not isinstance(value, str) or not _PREFIX_RE.fullmatch(value):
         raise Invalid
     return value
 
@@ -262,7 +267,7 @@ def _convert_header_value(value: Any, ctx: Context) -> str:
 
 
 def _convert_token(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise Invalid
     return value
 
@@ -349,6 +354,16 @@ NETWORK_OR_UNIX = Kind('an address or network like "127.0.0.1/32" or "::1/128", 
                        lambda value, ctx: value if value == "unix:" else _convert_network(value, ctx))
 
 
+def matching_network(ip: str, networks: tuple):
+    """The entry of ``networks`` (ip_network values, or "unix:" for every client of a unix: listener) that
+    the client address ``ip`` is in, or None: one answer for [status] allow, trusted_proxies and allow/deny."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unix:" if ip == "unix:" and "unix:" in networks else None
+    return next((network for network in networks if network != "unix:" and address in network), None)
+
+
 def _convert_file(value: Any, ctx: Context) -> Path:
     """A file that must exist and be readable now; kept unresolved so a reload follows a changed symlink."""
     if not isinstance(value, str) or not value:
@@ -376,13 +391,13 @@ _PROTOCOL_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+(/[!#$%&'*+.^_`|~0-9a-z-]+)
 
 
 def _convert_server_name(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _SERVER_NAME_RE.match(value.lower()):
+    if not isinstance(value, str) or not _SERVER_NAME_RE.fullmatch(value.lower()):
         raise Invalid
     return value.lower()
 
 
 def _convert_protocol(value: Any, ctx: Context) -> str:
-    if not isinstance(value, str) or not _PROTOCOL_RE.match(value.lower()):
+    if not isinstance(value, str) or not _PROTOCOL_RE.fullmatch(value.lower()):
         raise Invalid
     return value.lower()
 
@@ -585,6 +600,13 @@ class ServerSettings:
     open_file_cache_bytes: int = setting(
         64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
         "used entries go first.", shown='"64m"')
+    trusted_proxies: tuple = setting(
+        (), _list_of(NETWORK_OR_UNIX, non_empty=False),
+        "Load balancers and proxies in front of this one (nginx set_real_ip_from with real_ip_recursive, Caddy "
+        "trusted_proxies): for a connection from one of these networks the client is the right-most address "
+        "in X-Forwarded-For that is not one of them. Logs, rate limits, allow/deny and the X-Forwarded-For "
+        "sent upstream all use that address. On a proxy_protocol listener the connection's address is the one "
+        'its PROXY header names; "unix:" trusts every client of a unix: listener.', shown="[]")
 
 
 @dataclass(frozen=True)
@@ -783,9 +805,235 @@ class Upstream:
         return None
 
 
+# --- sites and request policy -------------------------------------------------
+# What a route may do beyond serving and forwarding (redirects, rewriting, header rules, error pages,
+# access control, limits) and the [[sites]] that hold routes. Turned into per-request decisions by
+# http/policy.py and http/decide.py.
+
+def _convert_template(value: Any, ctx: Context):
+    from .http.placeholders import TemplateError, compile_template
+
+    try:
+        return compile_template(value)
+    except TemplateError as exc:
+        raise Invalid(str(exc)) from None
+
+
+_REDIRECT_STARTS = ("/", "http://", "https://", "{scheme}://")
+
+
+def _convert_redirect(value: Any, ctx: Context):
+    if value == "":
+        return None
+    template = _convert_template(value, ctx)
+    if not value.startswith(_REDIRECT_STARTS):
+        raise Invalid(f'expected a URL starting with "/", "http://", "https://" or "{{scheme}}://", got {value!r}')
+    return template
+
+
+def _numbers(*allowed: int) -> Kind:
+    def convert(value: Any, ctx: Context) -> int:
+        if isinstance(value, bool) or value not in allowed:
+            raise Invalid
+        return value
+
+    return Kind("one of " + ", ".join(str(n) for n in allowed), convert)
+
+
+# Headers a rule may never touch. Hop-by-hop ones describe one connection (RFC 9110 7.6.1) and the framing
+# ones are the proxy's to write (RFC 9112 6): a rule that changed them could desynchronise a connection
+# (request smuggling) instead of changing a message. Host may only be set, never added or removed.
+_RULE_REFUSED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+                           "trailer", "content-length"})
+
+
+def _rule_name(value: Any, *, host: bool) -> bytes:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise Invalid(f"{value!r} is not a header name (an HTTP token)")
+    name = value.lower()
+    if name in _RULE_REFUSED:
+        raise Invalid(f"{value} is a hop-by-hop or framing header: the proxy alone writes it")
+    if name == "host" and not host:
+        raise Invalid("Host can only be given in set (it is always sent)")
+    return name.encode()
+
+
+def _header_map(*, host: bool) -> Kind:
+    def convert(value: Any, ctx: Context) -> tuple:
+        if not isinstance(value, dict):
+            raise Invalid
+        out = []
+        for name, text in value.items():
+            try:
+                out.append((_rule_name(name, host=host), _convert_template(text, ctx)))
+            except Invalid as exc:
+                raise Invalid(f"{name}: {exc or 'expected a string'}") from None
+        return tuple(out)
+
+    return Kind('a table of header names and values, e.g. { "X-Site" = "shop" }', convert)
+
+
+def _convert_header_names(value: Any, ctx: Context) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        raise Invalid
+    return tuple(_rule_name(name, host=False) for name in value)
+
+
+@dataclass(frozen=True)
+class HeaderRules:
+    """``request_headers`` / ``response_headers`` of a route: applied in the order remove, set, add.
+    Values may hold placeholders ({scheme} {host} {uri} {path} {query} {client_ip} {request_id})."""
+
+    set: tuple = setting((), _header_map(host=True),
+                         "Headers given this value, replacing any of the same name.", shown="{}")
+    add: tuple = setting((), _header_map(host=False),
+                         "Headers added, beside any of the same name.", shown="{}")
+    remove: tuple = setting((), Kind("a list of header names", _convert_header_names),
+                            "Headers removed.", shown="[]")
+
+    def __post_init__(self) -> None:
+        removed = set(self.remove)
+        for key in ("set", "add"):
+            for name, _ in getattr(self, key):
+                if name in removed:
+                    raise Invalid(f"{name.decode()} is both in {key} and in remove", key="remove")
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+_ERROR_CODE_RE = re.compile(r"^(?:4\d\d|5\d\d|4xx|5xx)$")
+
+
+def _convert_error_pages(value: Any, ctx: Context) -> tuple[tuple[str, Path], ...]:
+    if not isinstance(value, dict) or not value:
+        raise Invalid
+    pages = []
+    for code, file in value.items():
+        code = str(code)
+        if not _ERROR_CODE_RE.fullmatch(code):
+            raise Invalid(f'{code}: expected a status from 400 to 599, "4xx" or "5xx"')
+        try:
+            pages.append((code, _convert_file(file, ctx.at(code))))
+        except Invalid as exc:
+            raise Invalid(f"{code}: {exc or 'expected a file (relative to the config file)'}") from None
+    return tuple(pages)
+
+
+_LIMIT_KEY_RE = re.compile(r"^(?:client_ip|host|header:[-!#$%&'*+.^_`|~0-9A-Za-z]+)$")
+
+
+def _convert_limit_key(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not _LIMIT_KEY_RE.fullmatch(value):
+        raise Invalid
+    return value if not value.startswith("header:") else value.lower()
+
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*r/([sm])\s*$")
+
+
+def _convert_rate(value: Any, ctx: Context) -> float:
+    match = _RATE_RE.match(value) if isinstance(value, str) else None
+    if not match or float(match[1]) <= 0:
+        raise Invalid
+    return float(match[1]) / (60.0 if match[2] == "m" else 1.0)
+
+
+def _convert_realm(value: Any, ctx: Context) -> str:
+    # Written into WWW-Authenticate as a quoted-string (RFC 7617 2): no quotes, backslashes or controls.
+    if not isinstance(value, str) or not value or not re.fullmatch(r'^[ !#-\[\]-~]+$', value):
+        raise Invalid
+    return value
+
+
+@dataclass(frozen=True)
+class Users:
+    """An htpasswd file, read when the configuration is loaded (and again on every reload)."""
+
+    path: Path
+    users: tuple[tuple[str, bytes], ...]  # (name, bcrypt hash)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+_BCRYPT_RE = re.compile(rb"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+
+
+def _convert_users_file(value: Any, ctx: Context) -> Users:
+    path = _convert_file(value, ctx)
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        name, sep, hashed = line.partition(b":")
+        user = name.decode("utf-8", "replace")
+        if not sep or not name:
+            raise Invalid(f'{path} line {number}: expected "user:hash"')
+        if not _BCRYPT_RE.fullmatch(hashed):
+            raise Invalid(f"{path} line {number}: the hash of {user!r} is not bcrypt; make one with "
+                          f"`htpasswd -B` or `proxy hash-password`")
+        if user in users:
+            raise Invalid(f"{path} line {number}: {user!r} is listed twice")
+        users[user] = hashed
+    return Users(path, tuple(users.items()))
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """``basic_auth = { realm = "...", users_file = "htpasswd" }``: HTTP Basic authentication (RFC 7617)."""
+
+    realm: str = setting("restricted", Kind("a realm name: printable ASCII without quotes or backslashes",
+                                            _convert_realm), "Realm named in the WWW-Authenticate challenge.")
+    users_file: Users = setting(
+        None, Kind("an htpasswd file of bcrypt hashes (relative to the config file)", _convert_users_file, ()),
+        "Apache htpasswd file with bcrypt hashes (htpasswd -B, or proxy hash-password); re-read on SIGHUP.",
+        shown="(required)")
+    forward_auth: bool = setting(
+        False, BOOL, "Pass the client's Authorization header on to the upstream; by default it is removed once "
+        "checked, so the app never sees the password.")
+
+
+def _convert_between(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid
+    return value
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``[rate_limits.NAME]``: nginx's limit_req zone, shared by every worker process."""
+
+    name: str = field(default="", metadata={"internal": True})
+    key: str = setting(
+        "client_ip", Kind('"client_ip", "host" or "header:NAME"', _convert_limit_key),
+        "What is counted: each client address, each Host, or each value of a request header (a request "
+        "without that header is not limited).")
+    rate: float = setting(
+        None, Kind('a rate like "10r/s" or "600r/m"', _convert_rate),
+        "Requests per second (r/s) or minute (r/m) each key may make on average.", shown="(required)")
+    burst: int = setting(
+        0, COUNT, "Requests beyond the rate that are still served (nginx burst); more than that get 429 "
+        "with Retry-After.")
+    delay: int = setting(
+        0, COUNT, "Of the burst, how many are served at once; the rest are held back to the rate (nginx "
+        "delay=). 0 = every request within the burst is served at once (nginx nodelay).")
+    max_keys: int = setting(
+        10000, Kind("a whole number from 1 to 1000000", lambda v, c: _convert_between(v, 1, 10**6)),
+        "Keys remembered; when full, the least recently seen key is forgotten (nginx's zone size).")
+
+    def __post_init__(self) -> None:
+        if self.delay > self.burst:
+            raise Invalid(f"{self.delay} is more than burst ({self.burst})", key="delay")
+
+
+NETWORKS = _list_of(NETWORK_OR_UNIX, non_empty=False)
+
+
 @dataclass(frozen=True)
 class Route:
-    position: int = field(default=0, metadata={"internal": True})
+    where: str = field(default="routes[0]", metadata={"internal": True})  # "routes[2]", "sites[1].routes[0]"
     prefix: str = setting("", PREFIX, "Requests whose path starts with this are handled here; longest prefix wins.",
                           shown="(required)")
     static: Path | None = setting(
@@ -800,16 +1048,98 @@ class Route:
     dotfiles: bool = setting(False, BOOL, "Serve files and folders whose names start with a dot (.env, .git/).")
     precompressed: bool = setting(
         True, BOOL, "Serve a .br or .gz sibling of a file when the client accepts that encoding.")
+    redirect: Any = setting(
+        None, Kind('a URL starting with "/", "http://", "https://" or "{scheme}://"', _convert_redirect),
+        "Answer every request with a redirect to this URL (nginx return 301 URL, Caddy redir); placeholders "
+        "{scheme} {host} {uri} {path} {query} {client_ip} {request_id}, {path} being the path after the prefix. "
+        "A route with redirect has no static or upstream.", shown='""')
+    redirect_status: int = setting(302, _numbers(301, 302, 303, 307, 308),
+                                   "Status of the redirect: 301/308 permanent, 302/303/307 temporary; 307 and 308 "
+                                   "keep the method and body.")
+    strip_prefix: bool = setting(
+        False, BOOL, "Forward the path without the route's prefix: /api/x -> /x (Caddy handle_path, nginx "
+        "proxy_pass http://app/;). The query is kept as sent.")
+    upstream_prefix: str = setting(
+        "", Kind('a URL path prefix starting with "/", or ""', lambda v, c: "" if v == "" else _convert_prefix(v, c)),
+        'Put this in front of the forwarded path (after strip_prefix): "/v2/" makes /api/x -> /v2/x.')
+    request_headers: HeaderRules = setting(
+        HeaderRules(), _table(HeaderRules, "a table like { set = {...}, add = {...}, remove = [...] }"),
+        "Change the headers sent upstream (nginx proxy_set_header, Caddy header_up) (its keys: below).",
+        shown="{}")
+    response_headers: HeaderRules = setting(
+        HeaderRules(), _table(HeaderRules, "a table like { set = {...}, add = {...}, remove = [...] }"),
+        "Change the headers of every response on this route, the proxy's own errors included (nginx add_header "
+        "... always / proxy_hide_header, Caddy header).", shown="{}")
+    error_pages: tuple = setting(
+        (), Kind('a table of statuses (404, "5xx") and files', _convert_error_pages, ()),
+        'Pages for errors the proxy makes on this route (404, 403, 413, 429, 502, 503, 504...): { 404 = '
+        '"errors/404.html", "5xx" = "errors/5xx.html" }; an exact status wins over "4xx"/"5xx".', shown="{}")
+    intercept_errors: bool = setting(
+        False, BOOL, "Also replace an upstream's error response (400 and above) with the matching error page "
+        "(nginx proxy_intercept_errors).")
+    allow: tuple = setting(
+        (), NETWORKS, "When given, only clients in these networks are served; others get 403 (nginx allow). "
+        'The client is the address after [server] trusted_proxies; "unix:" stands for the clients of unix: '
+        "listeners (nginx allow unix:).", shown="[]")
+    deny: tuple = setting((), NETWORKS, "Clients in these networks get 403, even when allowed (nginx deny).",
+                          shown="[]")
+    basic_auth: BasicAuth | None = setting(
+        None, _table(BasicAuth, "a table like { realm = \"...\", users_file = \"htpasswd\" }"),
+        "Ask for a user and password from an htpasswd file (nginx auth_basic) (its keys: below).",
+        shown="(none)")
+    rate_limit: str = setting("", STRING, "Name of a [rate_limits.NAME] zone that limits this route's requests.")
+    conn_limit: int = setting(
+        0, COUNT, "Most requests in progress at once per conn_limit_key on this route, across every worker "
+        "process (nginx limit_conn); 0 = no limit.")
+    conn_limit_key: str = setting(
+        "client_ip", Kind('"client_ip", "host" or "header:NAME"', _convert_limit_key),
+        "What conn_limit counts per: each client address, each Host, or each value of a request header.")
+    conn_limit_status: int = setting(429, _numbers(429, 503), "Status beyond conn_limit.")
 
     @property
-    def where(self) -> str:
-        return f"routes[{self.position}]"
+    def forwards(self) -> bool:
+        return bool(self.upstream)
+
+
+def _convert_routes(value: Any, ctx: Context) -> tuple[Route, ...]:
+    if not isinstance(value, list):
+        raise Invalid
+    out = []
+    for i, table in enumerate(value):
+        at = ctx.at(f"[{i}]")
+        out.append(_build(Route, table, at, {"where": at.where}))
+    return tuple(out)
+
+
+ROUTES = Kind("[[routes]] tables", _convert_routes)
 
 
 @dataclass(frozen=True)
 class Site:
-    """One ``[[tls.sites]]`` entry: a certificate chosen by the name the client asks for (SNI)."""
+    """One ``[[sites]]`` entry: a virtual host (nginx server block), chosen by the request's Host."""
 
+    where: str = field(default="sites[0]", metadata={"internal": True})
+    names: tuple[str, ...] = setting(
+        (), _list_of(SERVER_NAME, non_empty=False),
+        'Host names this site answers (nginx server_name): exact, or "*.example.test" for any one label in '
+        "front. Also the SNI names its certificate is chosen for.", shown="[]")
+    default: bool = setting(
+        False, BOOL, "Serve requests for any Host no site names (nginx default_server). Without a default "
+        "site they get 404 (421 over TLS when the SNI name differs from Host).")
+    routes: tuple[Route, ...] = setting((), ROUTES, "This site's routes, as [[sites.routes]] tables (the keys "
+                                        "of [[routes]]).", shown="[]")
+    certificate: Path | None = setting(
+        None, Kind('a PEM file (relative to the config file), or ""', _convert_optional_file, ("",)),
+        "Certificate chain for this site's names, chosen by SNI; other names get [tls] certificate.", shown='""')
+    key: Path | None = setting(None, PEM_KEY, "Private key of that certificate, unencrypted.", shown='""')
+
+
+@dataclass(frozen=True)
+class TlsSite:
+    """One ``[[tls.sites]]`` entry: a certificate chosen by the name the client asks for (SNI). A [[sites]]
+    entry with a certificate is turned into one of these too."""
+
+    where: str = field(default="", metadata={"internal": True})  # for messages: "tls.sites[0]", "sites[1]"
     names: tuple[str, ...] = setting(
         (), _list_of(SERVER_NAME),
         'Server names this certificate is for; "*.example.test" matches one label. Other names (and clients '
@@ -844,8 +1174,8 @@ class TlsSettings:
     http2: bool = setting(
         True, BOOL, 'Offer HTTP/2 in the TLS handshake (ALPN "h2", then "http/1.1"); false offers HTTP/1.1 alone. '
         "WebSockets go over HTTP/1.1 either way.")
-    sites: tuple[Site, ...] = setting(
-        (), Kind("[[tls.sites]] tables", _list_of(_table(Site, "a table"), non_empty=False).convert),
+    sites: tuple[TlsSite, ...] = setting(
+        (), Kind("[[tls.sites]] tables", _list_of(_table(TlsSite, "a table"), non_empty=False).convert),
         "Extra certificates chosen by the name the client asks for (SNI).", shown="[]")
 
 
@@ -861,11 +1191,7 @@ class Status:
                            shown='["127.0.0.1/32", "::1/128"]')
 
     def allows(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return ip == UNIX_PREFIX and UNIX_PREFIX in self.allow
-        return any(address in network for network in self.allow if network != UNIX_PREFIX)
+        return matching_network(ip, self.allow) is not None
 
 
 @dataclass(frozen=True)
@@ -877,9 +1203,14 @@ class Config:
     limits: Limits
     log: LogSettings
     upstreams: Mapping[str, Upstream]
-    routes: tuple[Route, ...]
+    routes: tuple[Route, ...]  # the top-level [[routes]]; every route is in ``sites`` too
     status: Status | None = None
     tls: TlsSettings | None = None
+    sites: tuple[Site, ...] = ()  # [[sites]], or one default site holding ``routes``
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=lambda: MappingProxyType({}))
+
+    def all_routes(self) -> tuple[Route, ...]:
+        return tuple(route for site in self.sites for route in site.routes)
 
 
 # The sections a file may hold, and the dataclass each is built into.
@@ -913,7 +1244,7 @@ def _build(cls: type, table: Any, ctx: Context, internal: dict[str, Any] | None 
     try:
         return cls(**values)
     except Invalid as exc:  # a check across keys, in __post_init__
-        raise ConfigError(f"{source}: {where}: {exc}") from None
+        raise ConfigError(f"{source}: {where}{'.' + exc.key if exc.key else ''}: {exc}") from None
 
 
 def load(path: str | os.PathLike) -> Config:
@@ -933,33 +1264,76 @@ def load(path: str | os.PathLike) -> Config:
 
 def from_dict(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document (tests use this directly)."""
-    known = [*SECTIONS, "upstreams", "routes", "status", "tls"]
+    known = [*SECTIONS, "upstreams", "routes", "sites", "rate_limits", "status", "tls"]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
     sections = {name: _build(cls, data.get(name, {}), Context(source, name)) for name, cls in SECTIONS.items()}
-
-    raw_upstreams = data.get("upstreams", {})
-    if not isinstance(raw_upstreams, dict):
-        raise ConfigError(f"{source}: upstreams: expected tables like [upstreams.app]")
-    upstreams = {
-        name: _build(Upstream, table, Context(source, f"upstreams.{name}"), {"name": name})
-        for name, table in raw_upstreams.items()
-    }
-
-    raw_routes = data.get("routes", [])
-    if not isinstance(raw_routes, list):
-        raise ConfigError(f"{source}: routes: expected [[routes]] tables")
-    routes = tuple(
-        _build(Route, table, Context(source, f"routes[{i}]"), {"position": i}) for i, table in enumerate(raw_routes)
-    )
-
+    upstreams = _named_tables(data, "upstreams", Upstream, source)
+    rate_limits = _named_tables(data, "rate_limits", RateLimit, source)
+    routes = _convert_section(data, "routes", ROUTES, source)
+    sites = _sites(data, routes, source)
     status = _build(Status, data["status"], Context(source, "status")) if "status" in data else None
     tls = _build(TlsSettings, data["tls"], Context(source, "tls")) if "tls" in data else None
+    tls = _site_certificates(tls, sites, "sites" in data, source)
     config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, tls=tls,
-                    **sections)
+                    sites=sites, rate_limits=MappingProxyType(rate_limits), **sections)
     _cross_check(config)
     return config
+
+
+def _named_tables(data: dict[str, Any], section: str, cls: type, source: Path) -> dict[str, Any]:
+    """``[section.NAME]`` tables, each built into ``cls`` with its name."""
+    raw = data.get(section, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {section}: expected tables like [{section}.NAME]")
+    return {name: _build(cls, table, Context(source, f"{section}.{name}"), {"name": name})
+            for name, table in raw.items()}
+
+
+def _convert_section(data: dict[str, Any], section: str, kind: Kind, source: Path) -> Any:
+    try:
+        return kind.convert(data.get(section, []), Context(source, section))
+    except Invalid:
+        raise ConfigError(f"{source}: {section}: expected {kind.expected}") from None
+
+
+def _sites(data: dict[str, Any], routes: tuple[Route, ...], source: Path) -> tuple[Site, ...]:
+    """The [[sites]]; without any, the top-level [[routes]] are one default site."""
+    raw = data.get("sites", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: sites: expected [[sites]] tables")
+    if not raw:
+        return (Site(where="", default=True, routes=routes),)
+    if routes:
+        raise ConfigError(f"{source}: routes: with [[sites]], every route belongs to a site: move these "
+                          f"[[routes]] into a site as [[sites.routes]] (the default site, for any Host)")
+    return tuple(_build(Site, table, Context(source, f"sites[{i}]"), {"where": f"sites[{i}]"})
+                 for i, table in enumerate(raw))
+
+
+def _site_certificates(tls: TlsSettings | None, sites: tuple[Site, ...], explicit: bool,
+                       source: Path) -> TlsSettings | None:
+    """A site's certificate is served for its names (SNI): as if it were a [[tls.sites]] entry."""
+    for site in sites:
+        if site.key is not None and site.certificate is None:
+            raise ConfigError(f"{source}: {site.where}.key: given without a certificate")
+        if site.certificate is None:
+            continue
+        if tls is None:
+            raise ConfigError(f"{source}: {site.where}.certificate: needs a [tls] section (the HTTPS listen "
+                              "addresses and the certificate for other names)")
+        if not site.names:
+            raise ConfigError(f"{source}: {site.where}.certificate: a site without names is chosen by no SNI "
+                              "name; give it names, or make this the [tls] certificate")
+    if tls is None or not explicit:
+        return tls
+    if tls.sites:
+        raise ConfigError(f"{source}: tls.sites: with [[sites]], give each site's certificate in its own table "
+                          "(certificate = \"...\", key = \"...\" under [[sites]]) instead of [[tls.sites]]")
+    certified = tuple(TlsSite(where=site.where, names=site.names, certificate=site.certificate, key=site.key)
+                      for site in sites if site.certificate is not None)
+    return dataclasses.replace(tls, sites=certified)
 
 
 def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -971,20 +1345,30 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         for f in dataclasses.fields(cls) if isinstance(table, dict) else ():
             kind = f.metadata.get("kind")
             value = table.get(f.name)
-            if kind is not None and kind.path_words is not None and isinstance(value, str) \
-                    and value not in kind.path_words:
+            if kind is None or kind.path_words is None:
+                continue
+            if isinstance(value, str) and value not in kind.path_words:
                 table[f.name] = os.path.join(base, value)  # an absolute value stays as it is
+            elif isinstance(value, dict):  # error_pages: a file per status
+                table[f.name] = {k: os.path.join(base, v) if isinstance(v, str) else v for k, v in value.items()}
+
+    def fix_routes(routes: Any) -> None:
+        for route in routes if isinstance(routes, list) else ():
+            fix(Route, route)
+            fix(BasicAuth, route.get("basic_auth") if isinstance(route, dict) else None)
 
     for name, cls in SECTIONS.items():
         fix(cls, out.get(name))
-    for route in out.get("routes", []) if isinstance(out.get("routes"), list) else ():
-        fix(Route, route)
+    fix_routes(out.get("routes"))
+    for site in out.get("sites", []) if isinstance(out.get("sites"), list) else ():
+        fix(Site, site)
+        fix_routes(site.get("routes") if isinstance(site, dict) else None)
     for upstream in out.get("upstreams", {}).values() if isinstance(out.get("upstreams"), dict) else ():
         fix(UpstreamTls, upstream.get("tls") if isinstance(upstream, dict) else None)
     tls = out.get("tls")
     fix(TlsSettings, tls)
     for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
-        fix(Site, site)
+        fix(TlsSite, site)
     return out
 
 
@@ -997,19 +1381,54 @@ def _cross_check(config: Config) -> None:
             from .tls import client_context  # built once here to check ca_file, and again per worker
 
             client_context(upstream.tls, f"upstreams.{name}.tls", source)
-    prefixes: set[str] = set()
-    for route in config.routes:
-        if route.prefix in prefixes:
-            raise ConfigError(f"{source}: {route.where}.prefix: {route.prefix!r} is used by an earlier route")
-        prefixes.add(route.prefix)
-        if route.static is None and not route.upstream:
-            raise ConfigError(f"{source}: {route.where}: expected static, upstream, or both")
-        if route.upstream and route.upstream not in config.upstreams:
-            defined = ", ".join(config.upstreams) or "none"
-            raise ConfigError(
-                f"{source}: {route.where}.upstream: unknown upstream {route.upstream!r} (defined: {defined})")
+    _check_sites(config, source)
     if config.tls is not None:
         _check_tls(config.tls, seen, source)
+
+
+def _check_sites(config: Config, source: Path) -> None:
+    """Each name once, one default at most, and routes that make sense together."""
+    names: dict[str, str] = {}
+    default = ""
+    for site in config.sites:
+        if not site.names and not site.default:
+            raise ConfigError(f"{source}: {site.where}: expected names, default = true, or both")
+        for name in site.names:
+            if name in names:
+                raise ConfigError(f"{source}: {site.where}.names: {name!r} is named by {names[name]} too")
+            names[name] = site.where
+        if site.default and default:
+            raise ConfigError(f"{source}: {site.where}.default: {default} is the default site already")
+        default = site.where if site.default else default
+        prefixes: set[str] = set()
+        for route in site.routes:
+            if route.prefix in prefixes:
+                raise ConfigError(f"{source}: {route.where}.prefix: {route.prefix!r} is used by an earlier route")
+            prefixes.add(route.prefix)
+            _check_route(route, config, source)
+
+
+def _check_route(route: Route, config: Config, source: Path) -> None:
+    where = f"{source}: {route.where}"
+    if route.redirect is not None:
+        if route.static is not None or route.upstream:
+            raise ConfigError(f"{where}.redirect: a redirect answers every request itself: remove static and "
+                              "upstream from this route")
+    elif route.static is None and not route.upstream:
+        raise ConfigError(f"{where}: expected static, upstream, both, or redirect")
+    if route.upstream and route.upstream not in config.upstreams:
+        defined = ", ".join(config.upstreams) or "none"
+        raise ConfigError(f"{where}.upstream: unknown upstream {route.upstream!r} (defined: {defined})")
+    if not route.upstream:
+        for key in ("strip_prefix", "upstream_prefix", "request_headers", "intercept_errors"):
+            if getattr(route, key):
+                raise ConfigError(f"{where}.{key}: only for a route with an upstream (it changes what is "
+                                  "forwarded)")
+    if route.intercept_errors and not route.error_pages:
+        raise ConfigError(f"{where}.intercept_errors: needs error_pages to replace the upstream's errors with")
+    if route.rate_limit and route.rate_limit not in config.rate_limits:
+        defined = ", ".join(config.rate_limits) or "none"
+        raise ConfigError(f"{where}.rate_limit: unknown rate limit {route.rate_limit!r} (defined: {defined})")
 
 
 def _check_listen(where: str, listen: tuple[Listen, ...], seen: set, source: Path, again: str) -> None:
@@ -1028,7 +1447,8 @@ def _check_tls(tls: TlsSettings, plain: set, source: Path) -> None:
     for i, site in enumerate(tls.sites):
         for name in site.names:
             if name in names:
-                raise ConfigError(f"{source}: tls.sites[{i}].names: {name!r} is named by an earlier site")
+                raise ConfigError(f"{source}: {site.where or f'tls.sites[{i}]'}.names: {name!r} is named by an "
+                                  "earlier site")
             names.add(name)
     from .tls import load_certificates  # ssl contexts are built once here to check them, and again per Runtime
 
@@ -1053,10 +1473,11 @@ def reference() -> str:
     tables = [*((f"[{name}]", cls) for name, cls in SECTIONS.items()),
               ("listen = [{...}] entries", Listen),
               ("[upstreams.NAME]", Upstream), ("servers = [{...}] entries", ServerSpec),
-              ("[upstreams.NAME.health]", Health),
-              ("[upstreams.NAME.tls]", UpstreamTls),
-              ("[[routes]]", Route), ("[status]", Status),
-              ("[tls]", TlsSettings), ("[[tls.sites]]", Site)]
+              ("[upstreams.NAME.health]", Health), ("[upstreams.NAME.tls]", UpstreamTls), ("[[sites]]", Site),
+              ("[[routes]] and [[sites.routes]]", Route),
+              ("request_headers and response_headers of a route", HeaderRules),
+              ("basic_auth of a route", BasicAuth), ("[rate_limits.NAME]", RateLimit), ("[status]", Status),
+              ("[tls]", TlsSettings), ("[[tls.sites]]", TlsSite)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]

@@ -125,10 +125,18 @@ class Certificates:
         return found
 
     def _sni(self, ssl_object, server_name: str | None, context) -> None:
-        # OpenSSL's servername callback: switching the context switches the certificate.
+        # OpenSSL's servername callback: switching the context switches the certificate. The name is kept on
+        # the connection too: a request whose Host no site serves gets 421 when it differs (http/sites.py).
+        ssl_object.sni_name = server_name
         chosen = self.for_name(server_name)
         if chosen is not None:
             ssl_object.context = chosen
+
+
+def sni_name(ssl_object) -> str | None:
+    """The name a TLS client asked for (SNI), lower-cased, or None when it sent none."""
+    name = getattr(ssl_object, "sni_name", None)
+    return name.lower().rstrip(".") if name else None
 
 
 def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
@@ -139,8 +147,8 @@ def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
     wildcard: dict[str, ssl.SSLContext] = {}
     prints = [fingerprint(settings.certificate.read_bytes())]
     for i, site in enumerate(settings.sites):
-        context = server_context(site.certificate, site.key, settings.min_version, f"tls.sites[{i}]", source,
-                                 settings.http2)
+        context = server_context(site.certificate, site.key, settings.min_version, site.where or f"tls.sites[{i}]",
+                                 source, settings.http2)
         prints.append(fingerprint(site.certificate.read_bytes()))
         for name in site.names:
             if name.startswith("*."):
@@ -150,8 +158,7 @@ def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
     hsts = ((b"strict-transport-security", settings.hsts.encode("latin-1")),) if settings.hsts else ()
     certificates = Certificates(settings, default, MappingProxyType(exact), MappingProxyType(wildcard),
                                 tuple(prints), hsts)
-    if settings.sites:
-        default.sni_callback = certificates._sni
+    default.sni_callback = certificates._sni  # always: the SNI name is also kept for the 421 of http/sites.py
     return certificates
 
 

@@ -14,15 +14,17 @@ from ..accesslog import AccessRecord
 
 
 class Exchange:
-    __slots__ = ("head", "started", "wall", "request_id", "status", "body_bytes", "route", "handler",
-                 "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time", "reused",
-                 "tunnel")
+    __slots__ = ("head", "started", "wall", "request_id", "client_ip", "policy", "status", "body_bytes", "route",
+                 "handler", "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time",
+                 "reused", "tunnel")
 
-    def __init__(self, head, request_id: bytes, started: float | None = None) -> None:
+    def __init__(self, head, request_id: bytes, client_ip: str = "", started: float | None = None) -> None:
         self.head = head  # a RequestHead, or None when the request was refused before its head was read
         self.started = perf_counter() if started is None else started
         self.wall = time.time()
         self.request_id = request_id
+        self.client_ip = client_ip  # the client's address (after [server] trusted_proxies): logged, forwarded
+        self.policy = None  # the route's policy as applied to this request (http/policy.py Applied), if any
         self.status = 0
         self.body_bytes = 0
         self.route = ""

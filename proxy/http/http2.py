@@ -56,9 +56,14 @@ _SCHEMES = frozenset({b"http", b"https"})
 
 
 def _refused_head(method: bytes, path: bytes, fields) -> RefusedHead:
-    """What the access log shows of a refused request (codec.py keeps the same for HTTP/1.1)."""
+    """What the access log shows of a refused request (codec.py keeps the same for HTTP/1.1), with
+    :authority as the Host an HTTP/1.1 request would have sent (the route's error page is chosen by it)."""
     line = f"{method.decode('latin-1') or '-'} {path.decode('latin-1') or '-'} HTTP/2.0"
-    return RefusedHead(method, line, tuple(field for field in fields if field[0][:1] != b":"))
+    regular = tuple(field for field in fields if field[0][:1] != b":")
+    authority = next((value for name, value in fields if name == b":authority"), None)
+    if authority is not None and not any(name == b"host" for name, _ in regular):
+        regular = ((b"host", authority), *regular)
+    return RefusedHead(method, line, regular)
 
 
 def request_head(fields, limits: Limits, end_stream: bool) -> RequestHead:

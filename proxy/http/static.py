@@ -367,7 +367,7 @@ class OpenFileCache:
 
     def lookup(self, route: Route, path: str, query: bytes, now: float) -> Entry | Redirect | Listing:
         """The Entry for ``path`` (or a Redirect, a Listing; ClientError as ``locate``)."""
-        key = (route.prefix, path)
+        key = (route.where, path)
         cached = self._entries.get(key)
         if cached is not None:
             if now < cached[1]:
@@ -382,7 +382,7 @@ class OpenFileCache:
         return self._store(key, describe(route, found, self.max_bytes), now)
 
     def forget(self, route: Route, path: str) -> None:
-        cached = self._entries.pop((route.prefix, path), None)
+        cached = self._entries.pop((route.where, path), None)
         if cached is not None:
             self.cached_bytes -= cached[0].cached_bytes
 

@@ -41,9 +41,11 @@ from time import perf_counter
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec
-from ..http.decide import ConnFacts, Forward, Reply, Static, StatusPage, refusal
+from ..http.decide import Check, ConnFacts, Delayed, Forward, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
+from ..http.placeholders import Vars
 from ..http.responses import error_page, reason as reason_phrase
+from ..tls import sni_name
 from .buffers import RequestBody, Spool
 from .files import serve_static
 from .forward import Forwarding
@@ -110,7 +112,8 @@ class ClientProtocol(asyncio.Protocol):
         if not self.client_ip:
             self.client_ip = peer_ip(transport)
         w = self.w
-        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port)
+        sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
+        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
         w.conns.add(self)
         w.timers.arm(self, DRAIN_IDLE if w.conns.closing else w.config.limits.header_timeout)
 
@@ -261,13 +264,20 @@ class ClientProtocol(asyncio.Protocol):
 
     def _on_head(self, head) -> None:
         w = self.w
-        self.exchange = exchange = Exchange(head, w.new_request_id(head.get(b"x-request-id")))
+        decider = w.decider
+        facts = self.facts if decider.trusted is None else decider.request_facts(head.headers, self.facts)
+        request_id = w.new_request_id(head.get(b"x-request-id"))
+        self.exchange = exchange = Exchange(head, request_id, facts.client_ip)
         w.conns.active += 1
-        action = self.action = w.decider.decide(head, self.facts)
+        action = self.action = decider.decide(head, facts, request_id)
+        exchange.policy = action.policy
         self.state = BODY
         if not head.has_body:
             return
         kind = type(action)
+        while kind is Delayed or kind is Check:
+            action = action.then
+            kind = type(action)
         if kind is Forward or (kind is Static and type(action.otherwise) is Forward):
             limits = w.config.limits
             self.body = RequestBody(limits.body_buffer_bytes, w.config.server.temp_dir)
@@ -282,6 +292,13 @@ class ClientProtocol(asyncio.Protocol):
         self._held = 0
         try:
             self.execute(self.action)
+        except ProxyError as exc:
+            self.fail(exc)
+
+    def carry_out(self, action) -> None:
+        """``execute``, with a ProxyError answered (what a deferred action calls back into)."""
+        try:
+            self.execute(action)
         except ProxyError as exc:
             self.fail(exc)
 
@@ -301,6 +318,10 @@ class ClientProtocol(asyncio.Protocol):
             self.reply(action)
         elif kind is StatusPage:
             self._status_page(action)
+        elif kind is Check:
+            self.responder = Verifying(self, action)
+        elif kind is Delayed:
+            self.responder = Waiting(self, action)
         else:
             raise TypeError(f"unknown action {action!r}")
 
@@ -309,13 +330,30 @@ class ClientProtocol(asyncio.Protocol):
         exchange.handler = reply.handler
         if reply.status >= 500:
             line = exchange.head.request_line if exchange.head is not None else "-"
-            log.info("%s %s: %s", self.client_ip, line, reply.why)
+            log.info("%s %s: %s", exchange.client_ip, line, reply.why)
         headers = list(reply.headers)
         body = reply.body
         if body is None:
-            body = error_page(reply.status, self.w.server_name)
-            headers.append(HTML)
+            body = self.error_body(reply.status, headers)
         self.respond(reply.status, headers, body, keep_alive=reply.keep_alive)
+
+    def error_body(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The page for an error the proxy makes: the route's error page for it, else the standard one
+        (its Content-Type is appended to ``headers``)."""
+        applied = self.exchange.policy
+        page = applied.policy.page(status) if applied is not None else None
+        if page is None:
+            headers.append(HTML)
+            return error_page(status, self.w.server_name)
+        headers.append((b"content-type", page[1]))
+        return page[0]
+
+    def placeholder_values(self, seen=None) -> Vars:
+        """What the placeholders of this request's header rules stand for (``seen``: of a refused head)."""
+        exchange = self.exchange
+        head = exchange.head if seen is None else seen
+        return Vars(head, head.host or self.facts.local, self.scheme, exchange.client_ip, exchange.request_id,
+                    exchange.policy.policy.prefix)
 
     def _status_page(self, page: StatusPage) -> None:
         w = self.w
@@ -347,7 +385,12 @@ class ClientProtocol(asyncio.Protocol):
         exchange.status = status
         headers += framing.headers
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
-                                client_ip=self.client_ip, now=perf_counter(), present=headers)
+                                client_ip=exchange.client_ip, now=perf_counter(), present=headers)
+        applied = exchange.policy
+        if applied is not None and applied.policy.response_rules is not None:
+            rules = applied.policy.response_rules
+            return codec.response_head(status, reason or reason_phrase(status),
+                                       rules.apply(added + headers, self.placeholder_values() if rules.dynamic else None))
         return codec.response_head(status, reason or reason_phrase(status), added + headers)
 
     def start_response(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
@@ -437,7 +480,10 @@ class ClientProtocol(asyncio.Protocol):
             self.spool.close()
             self.spool = None
         self._spool_limits = None
-        self.w.log.write(exchange, self.client_ip)
+        applied = exchange.policy
+        if applied is not None and applied.hold is not None:
+            applied.release()  # conn_limit: this request no longer counts
+        self.w.log.write(exchange, exchange.client_ip)
 
     # --- errors: the edge ---
 
@@ -447,7 +493,7 @@ class ClientProtocol(asyncio.Protocol):
         if exchange is None or self.state is CLOSED:
             return
         if exchange.status:  # the answer had started: all that can be done is to cut it short
-            log.info("%s %s: %s (answer cut short)", self.client_ip,
+            log.info("%s %s: %s (answer cut short)", exchange.client_ip,
                      exchange.head.request_line if exchange.head else "-", exc)
             self.abort()
             return
@@ -462,22 +508,37 @@ class ClientProtocol(asyncio.Protocol):
     def _refuse(self, exc: ClientError) -> None:
         """The request itself is refused (malformed, too large, too slow): answer, then close."""
         w = self.w
+        seen = None
         if self.exchange is None:
-            self.exchange = Exchange(getattr(exc, "head", None), w.new_request_id(None))
+            head = getattr(exc, "head", None)
+            facts = self.facts
+            if head is not None:
+                seen = Seen.of(head)
+                if w.decider.trusted is not None:
+                    facts = w.decider.request_facts(list(head.fields), facts)
+            self.exchange = Exchange(head, w.new_request_id(None), facts.client_ip)
+            if seen is not None:
+                self.exchange.policy = w.decider.pages_for(seen, facts)
             w.conns.active += 1
         exchange = self.exchange
         exchange.handler = "local"
         if exc.status >= 500:
-            log.info("%s %s: %s", self.client_ip, exchange.head.request_line if exchange.head else "-", exc)
+            log.info("%s %s: %s", exchange.client_ip, exchange.head.request_line if exchange.head else "-", exc)
         reply = refusal(exc)
-        body = error_page(reply.status, w.server_name)
+        headers = list(reply.headers)
+        body = self.error_body(reply.status, headers)
         self.framing = "length"
         head = exchange.head
-        headers = [*reply.headers, HTML, (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        headers += [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
-                                client_ip=self.client_ip, now=perf_counter(), present=headers)
+                                client_ip=exchange.client_ip, now=perf_counter(), present=headers)
         exchange.status = reply.status
-        payload = codec.response_head(reply.status, reason_phrase(reply.status), added + headers)
+        headers = added + headers
+        applied = exchange.policy
+        if applied is not None and applied.policy.response_rules is not None:
+            rules = applied.policy.response_rules
+            headers = rules.apply(headers, self.placeholder_values(seen) if rules.dynamic else None)
+        payload = codec.response_head(reply.status, reason_phrase(reply.status), headers)
         if head is None or head.method != b"HEAD":
             payload += body
             exchange.body_bytes = len(body)
@@ -543,3 +604,77 @@ class ClientProtocol(asyncio.Protocol):
     def busy(self) -> bool:
         return self.exchange is not None
 
+
+
+class Verifying:
+    """Carries out a ``Check``: the password is checked in a thread (bcrypt takes milliseconds by design,
+    and releases the GIL), then the request goes on, or gets its 401 and a line in the error log."""
+
+    __slots__ = ("client", "action", "future")
+
+    def __init__(self, client: ClientProtocol, action: Check) -> None:
+        self.client = client
+        self.action = action
+        self.future = client.w.loop.run_in_executor(None, action.credentials.verify)
+        self.future.add_done_callback(self._checked)
+
+    def __repr__(self) -> str:
+        return f"<Verifying {self.action.credentials!r}>"
+
+    def _checked(self, future) -> None:
+        client = self.client
+        if future.cancelled() or client.responder is not self:
+            return  # the client went away meanwhile
+        client.responder = None
+        credentials = self.action.credentials
+        try:
+            good = future.result()
+        except Exception:
+            client.crashed()
+            return
+        try:
+            if good:
+                credentials.auth.remember(credentials)
+                client.carry_out(self.action.then)
+            else:
+                exchange = client.exchange
+                credentials.auth.failed(credentials.user, exchange.client_ip, exchange.head.request_line)
+                client.carry_out(self.action.otherwise)
+        except Exception:
+            client.crashed()
+
+    def writable(self) -> None:
+        pass
+
+    def client_lost(self) -> None:
+        self.future.cancel()
+
+
+class Waiting:
+    """Carries out a ``Delayed``: the request waits out its rate limit's delay, then goes on."""
+
+    __slots__ = ("client", "action", "handle")
+
+    def __init__(self, client: ClientProtocol, action: Delayed) -> None:
+        self.client = client
+        self.action = action
+        self.handle = client.w.loop.call_later(action.seconds, self._go)
+
+    def __repr__(self) -> str:
+        return f"<Waiting {self.action.seconds:.3g}s>"
+
+    def _go(self) -> None:
+        client = self.client
+        if client.responder is not self:
+            return
+        client.responder = None
+        try:
+            client.carry_out(self.action.then)
+        except Exception:
+            client.crashed()
+
+    def writable(self) -> None:
+        pass
+
+    def client_lost(self) -> None:
+        self.handle.cancel()

@@ -83,18 +83,25 @@ class Forwarding:
         w = client.w
         head = self.head
         body = self.body
-        self.exchange.handler = "proxy"
-        upgrade = self.action.upgrade
-        self.headers = upstream_request_headers(
-            head.headers, host=self.action.host, client_ip=client.client_ip, scheme=client.scheme,
-            request_id=self.exchange.request_id, via=w.via,
+        exchange = self.exchange
+        exchange.handler = "proxy"
+        action = self.action
+        upgrade = action.upgrade
+        headers = upstream_request_headers(
+            head.headers, host=action.host, client_ip=exchange.client_ip, scheme=client.scheme,
+            request_id=exchange.request_id, via=w.via,
             body_length=body.size if body is not None else (0 if head.has_body else None),
             upgrade=upgrade.protocol if upgrade is not None else None, named=head.named)
+        applied = action.policy
+        if applied is not None and applied.policy.request_rules is not None:
+            rules = applied.policy.request_rules  # the route's request_headers (and Authorization, once checked)
+            headers = rules.apply(headers, client.placeholder_values() if rules.dynamic else None)
+        self.headers = headers
         self._pick()
 
     def _pick(self) -> None:
         group = self.group
-        peer = group.pick(self.client.client_ip.encode(), self.tried)
+        peer = group.pick(self.exchange.client_ip.encode(), self.tried)
         if peer is None:
             if self.last_error is None and group.only_busy(self.tried):
                 self.state = QUEUED
@@ -146,8 +153,10 @@ class Forwarding:
         exchange.reused = reused
         exchange.connect_time = 0.0 if reused else perf_counter() - self.began
         head = self.head
-        conn.parser.expect(head.method, self.action.upgrade is not None)
-        payload = codec.request_head(head.method, head.target, self.headers)
+        action = self.action
+        conn.parser.expect(head.method, action.upgrade is not None)
+        target = action.target
+        payload = codec.request_head(head.method, head.target if target is None else target, self.headers)
         body = self.body
         timers = self.client.w.timers
         if body is None or body.size == 0:
@@ -265,6 +274,12 @@ class Forwarding:
             self._retry(UpstreamError(f"{self.peer.address} answered {response.status}"), condition, sent=True)
             return False
         client = self.client
+        applied = self.action.policy
+        if applied is not None and applied.policy.intercept:
+            page = applied.policy.intercepts(response.status)
+            if page is not None:
+                self._intercept(response.status, page)
+                return False
         w = client.w
         self.state = RELAYING
         headers = client_response_headers(response.headers, via=w.via, extra=[], named=response.named)
@@ -284,6 +299,19 @@ class Forwarding:
         self.group.succeeded(self.peer)
         self.group.finished(self.peer)
         self.client.finish()
+
+    def _intercept(self, status: int, page: tuple[bytes, bytes]) -> None:
+        """The route's error page instead of the upstream's error response (nginx proxy_intercept_errors).
+        The upstream's body is not read: its connection is closed rather than drained."""
+        exchange = self.exchange
+        exchange.response_time = perf_counter() - self.began
+        conn, self.conn = self.conn, None
+        self.client.w.timers.disarm(conn)
+        conn.pool.close_conn(conn)
+        self.state = DONE
+        self.group.succeeded(self.peer)
+        self.group.finished(self.peer)
+        self.client.respond(status, [(b"content-type", page[1])], page[0])
 
     def _switch(self, response) -> None:
         """101: both connections become a tunnel of raw bytes (server/tunnel.py)."""

@@ -64,10 +64,11 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from ..errors import ClientError, ClientTimeout, ProxyError
+from ..errors import ClientError, ClientTimeout
 from ..http import http2
-from ..http.decide import ConnFacts, Forward, Static, refusal
+from ..http.decide import Check, ConnFacts, Delayed, Forward, Seen, Static, refusal
 from ..http.exchange import Exchange
+from ..tls import sni_name
 from .buffers import RequestBody, Spool
 from .client import CLOSED, DRAIN_IDLE, WRITE_HIGH_WATER, ClientProtocol
 from .sockets import peer_ip, prepare
@@ -139,7 +140,8 @@ class Http2Protocol(asyncio.Protocol):
             self.client_ip = peer_ip(transport)
         w = self.w
         limits = w.config.limits
-        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port)
+        sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
+        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
         now = w.loop.time()
         self.idle_since = now
         self.resets = http2.Budget(RESET_BURST, RESET_RATE, now)
@@ -545,14 +547,17 @@ class Stream:
 
     __slots__ = ("conn", "id", "w", "client_ip", "scheme", "exchange", "action", "body", "responder", "spool",
                  "write_paused", "transport", "state", "request_open", "out", "out_size", "ending", "ended",
-                 "bodiless", "received", "last_read", "stalled_since", "_spool_limits")
+                 "bodiless", "received", "last_read", "stalled_since", "_spool_limits", "facts", "seen")
 
     takes_sendfile = False  # the bytes go through h2, not straight from a file to the socket
 
     # How an action is carried out, how an error becomes an answer and how a request is logged are the
     # same for both protocols: the same functions.
     execute = ClientProtocol.execute
+    carry_out = ClientProtocol.carry_out
     reply = ClientProtocol.reply
+    error_body = ClientProtocol.error_body
+    placeholder_values = ClientProtocol.placeholder_values
     _status_page = ClientProtocol._status_page
     fail = ClientProtocol.fail
     _end_exchange = ClientProtocol._end_exchange
@@ -564,6 +569,8 @@ class Stream:
         self.w = conn.w
         self.client_ip = conn.client_ip
         self.scheme = conn.scheme
+        self.facts = conn.facts
+        self.seen = None  # what a refused request's head says of its target (decide.Seen), for its route's pages
         self.exchange: Exchange | None = None
         self.action = None
         self.body: RequestBody | None = None
@@ -597,13 +604,21 @@ class Stream:
         except ClientError as exc:
             self.refuse(exc)
             return
-        self.exchange = exchange = Exchange(head, w.new_request_id(head.get(b"x-request-id")))
+        # As ClientProtocol._on_head: the client behind trusted proxies, the decision, the route's policy.
+        decider = w.decider
+        facts = self.facts if decider.trusted is None else decider.request_facts(head.headers, self.facts)
+        request_id = w.new_request_id(head.get(b"x-request-id"))
+        self.exchange = exchange = Exchange(head, request_id, facts.client_ip)
         w.conns.active += 1
-        action = self.action = w.decider.decide(head, self.conn.facts)
+        action = self.action = decider.decide(head, facts, request_id)
+        exchange.policy = action.policy
         if end_stream:
             self._execute()
             return
         kind = type(action)
+        while kind is Delayed or kind is Check:  # what comes after the wait or the password check
+            action = action.then
+            kind = type(action)
         if kind is Forward or (kind is Static and type(action.otherwise) is Forward):
             self.body = RequestBody(w.config.limits.body_buffer_bytes, w.config.server.temp_dir)
         if head.expect_continue:
@@ -632,17 +647,23 @@ class Stream:
 
     def _execute(self) -> None:
         self.state = RESPOND
-        try:
-            self.execute(self.action)
-        except ProxyError as exc:
-            self.fail(exc)
+        self.carry_out(self.action)
 
     def refuse(self, exc: ClientError) -> None:
         """The request itself is refused (malformed, too large, too slow): the answer, then the stream ends
         (and is reset if the client was still sending)."""
         w = self.w
         if self.exchange is None:
-            self.exchange = Exchange(getattr(exc, "head", None), w.new_request_id(None))
+            # As ClientProtocol._refuse: the route the request named still gives its error page and headers.
+            head = getattr(exc, "head", None)
+            facts = self.facts
+            if head is not None:
+                self.seen = Seen.of(head)
+                if w.decider.trusted is not None:
+                    facts = w.decider.request_facts(list(head.fields), facts)
+            self.exchange = Exchange(head, w.new_request_id(None), facts.client_ip)
+            if self.seen is not None:
+                self.exchange.policy = w.decider.pages_for(self.seen, facts)
             w.conns.active += 1
         responder, self.responder = self.responder, None
         if responder is not None:
@@ -661,8 +682,13 @@ class Stream:
         exchange.status = status
         head = exchange.head
         added = w.stamp.headers(exchange, date=w.clock.date(), https=self.scheme == b"https",
-                                client_ip=self.client_ip, now=perf_counter(), present=headers)
-        fields, bodiless = http2.response_fields(status, added + headers, length,
+                                client_ip=exchange.client_ip, now=perf_counter(), present=headers)
+        headers = added + headers
+        applied = exchange.policy
+        if applied is not None and applied.policy.response_rules is not None:  # the route's header rules
+            rules = applied.policy.response_rules
+            headers = rules.apply(headers, self.placeholder_values(self.seen) if rules.dynamic else None)
+        fields, bodiless = http2.response_fields(status, headers, length,
                                                  head.method if head is not None else b"GET")
         self.bodiless = bodiless
         self.conn.h2.send_headers(self.id, fields, end_stream=end or bodiless)

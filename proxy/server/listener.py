@@ -25,6 +25,7 @@ from .proxied import PendingHeader
 from .sockets import bind_all, bound_address, close_listener, describe_listener
 from .tls import log_tls_listening, tls_protocol
 from .worker import Worker
+from .zones import Zones
 
 log = logging.getLogger("proxy")
 
@@ -131,7 +132,7 @@ class Acceptor:
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
                 certificates: Certificates | None = None,
                 on_ready: Callable[[list[Address | UnixAddress]], None] | None = None, grace: float | None = None,
-                board: Board | None = None, slot: int | None = None) -> None:
+                board: Board | None = None, slot: int | None = None, zones: Zones | None = None) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
@@ -139,10 +140,12 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     (listen entry, listening socket) pairs to serve on (a worker gets the
     master's), ``tls_sockets`` those of ``[tls] listen`` and ``certificates``
     the contexts for them; without sockets ``serve`` binds both lists itself
-    (and closes them, unix socket files included, when it ends).
+    (and closes them, unix socket files included, when it ends). ``zones``:
+    the master's shared memory for rate and connection limits (without it,
+    this process's own).
     """
     loop = asyncio.get_running_loop()
-    worker = Worker(config, loop, board, slot, certificates)
+    worker = Worker(config, loop, board, slot, certificates, zones)
     own = sockets is None
     if own:
         sockets = bind_all(config.server.listen)

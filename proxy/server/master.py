@@ -55,6 +55,7 @@ from .board import Board
 from .sockets import (ListenError, bind, chmod_listener, close_listener, describe_listener, keyed,
                       raise_fd_limit)
 from .tls import log_tls_listening
+from .zones import Zones
 
 log = logging.getLogger("proxy")
 
@@ -87,6 +88,7 @@ class Master:
     generation: int = 0
     stopping: str = ""
     board: Board = field(default_factory=Board)
+    zones: Zones = field(default_factory=Zones)  # rate and connection limits, shared with every worker
     exit_code: int = 0
     started: float = field(default_factory=time.time)  # the proxy's start: a reload keeps it
     retired: dict = field(default_factory=lambda: NOTHING_RETIRED)  # counters of workers that have left
@@ -121,6 +123,7 @@ class Master:
                 self.tls_sockets[key] = bind(entry)
             log_tls_listening(self.tls_sockets_for(self.config), self.certificates)
         self._write_pid_file(self.config)  # ConfigError: to the CLI
+        self.zones.prepare(self.config)
         self.slot = self.board.take()
         self._publish()
         wake_read, wake_write = os.pipe()
@@ -231,7 +234,8 @@ class Master:
             code = 1
             try:
                 code = _worker_main(self.config, self.sockets_for(self.config), ready_write,
-                                    self.board, slot, self.tls_sockets_for(self.config), self.certificates)
+                                    self.board, slot, self.tls_sockets_for(self.config), self.certificates,
+                                    self.zones)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -269,6 +273,7 @@ class Master:
             self._stop_worker(worker, signal.SIGTERM)
         if old:
             log.info("reload complete: %d old worker(s) finishing their requests", len(old))
+        self.zones.keep_only(self.config)
         in_use = {id(s) for _, s in self.sockets_for(self.config)}
         for key in [k for k, s in self.sockets.items() if id(s) not in in_use]:
             close_listener(self.sockets.pop(key))
@@ -305,6 +310,7 @@ class Master:
             if worker.generation not in self._ready_generations:
                 self._failed_to_start(worker, status)
                 continue
+            self.zones.forget_connections()  # the requests it counted for conn_limit can no longer end
             lived = time.monotonic() - worker.started
             self._restart_delay = 0.0 if lived > 10 else min(max(self._restart_delay * 2, 0.1), RESTART_DELAY_MAX)
             log.error("worker %d died (%s) after %.1fs; starting a new one", pid, _describe(status), lived)
@@ -428,6 +434,7 @@ class Master:
         self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
         self.config = new
+        self.zones.prepare(new)  # zones kept by name and size: a reload does not reset the limits
         _reopen_logs("master", "SIGHUP")  # the new workers inherit the master's error log: a fresh one
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
         self.spawn_generation()
@@ -461,7 +468,7 @@ def _loop_factory(choice: str):
 
 
 def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
-                 certificates: Certificates | None) -> int:
+                 certificates: Certificates | None, zones: Zones) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
     from .listener import serve
 
@@ -500,7 +507,7 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
             os.close(ready_fd)
 
         await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
-                    tls_sockets=tls_sockets, certificates=certificates)
+                    tls_sockets=tls_sockets, certificates=certificates, zones=zones)
 
     new_loop = _loop_factory(cfg.server.event_loop)
     with asyncio.Runner(loop_factory=new_loop) as runner:

@@ -189,7 +189,7 @@ def start_tunnel(client, conn, response, upstream, on_end) -> None:
     exchange = client.exchange
     headers = switching_headers(list(response.headers), via=w.via)
     added = w.stamp.headers(exchange, date=w.clock.date(), https=client.scheme == b"https",
-                            client_ip=client.client_ip, now=perf_counter(), present=headers)
+                            client_ip=exchange.client_ip, now=perf_counter(), present=headers)
     exchange.status = 101
     client.transport.write(codec.response_head(101, reason_phrase(101), added + headers))
     # Bytes that came after the heads (a client may send its first frame before it sees the 101, a server

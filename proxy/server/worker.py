@@ -33,6 +33,7 @@ from .board import PUBLISH_INTERVAL, Board
 from .client import DRAIN_IDLE
 from .timers import Deadlines
 from .tls import EdgeState
+from .zones import Zones
 
 log = logging.getLogger("proxy")
 
@@ -114,6 +115,7 @@ class RequestLog:
         return f"<RequestLog {self.access!r}>"
 
     def write(self, exchange, client_ip: str) -> None:
+        """``client_ip``: the client's address as logged (after [server] trusted_proxies)."""
         now = perf_counter()
         if self.writes:
             record = exchange.record(client_ip, now)
@@ -127,13 +129,14 @@ class Worker:
     """The parts one worker process's connections share (see the module docstring)."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
-                 slot: int | None = None, certificates: Certificates | None = None) -> None:
+                 slot: int | None = None, certificates: Certificates | None = None, zones: Zones | None = None) -> None:
         self.config = config
         self.loop = loop
         self.board = board  # shared with the other workers, for whole-proxy status pages
         self.slot = slot
         self._published_final = False
-        self.decider = Decider(config)
+        # Rate and connection limits: the master's shared zones, or this process's own.
+        self.decider = Decider(config, zones)
         self.timers = Deadlines(loop)
         self.groups = {name: UpstreamGroup(up, loop, self.timers, config.server.http_engine)
                        for name, up in config.upstreams.items()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 
+import bcrypt
 import pytest
 
 from proxy import config
@@ -13,6 +15,7 @@ from tests.helpers import RecordingUpstream, status_of
 CONFIG = """
 [server]
 listen = ["127.0.0.1:0"]
+trusted_proxies = ["127.0.0.1/32"]
 [log]
 access = "off"
 [status]
@@ -21,17 +24,57 @@ servers = ["{upstream}"]
 [upstreams.plain]
 servers = ["{upstream}"]
 upgrade = []
-[[routes]]
+[rate_limits.api]
+rate = "100r/s"
+burst = 10
+
+[[sites]]
+names = ["t"]
+default = true
+[[sites.routes]]
 prefix = "/"
 static = "www"
 upstream = "app"
-[[routes]]
+[[sites.routes]]
 prefix = "/only/"
 static = "www/only"
-[[routes]]
+[[sites.routes]]
 prefix = "/plain/"
 upstream = "plain"
+[[sites.routes]]
+prefix = "/old/"
+redirect = "https://{{host}}/new/{{path}}"
+redirect_status = 308
+[[sites.routes]]
+prefix = "/api/"
+upstream = "app"
+strip_prefix = true
+upstream_prefix = "/v2/"
+request_headers = {{ set = {{ "X-Site" = "t" }}, remove = ["X-Debug"] }}
+response_headers = {{ set = {{ "X-Frame-Options" = "DENY" }} }}
+rate_limit = "api"
+conn_limit = 5
+[[sites.routes]]
+prefix = "/local/"
+upstream = "app"
+allow = ["127.0.0.0/8"]
+deny = ["127.0.0.9/32"]
+[[sites.routes]]
+prefix = "/private/"
+static = "www"
+upstream = "app"
+basic_auth = {{ realm = "t", users_file = "htpasswd" }}
+error_pages = {{ 401 = "www/file.txt" }}
+
+[[sites]]
+names = ["other.test", "*.other.test"]
+[[sites.routes]]
+prefix = "/"
+redirect = "/elsewhere{{uri}}"
 """
+
+GOOD = "Authorization: Basic " + base64.b64encode(b"alice:wonderland").decode()
+BAD = "Authorization: Basic " + base64.b64encode(b"alice:guess").decode()
 
 TABLE = [
     b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",  # the folder's index.html
@@ -56,6 +99,25 @@ TABLE = [
     b"GET /a/../file.txt HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET / HTTP/1.1\r\n\r\n",  # no Host
     b"GET / HTTP/1.0\r\n\r\n",
+    # sites: another site by Host (its own routes), and the default one for a Host no site names
+    b"GET /file.txt HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: www.other.test:8080\r\n\r\n",
+    b"GET /file.txt HTTP/1.1\r\nHost: a.b.other.test\r\n\r\n",
+    # a redirect, a rewritten and rate and conn limited forward with header rules
+    b"GET /old/a?b HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"POST /old/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx",
+    b"GET /api/x?q=1 HTTP/1.1\r\nHost: t\r\nX-Debug: 1\r\n\r\n",
+    b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    # allow/deny, with the client read from X-Forwarded-For (127.0.0.1 is a trusted proxy)
+    b"GET /local/x HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /local/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 127.0.0.9\r\n\r\n",
+    b"GET /local/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n",
+    b"GET /local/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.9.9.9, 127.0.0.2\r\n\r\n",
+    # basic auth: none, wrong, good (a static file, or forwarded when there is none)
+    b"GET /private/file.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    f"GET /private/file.txt HTTP/1.1\r\nHost: t\r\n{BAD}\r\n\r\n".encode(),
+    f"GET /private/file.txt HTTP/1.1\r\nHost: t\r\n{GOOD}\r\n\r\n".encode(),
+    f"GET /private/nothing HTTP/1.1\r\nHost: t\r\n{GOOD}\r\n\r\n".encode(),
 ]
 
 
@@ -66,6 +128,10 @@ def stack(tmp_path_factory):
     (folder / "www" / "index.html").write_text("<p>index</p>")
     (folder / "www" / "file.txt").write_text("a file\n")
     (folder / "www" / "only" / "a.txt").write_text("a\n")
+    (folder / "www" / "private").mkdir()
+    (folder / "www" / "private" / "file.txt").write_text("secret\n")
+    hashed = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode()
+    (folder / "htpasswd").write_text(f"alice:{hashed}\n")
     upstream = RecordingUpstream()
     text = CONFIG.format(upstream=upstream.address)
     from tests.helpers import ProxyProcess

@@ -168,8 +168,8 @@ def test_both_configs_pool_upstream_connections_and_log_nothing():
 
 
 def test_every_location_reaches_both_servers():
-    nginx = configs.nginx_conf(layout())
-    proxy = configs.proxy_toml(layout())
+    nginx = configs.nginx_conf(layout(policy=True))  # every location: /policy/ only when its scenario runs
+    proxy = configs.proxy_toml(layout(policy=True))
     for location in configs.LOCATIONS:
         assert f"location {location.prefix} {{" in nginx
         assert f'prefix = "{location.prefix}"' in proxy
@@ -239,3 +239,11 @@ def test_http2_scenarios_use_h2load_over_tls():
     assert load.tls(scenario) and not load.tls(BY_KEY["static-4k"])
     argv = h2load.command("https://127.0.0.1:1/x", scenario.connections, scenario.streams, 3, Path("/tmp/log"))
     assert argv[:5] == ["h2load", "-c10", "-m10", "-t2", "-D3"]
+
+
+def test_the_policy_route_is_in_both_configs_only_when_measured():
+    assert "/policy/" not in configs.nginx_conf(layout()) and "/policy/" not in configs.proxy_toml(layout())
+    nginx, proxy = configs.nginx_conf(layout(policy=True)), configs.proxy_toml(layout(policy=True))
+    for same in (("proxy_set_header X-Site shop;", '"X-Site" = "shop"'), ("allow 127.0.0.0/8;", 'allow = ["127.0.0.0/8"]'),
+                 ("limit_req zone=bench", 'rate_limit = "bench"')):
+        assert same[0] in nginx and same[1] in proxy

@@ -75,7 +75,7 @@ def test_full_example_loads(tmp_path):
     ("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n", "server.listen: 127.0.0.1:8080 is listed twice"),
     ("[[routes]]\nprefix = \"/\"\nupstream = \"nope\"\n", "routes[0].upstream: unknown upstream 'nope'"),
     ("[[routes]]\nprefix = \"/\"\nstatic = \"missing\"\n", "routes[0].static: folder"),
-    ("[[routes]]\nprefix = \"/\"\n", "routes[0]: expected static, upstream, or both"),
+    ("[[routes]]\nprefix = \"/\"\n", "routes[0]: expected static, upstream, both, or redirect"),
     ("[[routes]]\nupstream = \"a\"\n", "routes[0].prefix: missing"),
     ("[[routes]]\nprefix = \"x\"\n", "routes[0].prefix: expected a URL path prefix"),
     ("[upstreams.app]\nkeepalive = 2\n", "upstreams.app.servers: missing"),

@@ -598,6 +598,43 @@ def test_nginx_conf_passes_nginx_t(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def nginx_directives(text: str) -> set[str]:
+    """The directive names of an nginx configuration (block names included, the contexts left out)."""
+    text = re.sub(r"#[^\n]*", "", text)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "''", text)
+    statements = (statement.split() for statement in re.split(r"[;{}]", text))
+    return {words[0] for words in statements if words and re.fullmatch(r"[a-z_]+", words[0])} - {
+        "http", "events", "default"}  # contexts, and the default of a map
+
+
+def coming_from_nginx() -> list[tuple[str, str]]:
+    """(nginx, proxy.toml) cells of the README's "Coming from nginx" table."""
+    section = (ROOT / "README.md").read_text().partition("## Coming from nginx")[2].partition("\n## ")[0]
+    return [(row.split(" | ")[0], row.split(" | ")[1]) for row in re.findall(r"^\| (`.*) \|$", section, re.M)]
+
+
+def test_every_nginx_directive_of_the_deploy_config_has_a_row_in_the_readme():
+    rows = coming_from_nginx()
+    named = {m for nginx, _ in rows for m in re.findall(r"[a-z_]+", nginx)}
+    missing = nginx_directives((DEPLOY / "nginx.conf").read_text()) - named
+    assert not missing, f"README.md, Coming from nginx: no row for {sorted(missing)}"
+
+
+def test_the_readmes_nginx_table_names_keys_that_exist():
+    """Every ``key =`` the proxy.toml column names is a declared setting (or a row says it is coming)."""
+    import dataclasses
+
+    from proxy import config
+
+    known = {f.name for cls in vars(config).values() if dataclasses.is_dataclass(cls) and isinstance(cls, type)
+             for f in dataclasses.fields(cls)}
+    for nginx, toml in coming_from_nginx():
+        if toml.startswith("coming:"):
+            continue
+        for key in re.findall(r"([a-z_]+) = ", toml):
+            assert key in known, f"README.md, Coming from nginx, row {nginx}: {key} is not a proxy.toml key"
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", ["proxy.service", "appserver.service"])
 def test_systemd_units_verify(unit, tmp_path):

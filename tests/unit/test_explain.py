@@ -126,6 +126,56 @@ def test_refused_upgrade_is_explained(site):
                         "websocket)")
 
 
+def test_explain_names_the_site_each_policy_and_the_target_upstream(tmp_path):
+    (tmp_path / "proxy.toml").write_text("""
+[server]
+trusted_proxies = ["127.0.0.1/32"]
+[upstreams.app]
+servers = ["127.0.0.1:9"]
+[rate_limits.api]
+rate = "5r/s"
+[[sites]]
+names = ["shop.test"]
+  [[sites.routes]]
+  prefix = "/api/"
+  upstream = "app"
+  strip_prefix = true
+  request_headers = { set = { "X-Site" = "shop" } }
+  allow = ["10.0.0.0/8"]
+  rate_limit = "api"
+[[sites]]
+names = ["other.test"]
+  [[sites.routes]]
+  prefix = "/"
+  redirect = "https://{host}{uri}"
+""")
+    cfg = config.load(tmp_path / "proxy.toml")
+    told = explain(cfg, "GET", "/api/x?q=1", [("Host", "shop.test"), ("X-Forwarded-For", "10.1.1.1")])
+    for line in ["client:  10.1.1.1 (X-Forwarded-For: 127.0.0.1 is in [server] trusted_proxies)",
+                 "site:    sites[0] (shop.test) for Host 'shop.test', by its names",
+                 "rate:    rate_limits.api (5r/s, burst 0) for client_ip '10.1.1.1': within it",
+                 "access:  10.1.1.1 is in allow 10.0.0.0/8",
+                 "rewrite: /api/x?q=1 -> /x?q=1", "  GET /x?q=1 HTTP/1.1", "  x-site: shop"]:
+        assert line in told, told
+    assert "answer:  403" in explain(cfg, "GET", "/api/x", [("Host", "shop.test")])
+    assert "answer:  302 to https://other.test/a?b" in explain(cfg, "GET", "/a?b", [("Host", "other.test")])
+    misdirected = explain(cfg, "GET", "/", [("Host", "nope.test")], scheme="https", server_name="shop.test")
+    assert "answer:  421" in misdirected and "site:    none serves Host 'nope.test'" in misdirected
+
+
+def test_hash_password_makes_an_htpasswd_line_the_config_accepts(tmp_path):
+    import bcrypt
+
+    made = subprocess.run([sys.executable, "-m", "proxy", "hash-password", "--user", "alice", "--cost", "4"],
+                          input="wonderland\n", capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    user, _, hashed = made.stdout.strip().partition(":")
+    assert user == "alice" and hashed.startswith("$2y$04$") and bcrypt.checkpw(b"wonderland", hashed.encode())
+    bad = subprocess.run([sys.executable, "-m", "proxy", "hash-password", "--cost", "3"], input="x\n",
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "proxy hash-password: --cost: expected a number from 4 to 31"
+
+
 @pytest.mark.parametrize("servers, tls, line", [
     ('["unix:/run/gunicorn.sock"]', "",
      "server:  unix:/run/gunicorn.sock of upstream 'app' (round_robin, first pick of 1 known server(s)), "
