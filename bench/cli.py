@@ -82,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s: one per core)")
     p.add_argument("--nginx-sendfile", type=_on_off, default=False, metavar="on|off",
                    help="nginx's sendfile (default off: faster here, see docs/performance.md)")
-    p.add_argument("--proxy-sendfile", type=_on_off, default=False, metavar="on|off",
-                   help="the proxy's [server] sendfile (default off, the proxy's own default)")
+    p.add_argument("--proxy-sendfile", type=_on_off, default=True, metavar="on|off",
+                   help="the proxy's [server] sendfile (default on, the proxy's own default)")
     p.add_argument("--proxy-workers", type=int, default=1, metavar="N",
                    help="worker processes for the proxy and nginx alike (default 1). Refused with a message "
                         "when the proxy has no [server] workers key")

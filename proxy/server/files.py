@@ -4,7 +4,7 @@
 says what the path names; a small file's bytes come from the cache and go
 out with the head in one write; a larger one is opened and sent by a
 ``FileSender``, a chunk whenever the client's socket has room (called back
-by ``resume_writing``, no task), or with ``loop.sendfile`` when
+by ``resume_writing``, no task), copied or with ``sendfile(2)`` when
 ``[server] sendfile`` asks for it. Either way each wait is bounded by
 ``send_timeout`` (the connection's deadline), so a reader that stops costs
 one idle connection and is then closed.
@@ -12,7 +12,6 @@ one idle connection and is then closed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -28,11 +27,9 @@ log = logging.getLogger("proxy")
 CHUNK_FAST = 128 * 1024
 CHUNK_SLOW = 32 * 1024
 TURN_BYTES = 1024 * 1024  # written in one go before the other connections get the loop
-SENDFILE_STEP = 4 * 1024 * 1024
-SENDFILE_MIN_STEP = 64 * 1024
+SENDFILE_STEP = 1024 * 1024  # one sendfile(2) call at most; the kernel sends what the socket takes
 HTML = (b"content-type", b"text/html; charset=utf-8")
 
-_NO_SENDFILE: set[type] = set()  # event loop classes found without loop.sendfile
 
 
 def serve_static(client, action) -> None:
@@ -117,9 +114,18 @@ def _without_length(headers) -> list[tuple[bytes, bytes]]:
 
 
 class FileSender:
-    """Sends ``parts`` of an open file (``(offset, length)`` pairs, or bytes between multipart parts)."""
+    """Sends ``parts`` of an open file (``(offset, length)`` pairs, or bytes between multipart parts).
 
-    __slots__ = ("client", "fd", "parts", "index", "offset", "end", "buffer", "chunk", "sendfile", "task")
+    Two ways, both driven by the client's ``resume_writing`` (no task): copying a chunk at a
+    time through the transport, or (``[server] sendfile``, plain TCP) ``os.sendfile(2)`` straight
+    from the file to the socket whenever the transport has nothing queued, so the bytes never
+    enter user space. When the socket is full, sendfile cannot wait by itself: one chunk goes
+    through the transport instead, and with the transport's high-water mark at 0 for the
+    duration, any queued byte pauses the sender until the kernel took it (``resume_writing``),
+    so the two ways never reorder bytes.
+    """
+
+    __slots__ = ("client", "fd", "parts", "index", "offset", "end", "buffer", "chunk", "out_fd", "limits")
 
     def __init__(self, client, fd: int, parts: tuple, sendfile: bool) -> None:
         self.client = client
@@ -129,11 +135,18 @@ class FileSender:
         self.offset = self.end = 0
         self.buffer: memoryview | None = None
         self.chunk = CHUNK_SLOW
-        self.sendfile = sendfile and type(client.w.loop) not in _NO_SENDFILE
-        self.task: asyncio.Task | None = None
+        self.out_fd = -1
+        transport = client.transport
+        if sendfile and transport.get_extra_info("sslcontext") is None:  # TLS must encrypt in user space
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self.out_fd = sock.fileno()
+                self.limits = transport.get_write_buffer_limits()  # (low, high), given back by close()
+                transport.set_write_buffer_limits(high=0)
 
     def __repr__(self) -> str:
-        return f"<FileSender fd={self.fd} part={self.index}/{len(self.parts)} at={self.offset}/{self.end}>"
+        how = "sendfile" if self.out_fd >= 0 else "copy"
+        return f"<FileSender fd={self.fd} {how} part={self.index}/{len(self.parts)} at={self.offset}/{self.end}>"
 
     def _next_part(self) -> bool:
         """Move to the next file region (writing byte parts on the way); False when none is left."""
@@ -152,8 +165,8 @@ class FileSender:
         return True
 
     def writable(self) -> None:
-        """Write chunks while the client's socket has room; called again by resume_writing."""
-        if self.task is not None or self.fd < 0:
+        """Send while the client's socket has room; called again by resume_writing."""
+        if self.fd < 0:
             return
         client = self.client
         transport = client.transport
@@ -163,18 +176,37 @@ class FileSender:
                 # A fast reader of a large file would otherwise keep the loop to itself.
                 client.w.loop.call_soon(self.writable)
                 return
-            budget -= self.chunk
             if not self._next_part():
                 self._done()
                 return
-            if self.sendfile:
-                self.task = client.w.loop.create_task(self._sendfile())
-                return
             if transport.is_closing():
                 return
-            self._copy(transport)
+            if self.out_fd >= 0 and not transport.get_write_buffer_size():
+                budget -= self._sendfile(transport)
+            else:
+                budget -= self._copy(transport)
 
-    def _copy(self, transport) -> None:
+    def _sendfile(self, transport) -> int:
+        """One sendfile(2) of up to SENDFILE_STEP bytes; when the socket is full, one chunk through the
+        transport instead (see the class docstring). Returns the bytes handed over."""
+        try:
+            sent = os.sendfile(self.out_fd, self.fd, self.offset, min(SENDFILE_STEP, self.end - self.offset))
+        except (BlockingIOError, InterruptedError):
+            return self._copy(transport)
+        except OSError:  # the client went away under us: connection_lost follows
+            self.client.abort()
+            self.close()
+            return 0
+        if not sent:
+            log.warning("%s shrank while it was being sent", self.client.exchange.head.path)
+            self.client.abort()
+            self.close()
+            return 0
+        self.offset += sent
+        self.client.exchange.body_bytes += sent
+        return sent
+
+    def _copy(self, transport) -> int:
         """One chunk, read into a reused buffer.
 
         A fresh ``bytes`` per chunk costs an allocation the size of the chunk
@@ -196,57 +228,19 @@ class FileSender:
             log.warning("%s shrank while it was being sent", self.client.exchange.head.path)
             self.client.abort()
             self.close()
-            return
+            return 0
         self.client.write(self.buffer[:got])
         self.client.exchange.body_bytes += got
         self.offset += got
         if self.client.write_paused or transport.get_write_buffer_size():
             self.buffer = None
-
-    async def _sendfile(self) -> None:
-        """loop.sendfile in steps sized so each should take a second (or a quarter of send_timeout, if
-        less) at the client's last pace: ``send_timeout`` then means time without progress (as nginx's
-        send_timeout does), not time for a fixed amount, which a slow but steady reader would exceed."""
-        client = self.client
-        loop = client.w.loop
-        timeout = client.w.config.limits.send_timeout
-        try:
-            with open(self.fd, "rb", closefd=False) as file:
-                step = SENDFILE_MIN_STEP
-                while self._next_part():
-                    began = loop.time()
-                    async with asyncio.timeout(timeout):
-                        sent = await loop.sendfile(client.transport, file, self.offset,
-                                                   min(step, self.end - self.offset))
-                    if sent == 0:
-                        raise ConnectionAbortedError("file shrank while it was being sent")
-                    self.offset += sent
-                    client.exchange.body_bytes += sent
-                    rate = sent / max(loop.time() - began, 1e-3)
-                    step = int(min(max(rate * min(1.0, timeout / 4), SENDFILE_MIN_STEP), SENDFILE_STEP))
-        except NotImplementedError:
-            # uvloop has no loop.sendfile; it raises before sending anything, so copy instead.
-            _NO_SENDFILE.add(type(loop))
-            log.warning("this event loop (%s) cannot sendfile: [server] sendfile is ignored, files "
-                        "are copied in chunks", type(loop).__module__)
-            self.task = None
-            self.sendfile = False
-            self.writable()
-            return
-        except (OSError, TimeoutError, ConnectionError, asyncio.CancelledError):
-            self.close()
-            client.abort()
-            return
-        self.task = None
-        self._done()
+        return got
 
     def _done(self) -> None:
         self.close()
         self.client.finish()
 
     def client_lost(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
         self.close()
 
     def close(self) -> None:
@@ -254,3 +248,9 @@ class FileSender:
             os.close(self.fd)
             self.fd = -1
         self.buffer = None
+        if self.out_fd >= 0:
+            self.out_fd = -1
+            transport = self.client.transport
+            if not transport.is_closing():
+                low, high = self.limits
+                transport.set_write_buffer_limits(high=high, low=low)

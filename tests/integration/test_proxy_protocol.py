@@ -217,6 +217,11 @@ def test_a_reload_turns_the_proxy_protocol_on_for_a_listener_it_keeps(start_prox
     proxy.config_path.write_text(textwrap.dedent(proxied))
     proxy.signal(signal.SIGHUP)
     proxy.wait_for_line("reload complete")
+    # The old workers were told to stop; until each has, it may still accept a connection and read it
+    # as plain HTTP (a PROXY line is then an unknown method). Wait for them to go.
+    old = sum("(generation 1) is accepting" in line for line in proxy.lines)
+    wait_until(lambda: sum(bool(re.search(r"worker \d+ exited", line)) for line in proxy.lines) >= old,
+               what="the old workers to exit")
     # The same socket (same port), read by the new workers as a proxy_protocol one.
     wait_until(lambda: raw_request(second, GET) == b"", what="plain requests to be refused")
     assert status_of(raw_request(second, V1 + GET)) == 200
