@@ -593,6 +593,11 @@ class ServerSettings:
         "fresh if it changed). 0 = no cache: every request looks the file up.")
     open_file_cache_entries: int = setting(
         10000, COUNT, "Paths the static file cache keeps per worker; the least recently used go first.")
+    h2c: bool = setting(
+        False, BOOL,
+        "Also speak HTTP/2 on [server] listen to clients that start with the HTTP/2 preface (prior knowledge, "
+        "RFC 9113 section 3.3), e.g. internal callers; HTTP/1.1 clients are served as before. Upgrade: h2c "
+        "stays ignored. Browsers speak HTTP/2 only over TLS ([tls] http2).")
     open_file_cache_bytes: int = setting(
         64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
         "used entries go first.", shown='"64m"')
@@ -624,7 +629,11 @@ class Limits:
         60.0, SECONDS, "Seconds a client may go without accepting any response bytes before it is closed.")
     keepalive_timeout: float = setting(5.0, SECONDS, "An idle client connection is closed after this many seconds.")
     keepalive_requests: int = setting(
-        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close.")
+        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close "
+        "(HTTP/2: streams on one connection, then GOAWAY).")
+    max_concurrent_streams: int = setting(
+        128, COUNT, "HTTP/2: streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
+        "a client that opens more loses the connection (GOAWAY).")
 
 
 @dataclass(frozen=True)
@@ -1279,6 +1288,9 @@ class TlsSettings:
     hsts: str = setting(
         "", STRING, 'Strict-Transport-Security value on every HTTPS response, e.g. "max-age=31536000" '
         '(unless the app sets its own); "" for none.')
+    http2: bool = setting(
+        True, BOOL, 'Offer HTTP/2 in the TLS handshake (ALPN "h2", then "http/1.1"); false offers HTTP/1.1 alone. '
+        "WebSockets go over HTTP/1.1 either way.")
     sites: tuple[TlsSite, ...] = setting(
         (), Kind("[[tls.sites]] tables", _list_of(_table(TlsSite, "a table"), non_empty=False).convert),
         "Extra certificates chosen by the name the client asks for (SNI).", shown="[]")

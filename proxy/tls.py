@@ -11,8 +11,10 @@ Every context gets the same settings (Mozilla's "intermediate" profile, which
 is also roughly what nginx ships): TLS 1.2 or newer, forward-secret AEAD
 ciphers only for TLS 1.2 (TLS 1.3's suites are all AEAD and fixed by
 OpenSSL), no compression (CRIME), the server's cipher order, ALPN
-``http/1.1`` (the proxy speaks nothing else, and saying so stops a client
-that wants only h2 from guessing). ``[[tls.sites]]`` contexts are chosen in
+``h2`` then ``http/1.1`` (only ``http/1.1`` with ``[tls] http2 = false``;
+naming it stops a client that wants only h2 from guessing). The TLS 1.2
+suites are all allowed for HTTP/2 (RFC 9113 section 9.2.2: ephemeral key
+exchange, AEAD). ``[[tls.sites]]`` contexts are chosen in
 the SNI callback by swapping the handshake's context, the standard way with
 Python's ``ssl``.
 
@@ -36,7 +38,7 @@ from .errors import ConfigError
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.2 suites: ephemeral key exchange (forward secrecy) and AEAD only.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
-ALPN = ("http/1.1",)
+ALPN = {True: ("h2", "http/1.1"), False: ("http/1.1",)}  # by [tls] http2: the server's preference first
 
 _PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----")
 
@@ -65,7 +67,8 @@ def fingerprint(pem: bytes) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def server_context(certificate: Path, key: Path | None, min_version: str, where: str, source: Path) -> ssl.SSLContext:
+def server_context(certificate: Path, key: Path | None, min_version: str, where: str, source: Path,
+                   http2: bool = True) -> ssl.SSLContext:
     """One server-side context, or ConfigError naming the file that is wrong (``where`` is e.g. "tls")."""
     cert_pem = _read(certificate, f"{where}.certificate", source)
     key_pem = cert_pem if key is None else _read(key, f"{where}.key", source)
@@ -79,7 +82,7 @@ def server_context(certificate: Path, key: Path | None, min_version: str, where:
     context.minimum_version = VERSIONS[min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.set_ciphers(CIPHERS)
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(ALPN[http2]))
     try:
         context.load_cert_chain(certificate, key, password=_no_passphrase)
     except _Encrypted:
@@ -149,7 +152,8 @@ def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
     wildcard: dict[str, ssl.SSLContext] = {}
     prints, shown, pending = [], [], []
     if settings.certificate is not None:
-        default = server_context(settings.certificate, settings.key, settings.min_version, "tls", source)
+        default = server_context(settings.certificate, settings.key, settings.min_version, "tls", source,
+                                 settings.http2)
         prints.append(fingerprint(settings.certificate.read_bytes()))
         shown.append(str(settings.certificate))
     else:
@@ -163,7 +167,8 @@ def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
             context, pem, text, why = _acme_context(site, settings, source)
             pending += [why] if why else []
         else:
-            context = server_context(site.certificate, site.key, settings.min_version, where, source)
+            context = server_context(site.certificate, site.key, settings.min_version, where, source,
+                                     settings.http2)
             pem, text = site.certificate.read_bytes(), str(site.certificate)
         prints.append(fingerprint(pem))
         shown.append(text)
@@ -198,7 +203,7 @@ def _acme_context(site, settings: TlsSettings, source: Path) -> tuple[ssl.SSLCon
     label = ", ".join(site.names)
     try:
         pem = path.read_bytes()
-        context = server_context(path, None, settings.min_version, f"{site.where}.acme", source)
+        context = server_context(path, None, settings.min_version, f"{site.where}.acme", source, settings.http2)
         return context, pem, f"{path} (ACME)", ""
     except FileNotFoundError:
         why = f"{site.where} ({label}): no certificate from the CA yet: serving a self-signed one until it comes"
@@ -209,10 +214,10 @@ def _acme_context(site, settings: TlsSettings, source: Path) -> tuple[ssl.SSLCon
         from .acme.challenges import self_signed
 
         pem = _FALLBACKS[site.names] = self_signed(site.names, 7)
-    return _pem_context(pem, settings.min_version, source), pem, f"{label}: self-signed (ACME pending)", why
+    return _pem_context(pem, settings, source), pem, f"{label}: self-signed (ACME pending)", why
 
 
-def _pem_context(pem: bytes, min_version: str, source: Path) -> ssl.SSLContext:
+def _pem_context(pem: bytes, settings: TlsSettings, source: Path) -> ssl.SSLContext:
     """A server context from PEM bytes (``ssl`` loads only files: a private temporary one, removed at once)."""
     import os
     import tempfile
@@ -221,7 +226,7 @@ def _pem_context(pem: bytes, min_version: str, source: Path) -> ssl.SSLContext:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
-        return server_context(Path(name), None, min_version, "tls", source)
+        return server_context(Path(name), None, settings.min_version, "tls", source, settings.http2)
     finally:
         os.unlink(name)
 
@@ -238,7 +243,7 @@ def client_context(settings: UpstreamTls, where: str, source: Path) -> ssl.SSLCo
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(ALPN[False]))  # the docstring says why: HTTP/1.1, whatever clients speak
     if not settings.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

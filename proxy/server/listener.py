@@ -20,6 +20,7 @@ from ..http.responses import error_bytes
 from ..tls import Certificates
 from .board import Board
 from .client import ClientProtocol
+from .h2conn import PriorKnowledge
 from .proxied import PendingHeader
 from .sockets import bind_all, bound_address, close_listener, describe_listener
 from .tls import log_tls_listening, tls_protocol
@@ -33,6 +34,8 @@ def accept(worker: Worker, scheme: bytes = b"http") -> asyncio.Protocol:
     """The protocol for a new connection: served, or answered 503 at ``[server] max_connections``."""
     if worker.conns.at_capacity(len(worker.edge.handshakes)):
         return _Refuse(worker)
+    if worker.config.server.h2c:
+        return PriorKnowledge(worker)  # HTTP/2 if it starts with the preface, else HTTP/1.1
     return ClientProtocol(worker, scheme)
 
 

@@ -1,4 +1,5 @@
-"""HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does.
+"""HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does
+(or as HTTP/2, server/h2conn.py, when the client chose "h2" by ALPN).
 
 Why not asyncio's ``ssl=`` argument when accepting: asyncio would then
 swallow failed handshakes without a word (it logs them only in debug mode),
@@ -44,6 +45,7 @@ from ..http import proxyproto
 from ..http.proxyproto import UNIX_CLIENT
 from ..tls import Certificates, Failure, FailureLog, classify, describe
 from .client import ClientProtocol
+from .h2conn import Http2Protocol
 from .sockets import describe_listener
 
 log = logging.getLogger("proxy")
@@ -252,6 +254,17 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
         tls_transport.abort()
         return
     worker.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
+    ssl_object = tls_transport.get_extra_info("ssl_object")
+    if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        # The client chose HTTP/2 ([tls] http2 offered it): the connection is an Http2Protocol's, and what
+        # the TLS protocol already delivered (kept in _early) goes to it.
+        early, protocol._early = protocol._early, None
+        http2 = Http2Protocol(worker, b"https", client_ip)
+        tls_transport.set_protocol(http2)
+        http2.connection_made(tls_transport)
+        for data in early:
+            http2.data_received(data)
+        return
     protocol.connection_made(tls_transport)
 
 
