@@ -1,6 +1,8 @@
 """The servers' configurations, written so that they do the same work.
 
-All of them: one worker, access log off, /static/ served from the same folder,
+All of them: one worker, access log off, a plain listener and a TLS one
+that offers HTTP/2 (the same self-signed certificate; nginx ``listen ...
+ssl http2``), /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -10,7 +12,9 @@ nginx is given the matching directive (gzip_static), so neither is spared a
 stat the other makes. /api/cached/ is /api/ with a response cache on both:
 nginx's proxy_cache (a disk cache with its keys in shared memory, the cache
 lock on) and the proxy's (memory, and a disk tier the proxies share, as a
-proxy's workers would), each adding X-Cache-Status.
+proxy's workers would), each adding X-Cache-Status. ``keepalive_requests`` is high on both: h2load does
+not open a new connection after a GOAWAY, so a limit it reaches would end
+its run in errors.
 
 The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
 identical but for ``[server] http_engine``.
@@ -45,6 +49,9 @@ class Layout:
     static: Path  # the shared static folder
     app_port: int  # Gunicorn
     nginx_port: int
+    nginx_tls_port: int
+    certificate: Path  # and key: made for the run (proxy gencert), used by both servers
+    key: Path
     nginx_sendfile: bool
     proxy_sendfile: bool
     workers: int = 1
@@ -168,6 +175,9 @@ def _nginx_http(layout: Layout) -> str:
     return textwrap.indent("".join(loc.nginx_http(layout) for loc in _locations(layout)), " " * 4)
 
 
+KEEPALIVE_REQUESTS = 1_000_000
+
+
 def nginx_conf(layout: Layout) -> str:
     work = layout.work
     user = "user root root;\n" if layout.run_as_root else ""
@@ -196,7 +206,7 @@ http {{
     sendfile {"on" if layout.nginx_sendfile else "off"};
     tcp_nodelay on;
     keepalive_timeout 5s;
-    keepalive_requests 1000;
+    keepalive_requests {KEEPALIVE_REQUESTS};
     client_max_body_size 1m;
     client_body_temp_path {work}/nginx-client-body;
     proxy_temp_path {work}/nginx-proxy-temp;
@@ -212,6 +222,10 @@ http {{
 
     server {{
         listen 127.0.0.1:{layout.nginx_port} backlog=1024;
+        listen 127.0.0.1:{layout.nginx_tls_port} ssl http2 backlog=1024;
+        ssl_certificate {layout.certificate};
+        ssl_certificate_key {layout.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
 
 {_nginx_locations(layout)}    }}
 }}
@@ -229,6 +243,14 @@ def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
         sendfile = {"true" if layout.proxy_sendfile else "false"}
         http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
+
+        [limits]
+        keepalive_requests = {KEEPALIVE_REQUESTS}
+
+        [tls]
+        listen = ["127.0.0.1:0"]
+        certificate = "{layout.certificate}"
+        key = "{layout.key}"
 
         [log]
         access = "off"

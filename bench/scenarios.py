@@ -6,7 +6,8 @@ nginx's req/s with a p99 at most 1.5x, small static files at 0.8x, large
 ones at 0.9x, 1,000 connections at 0.8x without an error in under 80 MB, a
 10 MiB stream without an error, response cache hits at 0.8x nginx's
 proxy_cache hits (and at 10x the same answer forwarded to Gunicorn:
-report.cache_line).
+report.cache_line); over HTTP/2 (TLS, h2load: 10 clients with 10 streams
+each), 0.8x nginx for a small static file and for proxied JSON.
 
 A scenario is a value (URL path, connection count, targets); the harness runs
 every one against each proxy and nginx alike. A scenario that needs a new
@@ -50,9 +51,11 @@ class Targets:
 class Scenario:
     key: str  # short name used on the command line and in the JSON
     title: str
-    path: str  # the URL path wrk requests on both servers
+    path: str  # the URL path requested on both servers
     connections: int
     targets: Targets
+    protocol: str = "http/1.1"  # "http/1.1": wrk over plain HTTP; "h2": h2load over TLS
+    streams: int = 1  # requests in flight per connection (HTTP/2)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -75,6 +78,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     # Proxied JSON through a route with a request header rule, an allow list and a rate limit (never reached).
     Scenario("proxied-policy", "proxied JSON + policy, 32 conns", "/policy/json", 32,
              Targets(min_rps_ratio=0.9, max_p99_ratio=1.5)),
+    Scenario("h2-static-4k", "HTTP/2 static 4 KiB, 10x10 streams", f"/static/{SMALL_FILE}", 10,
+             Targets(min_rps_ratio=0.8), protocol="h2", streams=10),
+    Scenario("h2-proxied", "HTTP/2 proxied JSON, 10x10 streams", "/api/json", 10,
+             Targets(min_rps_ratio=0.8), protocol="h2", streams=10),
 )
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -103,6 +103,7 @@ def create_app(tally_folder: str | None = None) -> Flask:
             host=request.host,
             url=url_for("whoami", _external=True),
             method=request.method,
+            protocol=request.environ.get("SERVER_PROTOCOL", ""),  # what reached Gunicorn: HTTP/1.1, whatever the client spoke
             request_id=request.headers.get("X-Request-ID"),
             via=request.headers.get("Via"),
             worker_pid=os.getpid(),

@@ -593,6 +593,11 @@ class ServerSettings:
         "fresh if it changed). 0 = no cache: every request looks the file up.")
     open_file_cache_entries: int = setting(
         10000, COUNT, "Paths the static file cache keeps per worker; the least recently used go first.")
+    h2c: bool = setting(
+        False, BOOL,
+        "Also speak HTTP/2 on [server] listen to clients that start with the HTTP/2 preface (prior knowledge, "
+        "RFC 9113 section 3.3), e.g. internal callers; HTTP/1.1 clients are served as before. Upgrade: h2c "
+        "stays ignored. Browsers speak HTTP/2 only over TLS ([tls] http2).")
     open_file_cache_bytes: int = setting(
         64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
         "used entries go first.", shown='"64m"')
@@ -624,7 +629,11 @@ class Limits:
         60.0, SECONDS, "Seconds a client may go without accepting any response bytes before it is closed.")
     keepalive_timeout: float = setting(5.0, SECONDS, "An idle client connection is closed after this many seconds.")
     keepalive_requests: int = setting(
-        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close.")
+        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close "
+        "(HTTP/2: streams on one connection, then GOAWAY).")
+    max_concurrent_streams: int = setting(
+        128, COUNT, "HTTP/2: streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
+        "a client that opens more loses the connection (GOAWAY).")
 
 
 @dataclass(frozen=True)
@@ -1127,6 +1136,10 @@ class Site:
         None, Kind('a PEM file (relative to the config file), or ""', _convert_optional_file, ("",)),
         "Certificate chain for this site's names, chosen by SNI; other names get [tls] certificate.", shown='""')
     key: Path | None = setting(None, PEM_KEY, "Private key of that certificate, unencrypted.", shown='""')
+    acme: bool = setting(
+        False, BOOL, "Get this site's certificate for its names from the ACME CA of [tls.acme] (Let's Encrypt by "
+        "default), and renew it, instead of certificate and key. Wildcard names need DNS-01, which the proxy "
+        "does not do.")
 
 
 @dataclass(frozen=True)
@@ -1141,6 +1154,117 @@ class TlsSite:
         "that send none) get the [tls] certificate.", shown="(required)")
     certificate: Path = setting(None, PEM_FILE, "Certificate chain, leaf first.", shown="(required)")
     key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
+    # A [[sites]] entry with acme = true: its certificate (and key) come from [tls.acme] storage, not a file.
+    acme: bool = field(default=False, metadata={"internal": True})
+
+
+# --- ACME: [tls.acme] ---
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+CHALLENGES = ("http-01", "tls-alpn-01")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms])\s*$")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _convert_duration(value: Any, ctx: Context) -> float | None:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or a number of seconds; ``""`` for none."""
+    if value == "":
+        return None
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match and float(match[1]) > 0:
+            return float(match[1]) * _DURATION_UNITS[match[2]]
+        raise Invalid
+    return _convert_seconds(value, ctx)
+
+
+def _convert_directory(value: Any, ctx: Context) -> str:
+    # RFC 8555 6.1: every ACME request goes over HTTPS.
+    if not isinstance(value, str) or not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+        raise Invalid
+    return value
+
+
+def _convert_email(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or (value and not _EMAIL_RE.fullmatch(value)):
+        raise Invalid
+    return value
+
+
+def _convert_challenge(value: Any, ctx: Context) -> str:
+    if value == "dns-01":
+        raise Invalid('dns-01 is not supported: the proxy answers "http-01" and "tls-alpn-01" itself')
+    if value not in CHALLENGES:
+        raise Invalid
+    return value
+
+
+def _convert_challenges(value: Any, ctx: Context) -> tuple[str, ...]:
+    found = _list_of(Kind("", _convert_challenge)).convert(value, ctx)
+    if len(set(found)) != len(found):
+        raise Invalid("each challenge once")
+    return found
+
+
+def _convert_storage(value: Any, ctx: Context) -> Path:
+    """A folder the proxy may create (0700) and write: checked now, made when the proxy starts."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid
+    folder = Path(_path(value, ctx))
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise Invalid(f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Invalid(f"{existing} is not writable by this user" if existing == folder else
+                      f"cannot create {folder}: {existing} is not writable by this user")
+    return folder
+
+
+def _convert_ca_file(value: Any, ctx: Context) -> Path | None:
+    path = _convert_optional_file(value, ctx)
+    if path is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError:
+            raise Invalid(f"{path} holds no PEM certificate to trust") from None
+    return path
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    """``[tls.acme]``: where the certificates of ``acme = true`` sites come from. Setting it (or a site's
+    acme = true) agrees to the CA's terms of service."""
+
+    directory: str = setting(
+        LETS_ENCRYPT, Kind("an https:// URL", _convert_directory),
+        "The CA's ACME directory URL. Let's Encrypt's staging CA, for trying: "
+        '"https://acme-staging-v02.api.letsencrypt.org/directory".', shown=f'"{LETS_ENCRYPT}"')
+    email: str = setting("", Kind('an email address, or ""', _convert_email),
+                         "Contact address given to the CA (expiry warnings, policy changes).")
+    storage: Path = setting(
+        None, Kind("a folder (relative to the config file)", _convert_storage, ()),
+        "Where the account key and the certificates are kept across restarts; created 0700, files 0600. "
+        "Back it up: without it the proxy orders every certificate again.", shown='"acme"')
+    ca_file: Path | None = setting(
+        None, Kind('a PEM file (relative to the config file), or ""', _convert_ca_file, ("",)),
+        "CA certificates to trust for the ACME server's own HTTPS, instead of the system's (a private CA, "
+        'Pebble\'s in tests); "" for the system\'s.', shown='""')
+    challenges: tuple[str, ...] = setting(
+        CHALLENGES, Kind('a list of "http-01" and "tls-alpn-01"', _convert_challenges),
+        "Challenges the proxy may answer, in order of preference: http-01 on [server] listen (port 80 for a "
+        "real CA), tls-alpn-01 on [tls] listen (port 443).", shown='["http-01", "tls-alpn-01"]')
+    renew_before: float | None = setting(
+        None, Kind('a duration like "30d", "12h", or seconds; "" for a third of the lifetime', _convert_duration,),
+        'Renew when this much of a certificate\'s lifetime remains; "" renews when a third remains (30 days '
+        "of Let's Encrypt's 90).", shown='""')
+    retry_delay: float = setting(
+        60.0, SECONDS, "After a failed attempt, wait this long; doubled after each further failure, up to 6 hours "
+        "(an hour at least when the CA says rate limited).")
 
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -1153,9 +1277,10 @@ class TlsSettings:
     listen: tuple[Listen, ...] = setting(
         (Listen(Address("127.0.0.1", 8443)),), _list_of(LISTEN),
         "Addresses that speak HTTPS (written as [server].listen, tables included).", shown='["127.0.0.1:8443"]')
-    certificate: Path = setting(
+    certificate: Path | None = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
-        "Re-read on SIGHUP.", shown="(required)")
+        "Re-read on SIGHUP. Optional when a site has acme = true: clients that name no site then get the first "
+        "such site's certificate.", shown="(required without ACME)")
     key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
     min_version: str = setting("TLSv1.2", _choice(*TLS_VERSIONS),
                                "Oldest protocol version accepted; TLS 1.0 and 1.1 never are.")
@@ -1166,9 +1291,20 @@ class TlsSettings:
     hsts: str = setting(
         "", STRING, 'Strict-Transport-Security value on every HTTPS response, e.g. "max-age=31536000" '
         '(unless the app sets its own); "" for none.')
+    http2: bool = setting(
+        True, BOOL, 'Offer HTTP/2 in the TLS handshake (ALPN "h2", then "http/1.1"); false offers HTTP/1.1 alone. '
+        "WebSockets go over HTTP/1.1 either way.")
     sites: tuple[TlsSite, ...] = setting(
         (), Kind("[[tls.sites]] tables", _list_of(_table(TlsSite, "a table"), non_empty=False).convert),
         "Extra certificates chosen by the name the client asks for (SNI).", shown="[]")
+    acme: AcmeSettings | None = setting(
+        None, _table(AcmeSettings, "a table"), "The ACME CA for sites with acme = true ([tls.acme], below).",
+        shown="(defaults)")
+
+
+def acme_sites(config: "Config") -> tuple[TlsSite, ...]:
+    """The sites whose certificates come from ACME, as TLS sites, in the order of [[sites]]."""
+    return tuple(site for site in config.tls.sites if site.acme) if config.tls is not None else ()
 
 
 @dataclass(frozen=True)
@@ -1420,6 +1556,8 @@ def _site_certificates(tls: TlsSettings | None, sites: tuple[Site, ...], explici
                        source: Path) -> TlsSettings | None:
     """A site's certificate is served for its names (SNI): as if it were a [[tls.sites]] entry."""
     for site in sites:
+        if site.acme:
+            _check_acme_site(site, tls, source)
         if site.key is not None and site.certificate is None:
             raise ConfigError(f"{source}: {site.where}.key: given without a certificate")
         if site.certificate is None:
@@ -1435,9 +1573,34 @@ def _site_certificates(tls: TlsSettings | None, sites: tuple[Site, ...], explici
     if tls.sites:
         raise ConfigError(f"{source}: tls.sites: with [[sites]], give each site's certificate in its own table "
                           "(certificate = \"...\", key = \"...\" under [[sites]]) instead of [[tls.sites]]")
-    certified = tuple(TlsSite(where=site.where, names=site.names, certificate=site.certificate, key=site.key)
-                      for site in sites if site.certificate is not None)
-    return dataclasses.replace(tls, sites=certified)
+    certified = tuple(TlsSite(where=site.where, names=site.names, certificate=site.certificate, key=site.key,
+                              acme=site.acme) for site in sites if site.certificate is not None or site.acme)
+    acme = tls.acme
+    if acme is None and any(site.acme for site in sites):
+        acme = _build(AcmeSettings, {}, Context(source, "tls.acme"))
+    if acme is not None and acme.storage is None:  # its default is relative to the config file's folder
+        acme = dataclasses.replace(acme, storage=_convert_storage("acme", Context(source, "tls.acme.storage")))
+    return dataclasses.replace(tls, sites=certified, acme=acme)
+
+
+def _check_acme_site(site: Site, tls: TlsSettings | None, source: Path) -> None:
+    """A site that gets its certificate by ACME: a [tls] section, names a CA will certify, no files."""
+    where = f"{source}: {site.where}"
+    if site.certificate is not None:
+        raise ConfigError(f"{where}.acme: the certificate comes from the CA: remove certificate and key, or "
+                          "set acme = false")
+    if tls is None:
+        raise ConfigError(f"{where}.acme: needs a [tls] section (the HTTPS listen addresses)")
+    if not site.names:
+        raise ConfigError(f"{where}.acme: a CA certifies names: give this site names")
+    for name in site.names:
+        if name.startswith("*."):
+            raise ConfigError(f"{where}.names: {name!r} is a wildcard: a CA certifies one only by the DNS-01 "
+                              "challenge, which the proxy does not support: list the names, or give this site "
+                              "a certificate file")
+        if is_ip_literal(name) or "." not in name:
+            raise ConfigError(f"{where}.names: {name!r} is not a public domain name a CA can certify: "
+                              "give this site a certificate file for it")
 
 
 def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -1463,6 +1626,9 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     for name, cls in SECTIONS.items():
         fix(cls, out.get(name))
+    tls_table = out.get("tls")
+    if isinstance(tls_table, dict) and isinstance(tls_table.get("acme"), dict):
+        fix(AcmeSettings, tls_table["acme"])
     fix_routes(out.get("routes"))
     for site in out.get("sites", []) if isinstance(out.get("sites"), list) else ():
         fix(Site, site)
@@ -1560,6 +1726,11 @@ def _check_listen(where: str, listen: tuple[Listen, ...], seen: set, source: Pat
 def _check_tls(tls: TlsSettings, plain: set, source: Path) -> None:
     """Listen addresses apart from [server].listen, each SNI name once, and certificates that load."""
     _check_listen("tls.listen", tls.listen, set(plain), source, " (in [server] or [tls])")
+    if tls.certificate is None and not any(site.acme for site in tls.sites):
+        raise ConfigError(f"{source}: tls.certificate: missing (expected {PEM_FILE.expected}; it may be left out "
+                          "when a [[sites]] entry has acme = true)")
+    if tls.certificate is None and tls.key is not None:
+        raise ConfigError(f"{source}: tls.key: given without a certificate")
     names: set[str] = set()
     for i, site in enumerate(tls.sites):
         for name in site.names:
@@ -1594,7 +1765,8 @@ def reference() -> str:
               ("[[routes]] and [[sites.routes]]", Route),
               ("request_headers and response_headers of a route", HeaderRules),
               ("basic_auth of a route", BasicAuth), ("[rate_limits.NAME]", RateLimit), ("[status]", Status),
-              ("[tls]", TlsSettings), ("[[tls.sites]]", TlsSite), ("[caches.NAME]", Cache)]
+              ("[tls]", TlsSettings), ("[[tls.sites]]", TlsSite), ("[tls.acme]", AcmeSettings),
+              ("[caches.NAME]", Cache)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]

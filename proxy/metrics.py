@@ -57,6 +57,13 @@ class Metrics:
         self.tunnels_open = 0
         self.tunnels_total = 0
         self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
+        # HTTP/2 (server/h2conn.py): connections open and opened, streams answered, streams the client reset
+        # while they were answered, GOAWAY frames sent by reason.
+        self.http2_open = 0
+        self.http2_connections = 0
+        self.http2_streams = 0
+        self.http2_resets = 0
+        self.http2_goaway: Counter[str] = Counter()
         self.proxy_protocol_refused = 0  # connections closed for a missing or malformed PROXY header
 
     def observe(self, record: AccessRecord) -> None:
@@ -157,24 +164,29 @@ def worker_view(runtime) -> dict:
     }
 
 
-# --- edge protocols: open tunnels and their bytes, TLS handshakes ----------
+# --- edge protocols: open tunnels and their bytes, TLS handshakes, HTTP/2 ----
 
 TUNNEL_KEYS = ("open", "total", "bytes_to_upstream", "bytes_to_client")
+HTTP2_KEYS = ("connections_open", "connections_total", "streams_total", "resets_by_client")
 
 
 def edge_view(runtime) -> dict:
     metrics = runtime.metrics
     tunnels = (metrics.tunnels_open, metrics.tunnels_total, metrics.tunnel_bytes["to_upstream"],
                metrics.tunnel_bytes["to_client"])
+    http2 = (metrics.http2_open, metrics.http2_connections, metrics.http2_streams, metrics.http2_resets)
     return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
             "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
                     if runtime.tls is not None else None),
+            "http2": {**dict(zip(HTTP2_KEYS, http2)), "goaway": dict(metrics.http2_goaway)},
             "proxy_protocol": {"refused": metrics.proxy_protocol_refused}}
 
 
 def merge_edge(edges) -> dict:
-    """Every worker's tunnel and TLS numbers added up; "tls" is None when TLS is off."""
+    """Every worker's tunnel, TLS and HTTP/2 numbers added up; "tls" is None when TLS is off."""
     tunnels: Counter[str] = Counter()
+    http2: Counter[str] = Counter()
+    goaway: Counter[str] = Counter()
     handshakes, failures, tls_on, refused = 0, Counter(), False, 0
     for edge in edges:
         tunnels.update(edge["tunnels"])
@@ -183,8 +195,12 @@ def merge_edge(edges) -> dict:
             tls_on = True
             handshakes += edge["tls"]["handshakes"]
             failures.update(edge["tls"]["failures"])
+        if edge.get("http2"):
+            http2.update({key: edge["http2"][key] for key in HTTP2_KEYS})
+            goaway.update(edge["http2"]["goaway"])
     return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
             "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None,
+            "http2": {**{key: http2[key] for key in HTTP2_KEYS}, "goaway": dict(sorted(goaway.items()))},
             "proxy_protocol": {"refused": refused}}
 
 
@@ -204,6 +220,20 @@ def _edge_samples(edge: dict) -> list[str]:
             "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
             "# TYPE proxy_tls_handshake_failures_total counter"]
     out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}' for kind, n in tls["failures"].items()]
+    http2 = edge["http2"]
+    out += ["# HELP proxy_http2_connections_open Client connections speaking HTTP/2 now (the rest of "
+            "proxy_connections speak HTTP/1.1).", "# TYPE proxy_http2_connections_open gauge",
+            f"proxy_http2_connections_open {http2['connections_open']}",
+            "# HELP proxy_http2_connections_total Client connections that spoke HTTP/2.",
+            "# TYPE proxy_http2_connections_total counter",
+            f"proxy_http2_connections_total {http2['connections_total']}",
+            "# HELP proxy_http2_streams_total HTTP/2 requests answered (also in proxy_requests_total).",
+            "# TYPE proxy_http2_streams_total counter", f"proxy_http2_streams_total {http2['streams_total']}",
+            "# HELP proxy_http2_client_resets_total HTTP/2 streams the client reset while they were answered.",
+            "# TYPE proxy_http2_client_resets_total counter",
+            f"proxy_http2_client_resets_total {http2['resets_by_client']}",
+            "# HELP proxy_http2_goaway_total GOAWAY frames sent, by reason.", "# TYPE proxy_http2_goaway_total counter"]
+    out += [f'proxy_http2_goaway_total{{reason="{_label(reason)}"}} {n}' for reason, n in http2["goaway"].items()]
     refused = edge.get("proxy_protocol", {}).get("refused", 0)
     out += ["# HELP proxy_protocol_refused_total Connections closed for a missing or malformed PROXY header.",
             "# TYPE proxy_protocol_refused_total counter", f"proxy_protocol_refused_total {refused}"]
@@ -290,8 +320,11 @@ def retire(retired: dict, view: dict) -> dict:
             for key in _COUNTERS:
                 into[key] += server[key]
     edges = [retired["edge"]] if retired["edge"] else []
-    if "edge" in view:  # a tunnel that was open is closed now
-        edges.append({**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}})
+    if "edge" in view:  # a tunnel or an HTTP/2 connection that was open is closed now
+        edge = {**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}}
+        if edge.get("http2"):
+            edge["http2"] = {**edge["http2"], "connections_open": 0}
+        edges.append(edge)
     return {"metrics": _metrics_data(requests, durations), "servers": servers,
             "edge": merge_edge(edges) if edges else None, "caches": retire_caches(retired.get("caches", {}), view)}
 
@@ -377,7 +410,9 @@ def status_document(merged: dict, server_name: str) -> dict:
         "started": iso8601(merged["started"]),
         "uptime_seconds": round(time.time() - merged["started"], 3),
         "workers": merged["workers"],
-        "connections": merged["connections"],
+        "connections": {**merged["connections"], "by_protocol": {
+            "http/1.1": merged["connections"].get("open", 0) - merged["edge"]["http2"]["connections_open"],
+            "h2": merged["edge"]["http2"]["connections_open"]}},
         "requests": sum(count for _, _, count in merged["requests"]),
         "upstreams": merged["upstreams"],
         **merged["edge"],  # "tunnels" and "tls"

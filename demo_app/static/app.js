@@ -82,9 +82,19 @@ async function timedFetch(url, options) {
 function browserTiming(url, headersAt) {
   const entries = performance.getEntriesByName(new URL(url, location.href).href, "resource");
   const entry = entries[entries.length - 1];
-  if (!entry || !entry.responseStart || !entry.requestStart) return { wait: headersAt, setup: 0, exact: false };
+  const protocol = entry?.nextHopProtocol || "";
+  if (!entry || !entry.responseStart || !entry.requestStart) return { wait: headersAt, setup: 0, exact: false, protocol };
   const setup = entry.connectEnd > entry.connectStart ? entry.connectEnd - entry.domainLookupStart : 0;
-  return { wait: entry.responseStart - entry.requestStart, setup, exact: true };
+  return { wait: entry.responseStart - entry.requestStart, setup, exact: true, protocol };
+}
+
+// The protocol a request used to reach the proxy, from Resource Timing's nextHopProtocol: the ALPN id
+// ("h2", "http/1.1"; "" when the browser does not say). The proxy forwards every request as HTTP/1.1.
+const PROTOCOLS = { "h2": "HTTP/2", "h2c": "HTTP/2", "http/1.1": "HTTP/1.1", "http/1.0": "HTTP/1.0", "h3": "HTTP/3" };
+
+function describeProtocol(id) {
+  if (!id) return "(not reported)";
+  return PROTOCOLS[id] ? `${PROTOCOLS[id]} (${id})` : id;
 }
 
 function describeWait(browser) {
@@ -116,13 +126,14 @@ async function loadWhoami() {
     const app = timing.app?.dur ?? null;
 
     setField("api.browser", ms(browser.wait));
+    setField("api.protocol", describeProtocol(browser.protocol));
     setField("api.rid", response.headers.get("x-request-id") || "–");
     setField("api.route", route);
     setField("api.handler", handler === "proxy" ? "forwarded" : handler);
     if (connect) {
       const reused = connect.desc === "reused";
       setField("api.conn", reused ? "pooled, reused" : `new (${ms(connect.dur)} to connect)`, reused ? "reused" : "new");
-      setField("api.hop2", reused ? "kept-alive connection" : "new connection");
+      setField("api.hop2", `${seen.protocol || "HTTP/1.1"}, ${reused ? "kept-alive" : "new"} connection`);
     } else {
       setField("api.conn", "–");
     }
@@ -140,7 +151,7 @@ async function loadWhoami() {
     setField("api.host", seen.host);
     setField("api.app", ms(app));
     setField("api.total", describeWait(browser));
-    setField("api.hop1", `${response.status} ${response.statusText || "OK"}`);
+    setField("api.hop1", `${PROTOCOLS[browser.protocol] || "HTTP"} · ${response.status} ${response.statusText || "OK"}`);
 
     const connectMs = connect?.dur ?? 0;
     drawBar("api-bar", "api-legend", [
@@ -187,6 +198,8 @@ async function loadStatic() {
     const timing = parseServerTiming(rawTiming);
     const { handler, route } = describeProxy(timing);
     setField("static.browser", ms(browser.wait));
+    setField("static.protocol", describeProtocol(browser.protocol));
+    setField("static.hop1", PROTOCOLS[browser.protocol] || "HTTP");
     setField("static.status", `${response.status} ${response.statusText || ""}`.trim());
     setField("static.route", route);
     setField("static.handler", handler === "static" ? "file from disk" : handler);
@@ -320,6 +333,7 @@ document.getElementById("upload-form").addEventListener("submit", upload);
 // the other, so neither waits on the other's connection.
 async function firstRequests() {
   performance.setResourceTimingBufferSize(1000);  // "Send again" many times and still read each request
+  setField("page.protocol", describeProtocol(performance.getEntriesByType("navigation")[0]?.nextHopProtocol));
   await loadWhoami();
   await loadStatic();
   await loadCached();

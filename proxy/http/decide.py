@@ -19,8 +19,10 @@ The order of the steps is the order nginx users expect:
 1. ``OPTIONS *`` asks about the server itself (RFC 9110 section 9.3.7): 200.
 2. The status pages, for the ``[status] allow`` networks (404 for others, so
    they learn nothing), GET and HEAD only.
-3. ``[tls] redirect_http`` on a plain connection: 308, which keeps the method
-   and body, unlike 301/302 (RFC 9110 section 15.4.9).
+3. ACME http-01 challenges (http/challenge.py), on a plain connection, for
+   the names of ``acme = true`` sites: answered before any route or redirect.
+   Then ``[tls] redirect_http`` on a plain connection: 308, which keeps the
+   method and body, unlike 301/302 (RFC 9110 section 15.4.9).
 4. The site the Host names (http/sites.py); none, and no default site: 404,
    or 421 over TLS when the SNI name differs from Host.
 5. The longest matching route prefix of that site; none matches: 404.
@@ -50,11 +52,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from ..config import Config, Route, Status
+from ..config import Config, Route, Status, acme_sites
 from ..errors import ALLOW_GET_HEAD, ClientError
 from ..tls import https_location
 from . import cache as cache_rules
 from . import upgrade as upgrade_rules
+from .challenge import CONTENT_TYPE as CHALLENGE_TYPE, PREFIX as CHALLENGE_PATH, Http01
 from .clientip import TrustedProxies
 from .placeholders import Vars
 from .policy import Applied, Credentials, RoutePolicy, limit_key
@@ -184,9 +187,11 @@ class Decider:
     when the master made them); ``clock`` is time.monotonic, the clock those limits count in.
     """
 
-    __slots__ = ("config", "sites", "router", "trusted", "clock", "_status_paths")
+    __slots__ = ("config", "sites", "router", "trusted", "clock", "_status_paths", "_http01")
 
-    def __init__(self, config: Config, zones=None, clock=time.monotonic) -> None:
+    def __init__(self, config: Config, zones=None, clock=time.monotonic, challenges=None) -> None:
+        """``challenges``: token -> key authorization of a pending ACME http-01 challenge, or None (the server
+        reads the storage folder; without it no challenge is pending)."""
         if zones is None:
             from ..server.zones import Zones  # a process of its own (explain, tests): limits of its own
 
@@ -200,6 +205,10 @@ class Decider:
         status = config.status
         self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics",
                                                         status.cache_path: "cache"}
+        acme = config.tls.acme if config.tls is not None else None
+        names = [name for site in acme_sites(config) for name in site.names]
+        self._http01 = Http01(names, challenges or _none_pending) \
+            if names and acme is not None and "http-01" in acme.challenges else None
 
     def _prepare(self, site, zones) -> _SiteEntry:
         policies = {id(route): RoutePolicy(route, zones, self.config.rate_limits)
@@ -249,6 +258,14 @@ class Decider:
             if method not in _GET_HEAD:
                 return Reply(405, "the status pages answer GET and HEAD", ALLOW_GET_HEAD)
             return StatusPage(page)
+        http01 = self._http01
+        if http01 is not None and conn.scheme == b"http" and path.startswith(CHALLENGE_PATH):
+            answer = http01.answer(path, head.host or conn.local)
+            if answer is not None:
+                status, why, body = answer
+                if method not in _GET_HEAD:
+                    return Reply(405, "ACME http-01 challenges answer GET and HEAD", ALLOW_GET_HEAD)
+                return Reply(status, why, CHALLENGE_TYPE if body is not None else (), body, handler="acme")
         tls = self.config.tls
         if tls is not None and tls.redirect_http and conn.scheme == b"http":
             location = https_location(head.host or conn.local, head.target, conn.https_port or 443)
@@ -417,6 +434,10 @@ class Seen:
             return cls(origin, normalize_path(raw_path), query, host)
         except (ClientError, IndexError):
             return None
+
+
+def _none_pending(token: str) -> None:
+    return None
 
 
 def _has_policy(route: Route) -> bool:

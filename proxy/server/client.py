@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from time import perf_counter
 
 from .. import metrics
@@ -45,13 +44,13 @@ from ..http import codec
 from ..http.decide import Check, ConnFacts, Delayed, Forward, Purge, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.placeholders import Vars
-from ..http.proxyproto import UNIX_CLIENT
 from ..http.responses import error_page, reason as reason_phrase
 from ..tls import sni_name
 from .buffers import RequestBody, Spool
 from .caching import purge, serve_cached
 from .files import serve_static
 from .forward import Forwarding
+from .sockets import peer_ip, prepare
 
 log = logging.getLogger("proxy")
 
@@ -73,6 +72,8 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("w", "scheme", "transport", "parser", "facts", "client_ip", "state", "exchange", "action",
                  "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
                  "eof", "tunnel", "_spool_limits", "_advancing", "_turn", "_held", "_read_paused", "_dropped")
+
+    takes_sendfile = True  # a FileSender may hand the transport to loop.sendfile (an HTTP/2 stream may not)
 
     def __init__(self, worker, scheme: bytes = b"http", client_ip: str | None = None) -> None:
         self.w = worker
@@ -108,16 +109,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        family = sock.family if sock is not None else None
-        if family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        prepare(transport, WRITE_HIGH_WATER)
         if not self.client_ip:
-            # A unix socket's client has no address: "unix:", as nginx's $remote_addr says.
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if isinstance(peer, tuple) and peer else (
-                UNIX_CLIENT if family == socket.AF_UNIX else "")
+            self.client_ip = peer_ip(transport)
         w = self.w
         sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
         self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
@@ -150,6 +144,13 @@ class ClientProtocol(asyncio.Protocol):
         if state is BODY:
             self.w.timers.arm(self, self.w.config.limits.body_timeout)
         self._advance()
+
+    def handed_over(self) -> None:
+        """The connection turned out to be HTTP/2 before a byte reached this protocol (h2conn.PriorKnowledge):
+        it is no longer this one's to count or to time."""
+        self.state = CLOSED
+        self.w.timers.disarm(self)
+        self.w.conns.discard(self)
 
     def crashed(self) -> None:
         """A bug in the proxy while serving this connection: logged with its traceback, the connection cut
@@ -364,10 +365,14 @@ class ClientProtocol(asyncio.Protocol):
         w = self.w
         if page.kind == "status":
             document = metrics.status_document(w.merged_metrics(), w.config.server.name)
+            if w.acme is not None:
+                document["certificates"] = w.acme.status()
             body = metrics.render_json(document)
             kind = b"application/json"
         else:
             body = metrics.render_prometheus(w.merged_metrics())
+            if w.acme is not None:
+                body += ("\n".join(w.acme.samples()) + "\n").encode()
             kind = b"text/plain; version=0.0.4; charset=utf-8"
         self.respond(200, [(b"content-type", kind), (b"cache-control", b"no-store")], body)
 

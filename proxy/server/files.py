@@ -95,7 +95,7 @@ def serve_static(client, action) -> None:
             if len(data) == length:
                 client.respond(plan.status, _without_length(plan.headers), data)
                 return
-        sender = FileSender(client, fd, plan.parts, w.config.server.sendfile)
+        sender = FileSender(client, fd, plan.parts, w.config.server.sendfile and client.takes_sendfile)
         fd = -1  # the sender owns it now
         client.start_response(plan.status, _without_length(plan.headers), plan.content_length)
         client.responder = sender

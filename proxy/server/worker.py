@@ -22,7 +22,7 @@ import time
 from time import perf_counter
 
 from ..accesslog import AccessLog
-from ..config import Address, Config, Status
+from ..config import Address, Config, Status, acme_sites
 from ..http import static
 from ..http.decide import Decider
 from ..http.headers import Stamp, request_id
@@ -30,6 +30,7 @@ from ..http.responses import Clock
 from ..metrics import Metrics, merge, worker_view
 from ..tls import Certificates, load_certificates
 from ..upstream.group import UpstreamGroup
+from .acme import AcmeEdge
 from .board import PUBLISH_INTERVAL, Board
 from .caching import Caches
 from .client import DRAIN_IDLE
@@ -131,14 +132,19 @@ class Worker:
     """The parts one worker process's connections share (see the module docstring)."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
-                 slot: int | None = None, certificates: Certificates | None = None, zones: Zones | None = None) -> None:
+                 slot: int | None = None, certificates: Certificates | None = None, zones: Zones | None = None,
+                 notices=None, certificates_version: int = 0) -> None:
         self.config = config
         self.loop = loop
         self.board = board  # shared with the other workers, for whole-proxy status pages
         self.slot = slot
         self._published_final = False
         # Rate and connection limits: the master's shared zones, or this process's own.
-        self.decider = Decider(config, zones)
+        # ACME (server/acme.py): what this worker knows of the certificate manager's work; None without
+        # acme = true sites. ``notices``: the master's shared counters (none without a master: then nothing
+        # changes while the process runs).
+        self.acme = AcmeEdge(config, notices, certificates_version) if acme_sites(config) else None
+        self.decider = Decider(config, zones, challenges=self.acme.store.key_authorization if self.acme else None)
         self.timers = Deadlines(loop)
         self.groups = {name: UpstreamGroup(up, loop, self.timers, config.server.http_engine)
                        for name, up in config.upstreams.items()}

@@ -117,7 +117,8 @@ def test_the_proxy_serves_on_a_unix_socket(start_proxy, unix_gunicorn, tmp_path)
     # A unix socket's client has no address: "unix:", as nginx's $remote_addr; RFC 7239 says "unknown".
     assert seen["headers"]["x-forwarded-for"] == "unix:"
     assert seen["headers"]["forwarded"] == "for=unknown;proto=http;host=app.example.test"
-    assert proxy.access_lines()[-1].startswith("unix: - - ")
+    # The access line is written once the answer went out; the client may read the answer first.
+    assert wait_until(lambda: proxy.access_lines(), what="the access line")[-1].startswith("unix: - - ")
     # [status] allow = ["unix:"] lets local clients of the socket read the status page; both workers serve it.
     # Which worker accepts is the kernel's choice, and on a busy machine one may take many in a row:
     # ask until both have answered (each request a new connection), bounded by wait_until's timeout.

@@ -1,4 +1,4 @@
-"""The benchmark's sans-IO parts: wrk's result line, groups and medians, the configs, the table."""
+"""The benchmark's sans-IO parts: wrk's result line, h2load's summary, groups and medians, the configs, the table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, configs, report, wrk
+from bench import cli, configs, h2load, load, report, wrk
 from bench.scenarios import BY_KEY, SCENARIOS
 
 WRK_LINE = ('WRK_JSON {"requests":3000,"duration_us":3000000,"bytes":123,"connect_errors":0,"read_errors":1,'
@@ -151,6 +151,7 @@ def test_both_engines_are_measured_unless_told_otherwise():
 
 def layout(**changes) -> configs.Layout:
     values = dict(work=Path("/tmp/w"), static=Path("/tmp/w/static"), app_port=8001, nginx_port=8002,
+                  nginx_tls_port=8003, certificate=Path("/tmp/w/cert.pem"), key=Path("/tmp/w/key.pem"),
                   nginx_sendfile=False, proxy_sendfile=False)
     return configs.Layout(**{**values, **changes})
 
@@ -236,6 +237,39 @@ def test_collapsed_forwarding_counts_gunicorns_own_record(tmp_path):
     line = collapse.line({"llhttp": {"clients": 100, "answered": 100, "upstream_requests": 1},
                           "nginx": {"clients": 100, "answered": 99, "upstream_requests": 2}})
     assert "reached Gunicorn: proxy llhttp 1 (of 100 clients, 100 answered 200); nginx 2 (of 100" in line
+def test_both_configs_speak_http2_over_tls_with_the_same_certificate():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    assert "listen 127.0.0.1:8003 ssl http2" in nginx and "ssl_certificate /tmp/w/cert.pem;" in nginx
+    assert '[tls]' in proxy and 'certificate = "/tmp/w/cert.pem"' in proxy
+    # h2load opens no new connection after a GOAWAY: neither server may send one during a run.
+    assert f"keepalive_requests {configs.KEEPALIVE_REQUESTS};" in nginx
+    assert f"keepalive_requests = {configs.KEEPALIVE_REQUESTS}" in proxy
+
+
+H2LOAD_OUTPUT = """starting benchmark...
+finished in 3.00s, 1739.84 req/s, 6.90MB/s
+requests: 5220 total, 5230 started, 5220 done, 5200 succeeded, 20 failed, 15 errored, 2 timeout
+status codes: 5190 2xx, 0 3xx, 4 4xx, 6 5xx
+traffic: 20.71MB (21715800) total, 100.20KB (102604) headers (space savings 90.04%), 20.47MB (21463040) data
+"""
+
+
+def test_h2load_summary_and_per_request_log_give_wrks_numbers():
+    log = "".join(f"1700000000{i:06d}\t200\t{(i + 1) * 1000}\n" for i in range(100))  # 1 ms .. 100 ms
+    parsed = h2load.parse(H2LOAD_OUTPUT, log)
+    assert parsed.requests == 5200 and parsed.seconds == 3.0 and parsed.bytes == 21715800
+    assert (parsed.p50_ms, parsed.p99_ms, parsed.max_ms) == (51.0, 100.0, 100.0)
+    assert parsed.errors == {"failed": 3, "errored": 15, "timeout": 2, "status": 10}
+    with pytest.raises(wrk.WrkError):
+        h2load.parse("no protocol was negotiated", "")
+
+
+def test_http2_scenarios_use_h2load_over_tls():
+    scenario = BY_KEY["h2-static-4k"]
+    assert load.tls(scenario) and not load.tls(BY_KEY["static-4k"])
+    argv = h2load.command("https://127.0.0.1:1/x", scenario.connections, scenario.streams, 3, Path("/tmp/log"))
+    assert argv[:5] == ["h2load", "-c10", "-m10", "-t2", "-D3"]
 
 
 def test_the_policy_route_is_in_both_configs_only_when_measured():

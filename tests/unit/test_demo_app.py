@@ -30,6 +30,7 @@ def test_whoami_reports_the_client_as_the_proxy_described_it(client):
     assert seen["url"] == "https://example.test/api/whoami"  # url_for(_external=True) is the client's
     assert seen["request_id"] == "rid-1"
     assert seen["via"] == "1.1 twotier"
+    assert seen["protocol"] == "HTTP/1.1"  # what the app tier speaks, whatever the client spoke to the proxy
     assert seen["worker_pid"] == os.getpid()
     assert seen["thread"] and seen["hostname"]
     assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7"
