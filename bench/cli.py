@@ -4,7 +4,8 @@ Order of a run: check wrk and nginx are installed; lay out a temporary folder;
 start Gunicorn, nginx and the proxy once per HTTP/1.1 engine (``--engines``,
 default llhttp and h11; one worker each); check every scenario's URL answers
 the same on all of them; then per scenario a warm-up of each server and
-``--groups`` groups of back-to-back wrk runs, one per server. The order
+``--groups`` groups of back-to-back runs, one per server (wrk; h2load over
+TLS for the HTTP/2 scenarios). The order
 rotates from one group to the next (llhttp-nginx-h11, nginx-h11-llhttp,
 h11-llhttp-nginx, ...) so a drift in the machine's speed during a group does
 not always favour the same server; each engine is reported as the median of
@@ -25,13 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, stack as stack_module, wrk
+from . import collapse, h2load, load, report, stack as stack_module, wrk
 from .configs import ENGINES
 from .procs import Processes, StartError, UsageMeter, raise_open_files_limit, sigterm_as_interrupt
 from .scenarios import BY_KEY, GZIP_PATH, SCENARIOS, Scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INSTALL_HINT = "install it with: apt-get install -y nginx wrk"
+H2LOAD_HINT = "apt-get install -y nghttp2-client"
 OPEN_FILES = 16384  # 1,000 client connections, as many upstream ones, and headroom, for wrk, nginx and the proxy
 
 # (groups, seconds per run, warm-up seconds per server per scenario)
@@ -66,7 +68,7 @@ def _on_off(value: str) -> bool:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="one group of 1 s runs per scenario, no warm-up (a smoke test, < 30 s)")
+                   help="one group of 1 s runs per scenario, no warm-up (a smoke test, < 45 s)")
     p.add_argument("--groups", "--pairs", type=int, metavar="N",
                    help=f"groups of back-to-back runs (one per server) per scenario (default {FULL[0]}, "
                         f"quick {QUICK[0]})")
@@ -161,7 +163,8 @@ def meta(opts: Options, nginx: str) -> dict:
         "proxy_tree_dirty": bool(_git(opts.source, "status", "--porcelain", "--", "proxy")),
         "machine": {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
         "versions": {"python": platform.python_version(), "nginx": _version([nginx, "-v"]),
-                     "wrk": _version(["wrk", "-v"]), "h11": package("h11"), "gunicorn": package("gunicorn"),
+                     "wrk": _version(["wrk", "-v"]), "h2load": _version(["h2load", "--version"]),
+                     "h11": package("h11"), "h2": package("h2"), "gunicorn": package("gunicorn"),
                      "flask": package("flask"), "httptools": package("httptools"), "uvloop": package("uvloop")},
         "options": {"engines": list(opts.engines), "groups": opts.groups, "seconds": opts.seconds,
                     "warmup": opts.warmup, "wrk_threads": opts.wrk_threads, "nginx_sendfile": opts.nginx_sendfile,
@@ -179,8 +182,7 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
     meter = UsageMeter(stack.child(server))
     app = UsageMeter(stack.gunicorn)
     wrk_before = _children_cpu()
-    result = wrk.run(stack.url(server, scenario.path), scenario.connections, opts.seconds, opts.wrk_threads,
-                     scenario.headers)
+    result = load.run(scenario, stack.url(server, scenario.path, load.tls(scenario)), opts.seconds, opts.wrk_threads)
     usage = meter.read()
     app_usage = app.read()
     wrk_cpu = _children_cpu() - wrk_before
@@ -192,8 +194,7 @@ def measure_one(stack: stack_module.Stack, server: str, scenario: Scenario, opts
 def measure(stack: stack_module.Stack, scenario: Scenario, opts: Options) -> list[report.Run]:
     if opts.warmup:
         for server in report.servers(opts.engines):
-            wrk.run(stack.url(server, scenario.path), scenario.connections, opts.warmup, opts.wrk_threads,
-                    scenario.headers)
+            load.run(scenario, stack.url(server, scenario.path, load.tls(scenario)), opts.warmup, opts.wrk_threads)
     runs = []
     for group in range(opts.groups):
         for server in report.order(group, opts.engines):
@@ -215,21 +216,35 @@ def estimate_seconds(opts: Options) -> float:
 def compare(opts: Options, layout, procs: Processes, nginx: str) -> int:
     started = time.monotonic()
     stack = stack_module.start(procs, layout, nginx, opts.source, opts.engines)
-    stack_module.sanity_check(stack, opts.scenarios)
+    for tls in sorted({load.tls(s) for s in opts.scenarios}):
+        stack_module.sanity_check(stack, [s for s in opts.scenarios if load.tls(s) == tls], tls)
     print(f"servers up: {stack.describe()} ({time.monotonic() - started:.1f}s)", flush=True)
     summaries, runs = [], {}
     for scenario in opts.scenarios:
         print(f"{scenario.title}:", flush=True)
         runs[scenario.key] = measure(stack, scenario, opts)
         summaries.append(report.summarise(scenario, runs[scenario.key], opts.engines))
+    cache = {}
+    if any(s.path.startswith("/api/cached/") for s in opts.scenarios):
+        cache["collapsed_forwarding"] = collapse.measure(stack)
+        stack.check_alive()
+    speedup = report.cache_speedup(summaries)
+    if speedup is not None:
+        cache["hit_vs_forwarded"] = report.cache_json(speedup)
     elapsed = time.monotonic() - started
     info = meta(opts, nginx)
     info["elapsed_seconds"] = round(elapsed, 1)
     document = report.to_json(summaries, runs, info)
+    if cache:
+        document["cache"] = cache
     stem = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if opts.quick else "")
     path = report.save(document, opts.results, stem)
     print()
     print(document["table"])
+    if speedup is not None:
+        print(report.cache_line(speedup))
+    if "collapsed_forwarding" in cache:
+        print(collapse.line(cache["collapsed_forwarding"]))
     print(f"\nratio = median over {opts.groups} group(s) of back-to-back runs of that proxy's req/s / nginx's "
           f"(p99 ratio likewise); req/s, latencies and CPU µs per request (server, Gunicorn, wrk) are medians; "
           f"{elapsed:.0f}s in all. Saved {path}")
@@ -261,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"bench: {problem}", file=sys.stderr)
         return 2
+    if h2load.find() is None and any(s.protocol == "h2" for s in opts.scenarios):
+        print(f"bench: h2load is not installed ({H2LOAD_HINT}): the HTTP/2 scenarios are left out", file=sys.stderr)
+        opts = dataclasses.replace(opts, scenarios=tuple(s for s in opts.scenarios if s.protocol != "h2"))
+        if not opts.scenarios:
+            return 2
     nginx = stack_module.find_nginx()
     limit = raise_open_files_limit(OPEN_FILES)
     if any(s.connections * 2 + 100 > limit for s in opts.scenarios):

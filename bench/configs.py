@@ -1,6 +1,8 @@
 """The servers' configurations, written so that they do the same work.
 
-All of them: one worker, access log off, /static/ served from the same folder,
+All of them: one worker, access log off, a plain listener and a TLS one
+that offers HTTP/2 (the same self-signed certificate; nginx ``listen ...
+ssl http2``), /static/ served from the same folder,
 /api/ forwarded to the same Gunicorn over pooled HTTP/1.1 keep-alive
 connections (32 idle per server), the client's address and scheme passed on
 in X-Forwarded-* / X-Real-IP / Forwarded, a request id added both ways, and
@@ -12,7 +14,13 @@ stat the other makes. The gzip scenario's path compresses on both: nginx's
 proxied answers, Vary), the proxy's ``compress`` limited to gzip at that
 level; every other path compresses on neither. The gzip and policy paths
 are served only when their scenario runs, so an older proxy (``--proxy-src``)
-without those settings can still be measured on the others.
+without those settings can still be measured on the others. /api/cached/ is
+/api/ with a response cache on both: nginx's proxy_cache (a disk cache with
+its keys in shared memory, the cache lock on) and the proxy's (memory, and a
+disk tier the proxies share, as a proxy's workers would), each adding
+X-Cache-Status. ``keepalive_requests`` is high on both: h2load does not open
+a new connection after a GOAWAY, so a limit it reaches would end its run in
+errors.
 
 The proxy runs once per HTTP/1.1 engine (``ENGINES``): one config each,
 identical but for ``[server] http_engine``.
@@ -49,6 +57,9 @@ class Layout:
     static: Path  # the shared static folder
     app_port: int  # Gunicorn
     nginx_port: int
+    nginx_tls_port: int
+    certificate: Path  # and key: made for the run (proxy gencert), used by both servers
+    key: Path
     nginx_sendfile: bool
     proxy_sendfile: bool
     workers: int = 1
@@ -117,6 +128,23 @@ gzip_vary on;
 """
 
 
+def _nginx_cached(layout: Layout) -> str:
+    return _nginx_api(layout) + """\
+proxy_cache cached;
+proxy_cache_lock on;
+add_header X-Cache-Status $upstream_cache_status;
+"""
+
+
+def _nginx_cache_path(layout: Layout) -> str:
+    return (f"proxy_cache_path {layout.work}/nginx-cache levels=1:2 keys_zone=cached:16m max_size=1g inactive=60m "
+            f"use_temp_path=off;\n")
+
+
+def _proxy_cache_table(layout: Layout) -> str:
+    return f'[caches.bench]\nmemory = "64m"\npath = "{layout.work}/proxy-cache"\n'
+
+
 # /policy/: /api/ through a route with a request header rule, an allow list and a rate limit, at a rate no
 # run reaches (every request is counted, none refused): what request policy costs a proxied request.
 POLICY_RATE = 1_000_000
@@ -146,6 +174,9 @@ LOCATIONS: tuple[Location, ...] = (
     Location(GZIP_PATH, _nginx_gzip, lambda layout: (
         f'upstream = "app"\ncompress = {{ encodings = ["gzip"], level = {{ gzip = {GZIP_LEVEL} }} }}\n'),
              wanted=lambda layout: layout.gzip),
+    # /api/ with a response cache on both (scenario cached-4k, bench/collapse.py).
+    Location("/api/cached/", _nginx_cached, lambda layout: 'upstream = "app"\ncache = "bench"\n',
+             nginx_http=_nginx_cache_path, proxy_tables=_proxy_cache_table),
     Location("/policy/", _nginx_policy, _proxy_policy,
              nginx_http=lambda layout: f"limit_req_zone $binary_remote_addr zone=bench:10m rate={POLICY_RATE}r/s;\n",
              proxy_tables=lambda layout: f'[rate_limits.bench]\nrate = "{POLICY_RATE}r/s"\nburst = {POLICY_RATE}\n',
@@ -165,6 +196,9 @@ def _nginx_locations(layout: Layout) -> str:
 
 def _nginx_http(layout: Layout) -> str:
     return textwrap.indent("".join(loc.nginx_http(layout) for loc in _locations(layout)), " " * 4)
+
+
+KEEPALIVE_REQUESTS = 1_000_000
 
 
 def nginx_conf(layout: Layout) -> str:
@@ -195,7 +229,7 @@ http {{
     sendfile {"on" if layout.nginx_sendfile else "off"};
     tcp_nodelay on;
     keepalive_timeout 5s;
-    keepalive_requests 1000;
+    keepalive_requests {KEEPALIVE_REQUESTS};
     client_max_body_size 1m;
     client_body_temp_path {work}/nginx-client-body;
     proxy_temp_path {work}/nginx-proxy-temp;
@@ -211,6 +245,10 @@ http {{
 
     server {{
         listen 127.0.0.1:{layout.nginx_port} backlog=1024;
+        listen 127.0.0.1:{layout.nginx_tls_port} ssl http2 backlog=1024;
+        ssl_certificate {layout.certificate};
+        ssl_certificate_key {layout.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
 
 {_nginx_locations(layout)}    }}
 }}
@@ -228,6 +266,14 @@ def proxy_toml(layout: Layout, engine: str = ENGINES[0]) -> str:
         sendfile = {"true" if layout.proxy_sendfile else "false"}
         http_engine = "{engine}"
         """) + workers + textwrap.dedent(f"""\
+
+        [limits]
+        keepalive_requests = {KEEPALIVE_REQUESTS}
+
+        [tls]
+        listen = ["127.0.0.1:0"]
+        certificate = "{layout.certificate}"
+        key = "{layout.key}"
 
         [log]
         access = "off"

@@ -17,6 +17,9 @@ Two kinds of figures:
 * stages: the sans-IO pieces those requests are made of, one at a time.
 
 Times are the best of ``--repeat`` rounds, in µs per request (or per call).
+``--clock cpu`` counts the CPU time of this thread instead of the time that
+passed: on a machine busy with other processes, the figures then move much
+less (what they leave out is waiting for the CPU).
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ UPSTREAM_BODY = b'{"items":[1,2,3],"ok":true,"service":"twotier-bench"}\n'
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 2026 12:00:00 GMT\r\n"
                      b"Connection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                      % len(UPSTREAM_BODY)) + UPSTREAM_BODY
+# What /api/cached/ answers (bench/app.py's 4 KiB that may be cached for an hour): stored by the first request,
+# every later one is a hit of the response cache.
+CACHEABLE_BODY = (b'{"items":"' + b"x" * 4083 + b'"}\n')[:4096]
+CACHEABLE_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 25 Nov 2026 12:00:00 GMT\r\n"
+                      b"Connection: keep-alive\r\nContent-Type: application/json\r\nCache-Control: public, "
+                      b"max-age=3600\r\nContent-Length: %d\r\n\r\n" % len(CACHEABLE_BODY)) + CACHEABLE_BODY
 
 
 # A browser's first request for a page: about ten fields (what codec.py's llhttp path is tuned for).
@@ -98,6 +107,10 @@ class CountingTransport:
         pass
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK = [time.perf_counter]  # --clock
+
+
 # A route with a request header rule, an allow list and a rate limit that no run reaches (what make bench's
 # "proxied JSON + policy" scenario measures), for a proxy that has them.
 POLICY = {
@@ -119,6 +132,9 @@ def make_config(folder: Path, policy: bool = False):
         "upstreams": {"app": {"servers": ["127.0.0.1:9"], "keepalive": 32}},
         "routes": [{"prefix": "/static/", "static": str(static)}, {"prefix": "/api/", "upstream": "app"}],
     }
+    if hasattr(config, "Cache"):  # a proxy with a response cache (not one from before it, under --proxy-src)
+        data["caches"] = {"bench": {"memory": "64m"}}
+        data["routes"].append({"prefix": "/api/cached/", "upstream": "app", "cache": "bench"})
     if policy:
         data["rate_limits"] = POLICY["rate_limits"]
         data["routes"].append(POLICY["route"])
@@ -152,8 +168,10 @@ def fake_upstreams(worker) -> None:
                 pool.connects += 1
 
                 def answer(data) -> None:
-                    if bytes(data).endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
-                        loop.call_soon(conn.data_received, UPSTREAM_RESPONSE)
+                    data = bytes(data)
+                    if data.endswith(b"\r\n\r\n"):  # a whole request head, no body: answer it
+                        cached = data.startswith(b"GET /api/cached/")
+                        loop.call_soon(conn.data_received, CACHEABLE_RESPONSE if cached else UPSTREAM_RESPONSE)
 
                 conn.connection_made(CountingTransport(answer))
                 pool.move(conn, pool_module.ACTIVE)
@@ -178,29 +196,89 @@ def whole_requests(folder: Path, path: bytes, count: int) -> float:
             transport = CountingTransport()
             client.connection_made(transport)
             transport.protocol = client
-            started = time.perf_counter()
+            started = CLOCK[0]()
             for _ in range(requests):
                 before = client.parser.requests
                 client.data_received(request)
-                for _ in range(1000):  # bounded: a proxied request takes a few loop turns, a static one none
-                    if client.state == "idle" and client.parser.requests > before:
-                        break
-                    await asyncio.sleep(0)
-                else:
-                    raise RuntimeError(f"the connection did not come back for the next request: {client!r}")
-            elapsed = time.perf_counter() - started
+                await settled(lambda: client.state == "idle" and client.parser.requests > before, client)
+            elapsed = CLOCK[0]() - started
             client.connection_lost(None)
             return elapsed
 
-        async def drive() -> float:
-            # Below keepalive_requests (1000), after which the proxy closes the connection.
-            per_connection = 500
-            elapsed = 0.0
-            for start in range(0, count, per_connection):
-                elapsed += await connection(min(per_connection, count - start))
+        return per_request(loop, connection, count)
+    finally:
+        loop.close()
+
+
+PER_CONNECTION = 500  # requests on one connection: below keepalive_requests (1000), after which it is closed
+
+
+async def settled(done, conn) -> None:
+    """Run the loop until ``done()``: a proxied request takes a few turns, a static one none (bounded)."""
+    for _ in range(1000):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise RuntimeError(f"the connection did not answer: {conn!r}")
+
+
+def per_request(loop, connection, count: int) -> float:
+    """µs per request over ``count`` requests, PER_CONNECTION on each ``connection(requests)`` (which returns
+    the seconds they took)."""
+    async def drive() -> float:
+        elapsed = 0.0
+        for start in range(0, count, PER_CONNECTION):
+            elapsed += await connection(min(PER_CONNECTION, count - start))
+        return elapsed
+
+    return loop.run_until_complete(drive()) * 1e6 / count
+
+
+def h2_rounds(path: bytes, rounds: int, streams: int) -> list[bytes]:
+    """What an HTTP/2 client like h2load sends: the preface and a window for the whole run, then ``rounds``
+    reads of ``streams`` GET requests each (HPACK-encoded by a real client, so the proxy's decoder follows)."""
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.increment_flow_control_window(2**30)
+    out = [client.data_to_send()]
+    fields = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"127.0.0.1:8443"), (b":path", path),
+              (b"user-agent", b"h2load nghttp2/1.52.0")]
+    for _ in range(rounds):
+        for _ in range(streams):
+            client.send_headers(client.get_next_available_stream_id(), fields, end_stream=True)
+        out.append(client.data_to_send())
+    out[1] = out[0] + out[1]
+    return out[1:]
+
+
+def whole_h2_requests(folder: Path, path: bytes, count: int, streams: int = 10) -> float:
+    """µs per request for ``count`` requests to ``path`` on HTTP/2 connections, ``streams`` per read."""
+    from proxy.server.h2conn import Http2Protocol
+    from proxy.server.worker import Worker
+
+    loop = asyncio.new_event_loop()
+    rounds = h2_rounds(path, PER_CONNECTION // streams, streams)
+    try:
+        worker = Worker(make_config(folder), loop)
+        fake_upstreams(worker)
+
+        async def connection(requests: int) -> float:
+            server = Http2Protocol(worker)
+            transport = CountingTransport()
+            server.connection_made(transport)
+            transport.protocol = server
+            started = time.perf_counter()
+            for data in rounds[:requests // streams]:
+                server.data_received(data)
+                await settled(lambda: not server.streams, server)
+            elapsed = time.perf_counter() - started
+            server.connection_lost(None)
             return elapsed
 
-        return loop.run_until_complete(drive()) * 1e6 / count
+        return per_request(loop, connection, count)
     finally:
         loop.close()
 
@@ -302,17 +380,17 @@ def stages(folder: Path) -> dict[str, tuple[callable, int]]:
     }
 
 
-def profile_whole(folder: Path, path: bytes, count: int) -> int:
+def profile_whole(folder: Path, path: bytes, count: int, run=whole_requests) -> int:
     """cProfile over ``count`` whole requests; per-request self and inclusive µs, with the profiler's overhead."""
     import cProfile
     import pstats
 
     from .profiling import pstats_rows, render
 
-    whole_requests(folder, path, 200)  # imports and first-call costs out of the way
+    run(folder, path, 200)  # imports and first-call costs out of the way
     profiler = cProfile.Profile()
     profiler.enable()
-    whole_requests(folder, path, count)
+    run(folder, path, count)
     profiler.disable()
     rows = pstats_rows(pstats.Stats(profiler), count)
     print(render(f"== in-process {path.decode()}: cProfile", rows,
@@ -323,10 +401,10 @@ def profile_whole(folder: Path, path: bytes, count: int) -> int:
 def best_of(fn, number: int, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = CLOCK[0]()
         for _ in range(number):
             fn()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, CLOCK[0]() - started)
     return best * 1e6 / number
 
 
@@ -335,25 +413,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-src", type=Path, help="import the proxy package from DIR (a scratch copy)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per round (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is kept (default %(default)s)")
-    parser.add_argument("--cprofile", choices=["static", "proxied", "policy"],
+    parser.add_argument("--cprofile", choices=["static", "proxied", "cached", "policy", "h2-static", "h2-proxied"],
                         help="instead, profile whole requests of this kind and print the top functions")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: time passed (default); cpu: this thread's CPU time, steadier on a busy machine")
     args = parser.parse_args(argv)
+    CLOCK[0] = CLOCKS[args.clock]
     if args.proxy_src:
         sys.path.insert(0, str(args.proxy_src.resolve()))
     import proxy
+    import proxy.config  # noqa: F401 - what it declares says which requests can be measured
 
-    print(f"proxy from {Path(proxy.__file__).parent}; best of {args.repeat} rounds")
+    print(f"proxy from {Path(proxy.__file__).parent}; best of {args.repeat} rounds ({args.clock} clock)")
     with tempfile.TemporaryDirectory(prefix="twotier-micro-") as tmp:
         folder = Path(tmp)
         if args.cprofile:
-            path = {"static": b"/static/small.bin", "proxied": b"/api/json", "policy": b"/policy/json"}
-            return profile_whole(folder, path[args.cprofile], args.requests)
-        wholes = [("whole static 4 KiB request (in-process)", b"/static/small.bin"),
-                  ("whole proxied request (in-process upstream)", b"/api/json")]
+            path = {"static": b"/static/small.bin", "proxied": b"/api/json", "policy": b"/policy/json",
+                    "cached": b"/api/cached/4k"}
+            return profile_whole(folder, path[args.cprofile.removeprefix("h2-")], args.requests,
+                                 whole_h2_requests if args.cprofile.startswith("h2-") else whole_requests)
+        wholes = [("whole static 4 KiB request (in-process)", b"/static/small.bin", whole_requests),
+                  ("whole proxied request (in-process upstream)", b"/api/json", whole_requests)]
+        if hasattr(sys.modules["proxy.config"], "Cache"):
+            wholes.append(("whole response-cache hit, 4 KiB (in-process)", b"/api/cached/4k", whole_requests))
         if has_policy(folder):
-            wholes.append(("whole proxied request, route with header rule + allow + rate limit", b"/policy/json"))
-        for label, path in wholes:
-            us = min(whole_requests(folder, path, args.requests) for _ in range(args.repeat))
+            wholes.append(("whole proxied request, route with header rule + allow + rate limit", b"/policy/json",
+                           whole_requests))
+        wholes += [("HTTP/2: whole static 4 KiB request, 10 streams a read", b"/static/small.bin", whole_h2_requests),
+                   ("HTTP/2: whole proxied request, 10 streams a read", b"/api/json", whole_h2_requests)]
+        for label, path, run in wholes:
+            us = min(run(folder, path, args.requests) for _ in range(args.repeat))
             print(f"{us:8.1f} µs  {label}")
         for label, (fn, _) in stages(folder).items():
             print(f"{best_of(fn, args.requests, args.repeat):8.1f} µs  {label}")

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import stack as stack_module, wrk
+from . import load, stack as stack_module
 from .procs import Processes, UsageMeter
 from .scenarios import Scenario
 
@@ -166,18 +166,19 @@ def find_pyspy() -> str | None:
 
 def _measure(procs: Processes, layout, scenario: Scenario, opts, engine: str, runner: tuple[str, ...], name: str,
              during=None, warmup: bool = True):
-    """Start a proxy with ``engine`` under ``runner``, warm it up, run wrk once; returns (child, wrk result, usage).
+    """Start a proxy with ``engine`` under ``runner``, warm it up, run the load once; returns (child, result,
+    usage).
 
-    ``during(child)`` is started just before wrk (py-spy) and its return value waited on after it.
+    ``during(child)`` is started just before the load (py-spy) and its return value waited on after it.
     """
     server = stack_module.start_proxy(procs, layout, opts.source, engine, runner, name=name)
     proxy = server.child
-    url = f"http://127.0.0.1:{server.port}{scenario.path}"
+    url = server.url(scenario.path, load.tls(scenario))
     if warmup and opts.warmup:
-        wrk.run(url, scenario.connections, opts.warmup, opts.wrk_threads, scenario.headers)
+        load.run(scenario, url, opts.warmup, opts.wrk_threads)
     waiter = during(proxy) if during else None
     meter = UsageMeter(proxy)
-    result = wrk.run(url, scenario.connections, opts.seconds, opts.wrk_threads, scenario.headers)
+    result = load.run(scenario, url, opts.seconds, opts.wrk_threads)
     usage = meter.read()
     if waiter:
         waiter()

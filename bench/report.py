@@ -265,3 +265,39 @@ def save(document: dict, folder: Path, stem: str) -> Path:
     path = folder / f"{stem}.json"
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
+
+
+# --- the response cache: a hit against the same answer forwarded --------------------------------
+
+CACHE_SPEEDUP_GOAL = 10.0  # a cache hit at least this many times the req/s of the same request reaching Gunicorn
+
+
+def _rps_by_server(summary: ScenarioSummary) -> dict[str, float]:
+    return {**{e.engine: e.proxy.rps for e in summary.engines}, NGINX: summary.nginx.rps}
+
+
+def cache_speedup(summaries: list[ScenarioSummary]) -> dict | None:
+    """Each server's req/s on cache hits over its req/s for the same 4 KiB answer forwarded to Gunicorn
+    (scenarios cached-4k and proxied-4k), when both ran: {engine or NGINX: ratio}."""
+    by_key = {s.scenario.key: s for s in summaries}
+    hits, forwarded = by_key.get("cached-4k"), by_key.get("proxied-4k")
+    if hits is None or forwarded is None:
+        return None
+    hit_rps, forwarded_rps = _rps_by_server(hits), _rps_by_server(forwarded)
+    return {server: _ratio(rps, forwarded_rps[server]) for server, rps in hit_rps.items() if server in forwarded_rps}
+
+
+def cache_line(speedup: dict) -> str:
+    def part(server: str, ratio: float) -> str:
+        shown = f"{ratio:.1f}x" if math.isfinite(ratio) else "n/a"
+        if server == NGINX:
+            return f"{label(server)} {shown}"
+        verdict = "met" if ratio >= CACHE_SPEEDUP_GOAL else "missed"
+        return f"{label(server)} {shown} (goal >={CACHE_SPEEDUP_GOAL:g}x: {verdict})"
+
+    return ("cache hits over the same 4 KiB answer forwarded to Gunicorn: "
+            + ", ".join(part(server, ratio) for server, ratio in speedup.items()))
+
+
+def cache_json(speedup: dict) -> dict:
+    return {server: _finite(ratio) for server, ratio in speedup.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -46,7 +47,9 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
         (static / name).write_bytes(os.urandom(size))
     for name in NGINX_TEMP_DIRS:
         (work / name).mkdir()
+    certificate, key = make_certificate(work)
     layout = configs.Layout(work=work, static=static, app_port=free_port(), nginx_port=free_port(),
+                            nginx_tls_port=free_port(), certificate=certificate, key=key,
                             nginx_sendfile=nginx_sendfile, proxy_sendfile=proxy_sendfile, workers=workers,
                             proxy_master=proxy_master, run_as_root=os.geteuid() == 0, policy=policy,
                             gzip=gzip)
@@ -56,19 +59,35 @@ def prepare(work: Path, *, nginx_sendfile: bool, proxy_sendfile: bool, workers: 
     return layout
 
 
+def make_certificate(work: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for every TLS listener, made by ``proxy gencert`` (the openssl command)."""
+    done = subprocess.run([sys.executable, "-m", "proxy", "gencert", "--out", str(work), "localhost", "127.0.0.1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise StartError(f"cannot make the TLS certificate: {(done.stderr or done.stdout).strip()}")
+    return work / "cert.pem", work / "key.pem"
+
+
+_UNVERIFIED = ssl._create_unverified_context()  # the run's own self-signed certificate
+
+
 def http_get(url: str, timeout: float = 5.0, headers=()) -> tuple[int, bytes, str | None]:
     """Status, body as sent (not decoded) and Content-Encoding of one GET."""
     request = urllib.request.Request(url, headers=dict(headers))
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout, context=_UNVERIFIED) as response:
         return response.status, response.read(), response.headers.get("Content-Encoding")
 
 
 @dataclass(frozen=True)
 class Server:
-    """A started server and the port it listens on."""
+    """A started server and the ports it listens on: plain HTTP/1.1, and TLS offering HTTP/2."""
 
     child: Child
     port: int
+    tls_port: int
+
+    def url(self, path: str, tls: bool = False) -> str:
+        return f"https://127.0.0.1:{self.tls_port}{path}" if tls else f"http://127.0.0.1:{self.port}{path}"
 
 
 @dataclass
@@ -77,14 +96,14 @@ class Stack:
     gunicorn: Child
     servers: dict[str, Server]  # NGINX and one proxy per engine, by name (report.servers)
 
-    def url(self, server: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.servers[server].port}{path}"
+    def url(self, server: str, path: str, tls: bool = False) -> str:
+        return self.servers[server].url(path, tls)
 
     def child(self, server: str) -> Child:
         return self.servers[server].child
 
     def describe(self) -> str:
-        listening = [f"{label(name)} :{s.port}" for name, s in self.servers.items()]
+        listening = [f"{label(name)} :{s.port} (TLS :{s.tls_port})" for name, s in self.servers.items()]
         return ", ".join([*listening, f"gunicorn :{self.layout.app_port}"])
 
     def check_alive(self) -> None:
@@ -96,7 +115,8 @@ class Stack:
 
 def start_gunicorn(procs: Processes, layout: configs.Layout) -> Child:
     child = procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{layout.app_port}",
-                                     *GUNICORN_ARGS, "bench.app:app"], cwd=ROOT)
+                                     *GUNICORN_ARGS, "bench.app:app"], cwd=ROOT,
+                        env={"BENCH_COUNT_DIR": str(layout.work)})  # bench/collapse.py reads the count there
     child.wait_for(lambda: accepting(layout.app_port), "accepting connections")
     # The master listens before it forks: wait for the workers too, so that their CPU is counted.
     child.wait_for(lambda: len(child.group()) >= 1 + GUNICORN_WORKERS, f"{GUNICORN_WORKERS} workers")
@@ -122,9 +142,10 @@ def start_proxy(procs: Processes, layout: configs.Layout, source: Path, engine: 
     name = name or f"proxy-{engine}"
     child = procs.start(name, argv, cwd=source, env={"PYTHONPATH": f"{source}{os.pathsep}{ROOT}"})
     match = child.wait_for_log(r"listening on http://[^\s:]+:(\d+)/")
+    tls = child.wait_for_log(r"listening on https://[^\s:]+:(\d+)/")
     if layout.proxy_master:  # the master logs first, then forks: wait for its workers too
         child.wait_for(lambda: len(child.group()) >= 1 + layout.workers, f"{layout.workers} worker(s)")
-    return Server(child, int(match[1]))
+    return Server(child, int(match[1]), int(tls[1]))
 
 
 def proxy_server_keys(source: Path) -> frozenset[str]:
@@ -144,12 +165,12 @@ def proxy_server_keys(source: Path) -> frozenset[str]:
 
 def start(procs: Processes, layout: configs.Layout, nginx: str, source: Path, engines: tuple[str, ...]) -> Stack:
     gunicorn = start_gunicorn(procs, layout)
-    servers = {NGINX: Server(start_nginx(procs, layout, nginx), layout.nginx_port)}
+    servers = {NGINX: Server(start_nginx(procs, layout, nginx), layout.nginx_port, layout.nginx_tls_port)}
     servers.update((engine, start_proxy(procs, layout, source, engine)) for engine in engines)
     return Stack(layout, gunicorn, servers)
 
 
-def sanity_check(stack: Stack, scenarios) -> None:
+def sanity_check(stack: Stack, scenarios, tls: bool = False) -> None:
     """Every scenario's request is answered 200 on every server, with a body of the same length once
     decoded and the same Content-Encoding (a compressed scenario must be compressed by all), before
     anything is timed."""
@@ -157,7 +178,7 @@ def sanity_check(stack: Stack, scenarios) -> None:
         lengths, codings = {}, {}
         for server in stack.servers:
             try:
-                status, body, codings[server] = http_get(stack.url(server, path), headers=headers)
+                status, body, codings[server] = http_get(stack.url(server, path, tls), headers=headers)
             except OSError as exc:
                 raise StartError(f"{label(server)} GET {path}: {exc}") from None
             if status != 200:

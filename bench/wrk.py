@@ -79,12 +79,16 @@ def parse(output: str) -> WrkResult:
 
 
 def run(url: str, connections: int, seconds: float, threads: int, headers=()) -> WrkResult:
-    argv = command(url, connections, seconds, threads, headers)
+    return parse(output(command(url, connections, seconds, threads, headers), seconds))
+
+
+def output(argv: list[str], seconds: float) -> str:
+    """What a load generator prints, once it has run for ``seconds``; WrkError when it fails or hangs."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + EXTRA_SECONDS,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise WrkError(f"wrk did not finish within {seconds + EXTRA_SECONDS:g}s: {' '.join(argv)}") from None
+        raise WrkError(f"{argv[0]} did not finish within {seconds + EXTRA_SECONDS:g}s: {' '.join(argv)}") from None
     if done.returncode != 0:
-        raise WrkError(f"wrk exited with {done.returncode}: {' '.join(argv)}\n{done.stderr or done.stdout}")
-    return parse(done.stdout)
+        raise WrkError(f"{argv[0]} exited with {done.returncode}: {' '.join(argv)}\n{done.stderr or done.stdout}")
+    return done.stdout

@@ -14,6 +14,7 @@ more hops only when there really are more proxies in front.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 MAX_SLOW_SECONDS = 10.0  # /api/slow never holds a worker longer than this
+CACHED_SECONDS = 10  # /api/cached/report: how long the proxy's cache may answer for the app
 MAX_STREAM_CHUNKS = 50
 MAX_STREAM_INTERVAL = 1.0
 WS_IDLE_SECONDS = 600.0  # a WebSocket that sends nothing for this long is closed, freeing its thread
@@ -88,6 +90,7 @@ def create_app(tally_folder: str | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     tally = Tally(tally_folder)
+    reports = itertools.count(1)  # the answers /api/cached/report made in this process (next() is atomic)
 
     @app.get("/api/whoami")
     def whoami():
@@ -100,6 +103,7 @@ def create_app(tally_folder: str | None = None) -> Flask:
             host=request.host,
             url=url_for("whoami", _external=True),
             method=request.method,
+            protocol=request.environ.get("SERVER_PROTOCOL", ""),  # what reached Gunicorn: HTTP/1.1, whatever the client spoke
             request_id=request.headers.get("X-Request-ID"),
             via=request.headers.get("Via"),
             worker_pid=os.getpid(),
@@ -149,6 +153,19 @@ def create_app(tally_folder: str | None = None) -> Flask:
     def tally_get():
         """How many POSTs this worker process has counted since it started."""
         return jsonify(tally=tally.count, hostname=socket.gethostname(), worker_pid=os.getpid())
+
+    @app.get("/api/cached/report")
+    def cached_report():
+        """A cacheable answer: the proxy's response cache (proxy.toml: [caches.demo]) keeps it for
+        CACHED_SECONDS, then serves it stale while one request refreshes it in the background. Each answer
+        says when and by which worker it was made, and how many this process has made: a hit shows the same
+        numbers again, and the app's counter does not move."""
+        made = next(reports)
+        body = jsonify(report="the app's answer, made once and kept by the proxy", generated_at=time.time(),
+                       made_by_this_process=made, worker_pid=os.getpid(), hostname=socket.gethostname())
+        body.headers["Cache-Control"] = f"public, max-age={CACHED_SECONDS}, stale-while-revalidate=60"
+        body.headers["ETag"] = f'"{os.getpid()}-{made}"'
+        return body
 
     @app.get("/api/slow")
     def slow():

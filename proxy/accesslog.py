@@ -31,12 +31,14 @@ class AccessRecord:
     request_time: float  # seconds in the proxy
     request_id: str
     route: str  # the prefix of the matched route, "" when none
-    handler: str  # "static", "proxy", "redirect" (to https), or "local" for the proxy's own answers
+    handler: str  # "static", "proxy", "cache" (answered from a response cache), "redirect" (to https), or
+    # "local" for the proxy's own answers
     upstream_addr: str  # every server tried, ", "-separated as nginx does; "" when none
     upstream_status: str
     upstream_connect_time: float | None
     upstream_header_time: float | None
     upstream_response_time: float | None
+    cache: str = ""  # what a response cache did (HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS)
     # A request that became a tunnel (101) is logged once, when the tunnel ends; body_bytes_sent and
     # request_time then cover the whole tunnel.
     tunnel: str = ""  # the protocol, e.g. "websocket"; "" for ordinary requests
@@ -90,6 +92,7 @@ def format_combined(record: AccessRecord) -> str:
         f"rt={record.request_time:.3f} uaddr={record.upstream_addr or '-'} "
         f"us={record.upstream_status or '-'} ut={_seconds(record.upstream_response_time)} "
         f"rid={record.request_id}"
+        + (f" cache={record.cache}" if record.cache else "")
         + (f" tunnel={record.tunnel} up={record.tunnel_bytes_to_upstream} down={record.tunnel_bytes_to_client} "
            f"end={record.tunnel_end}" if record.tunnel else "")
     )
@@ -124,6 +127,7 @@ def json_fields(record: AccessRecord) -> dict:
         "upstream_connect_time": _rounded(record.upstream_connect_time),
         "upstream_header_time": _rounded(record.upstream_header_time),
         "upstream_response_time": _rounded(record.upstream_response_time),
+        "cache": record.cache,
         "tunnel": record.tunnel,
         "tunnel_bytes_to_upstream": record.tunnel_bytes_to_upstream,
         "tunnel_bytes_to_client": record.tunnel_bytes_to_client,

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--scheme", choices=["http", "https"], default="http",
                          help="the listener the request came on (default: %(default)s)")
     explain.add_argument("--sni", metavar="NAME", help="with --scheme https: the name the client asked for in TLS")
+    acme = commands.add_parser(
+        "acme", help="the certificates of acme = true sites: 'proxy acme status' lists them",
+        description="Lists each acme = true site's certificate from [tls.acme] storage: issuer, serial, expiry, "
+                    "the last attempt and its error, and when the CA will be asked next. Never contacts the CA.")
+    acme.add_argument("--config", "-c", default=argparse.SUPPRESS, help="proxy.toml to use")
+    acme.add_argument("action", choices=["status"], help="status: list the certificates")
     hashing = commands.add_parser(
         "hash-password", help="print a bcrypt hash for an htpasswd file (basic_auth users_file)",
         description="Reads a password (twice from a terminal, or one line from standard input) and prints its "
@@ -78,6 +84,9 @@ def summary(cfg: config_module.Config) -> str:
                 f" server_name {upstream.tls.server_name}" if upstream.tls.server_name else "")
         lines.append(f"  {name}: {servers} ({upstream.balance}, keepalive {upstream.keepalive}, "
                      f"read_timeout {upstream.read_timeout:g}s{checks})")
+    for name, cache in cfg.caches.items():
+        disk = f"disk {cache.path} up to {cache.max_size} bytes" if cache.path else "no disk tier"
+        lines.append(f"cache {name}: memory {cache.memory} bytes per worker, {disk}, key {cache.key}")
     if cfg.status is not None:
         lines.append(f"status: {cfg.status.path}, {cfg.status.metrics_path} "
                      f"(allow {', '.join(str(n) for n in cfg.status.allow)})")
@@ -86,9 +95,16 @@ def summary(cfg: config_module.Config) -> str:
                      f"{zone.max_keys} keys")
     if cfg.tls is not None:
         tls = cfg.tls
-        lines.append(f"tls: {', '.join(str(a) for a in tls.listen)} with {tls.certificate} (min {tls.min_version}"
+        default = tls.certificate or "the first ACME site's certificate"
+        lines.append(f"tls: {', '.join(str(a) for a in tls.listen)} with {default} (min {tls.min_version}"
                      + (", redirect_http" if tls.redirect_http else "") + (", hsts" if tls.hsts else "") + ")")
-        lines += [f"  sites: {', '.join(site.names)} -> {site.certificate}" for site in tls.sites]
+        lines += [f"  sites: {', '.join(site.names)} -> {'ACME' if site.acme else site.certificate}"
+                  for site in tls.sites]
+        if tls.acme is not None:
+            acme = tls.acme
+            lines.append(f"acme: {acme.directory} ({', '.join(acme.challenges)}), storage {acme.storage}"
+                         + (f", email {acme.email}" if acme.email else "") + (f", ca_file {acme.ca_file}" if
+                                                                                  acme.ca_file else ""))
     return "\n".join(lines)
 
 
@@ -97,7 +113,8 @@ def _route_summary(route: config_module.Route) -> str:
         action = [f"redirect {route.redirect_status} {route.redirect}"]
     else:
         action = [f"static {route.static}"] if route.static is not None else []
-        action += [f"upstream {route.upstream}"] if route.upstream else []
+        if route.upstream:
+            action.append(f"upstream {route.upstream}" + (f" through cache {route.cache}" if route.cache else ""))
     policy = [name for name, on in (
         ("strip_prefix", route.strip_prefix), (f"upstream_prefix {route.upstream_prefix}", route.upstream_prefix),
         ("request_headers", route.request_headers), ("response_headers", route.response_headers),
@@ -128,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "explain":
         return _explain(cfg, args)
+    if args.command == "acme":
+        return _acme_status(cfg)
     try:
         setup_logging(cfg.log.error)
     except OSError as exc:
@@ -151,6 +170,19 @@ def _explain(cfg: config_module.Config, args: argparse.Namespace) -> int:
         return 2
     print(explain(cfg, args.method.upper(), args.target, headers, args.client_ip, args.scheme,
                   args.sni.lower() if args.sni else None))
+    return 0
+
+
+def _acme_status(cfg: config_module.Config) -> int:
+    import time
+
+    from .acme.status import certificates, report
+
+    sites = config_module.acme_sites(cfg)
+    if not sites:
+        print(f"proxy acme: {cfg.path}: no [[sites]] entry has acme = true", file=sys.stderr)
+        return 1
+    print(report(certificates(cfg.tls.acme, sites, time.time()), cfg.tls.acme.directory))
     return 0
 
 

@@ -593,6 +593,11 @@ class ServerSettings:
         "fresh if it changed). 0 = no cache: every request looks the file up.")
     open_file_cache_entries: int = setting(
         10000, COUNT, "Paths the static file cache keeps per worker; the least recently used go first.")
+    h2c: bool = setting(
+        False, BOOL,
+        "Also speak HTTP/2 on [server] listen to clients that start with the HTTP/2 preface (prior knowledge, "
+        "RFC 9113 section 3.3), e.g. internal callers; HTTP/1.1 clients are served as before. Upgrade: h2c "
+        "stays ignored. Browsers speak HTTP/2 only over TLS ([tls] http2).")
     open_file_cache_bytes: int = setting(
         64 * 1024**2, SIZE, "File bytes the static file cache holds in memory per worker; the least recently "
         "used entries go first.", shown='"64m"')
@@ -624,7 +629,11 @@ class Limits:
         60.0, SECONDS, "Seconds a client may go without accepting any response bytes before it is closed.")
     keepalive_timeout: float = setting(5.0, SECONDS, "An idle client connection is closed after this many seconds.")
     keepalive_requests: int = setting(
-        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close.")
+        1000, COUNT, "Requests served on one client connection; the last one is answered with Connection: close "
+        "(HTTP/2: streams on one connection, then GOAWAY).")
+    max_concurrent_streams: int = setting(
+        128, COUNT, "HTTP/2: streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); "
+        "a client that opens more loses the connection (GOAWAY).")
 
 
 @dataclass(frozen=True)
@@ -1187,6 +1196,9 @@ class Route:
         "client_ip", Kind('"client_ip", "host" or "header:NAME"', _convert_limit_key),
         "What conn_limit counts per: each client address, each Host, or each value of a request header.")
     conn_limit_status: int = setting(429, _numbers(429, 503), "Status beyond conn_limit.")
+    cache: str = setting(
+        "", STRING, "Name of a [caches.NAME] response cache for what this route's upstream answers (nginx "
+        'proxy_cache); "" for none.')
 
     @property
     def forwards(self) -> bool:
@@ -1224,6 +1236,10 @@ class Site:
         None, Kind('a PEM file (relative to the config file), or ""', _convert_optional_file, ("",)),
         "Certificate chain for this site's names, chosen by SNI; other names get [tls] certificate.", shown='""')
     key: Path | None = setting(None, PEM_KEY, "Private key of that certificate, unencrypted.", shown='""')
+    acme: bool = setting(
+        False, BOOL, "Get this site's certificate for its names from the ACME CA of [tls.acme] (Let's Encrypt by "
+        "default), and renew it, instead of certificate and key. Wildcard names need DNS-01, which the proxy "
+        "does not do.")
 
 
 @dataclass(frozen=True)
@@ -1238,6 +1254,117 @@ class TlsSite:
         "that send none) get the [tls] certificate.", shown="(required)")
     certificate: Path = setting(None, PEM_FILE, "Certificate chain, leaf first.", shown="(required)")
     key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
+    # A [[sites]] entry with acme = true: its certificate (and key) come from [tls.acme] storage, not a file.
+    acme: bool = field(default=False, metadata={"internal": True})
+
+
+# --- ACME: [tls.acme] ---
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+CHALLENGES = ("http-01", "tls-alpn-01")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms])\s*$")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _convert_duration(value: Any, ctx: Context) -> float | None:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or a number of seconds; ``""`` for none."""
+    if value == "":
+        return None
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match and float(match[1]) > 0:
+            return float(match[1]) * _DURATION_UNITS[match[2]]
+        raise Invalid
+    return _convert_seconds(value, ctx)
+
+
+def _convert_directory(value: Any, ctx: Context) -> str:
+    # RFC 8555 6.1: every ACME request goes over HTTPS.
+    if not isinstance(value, str) or not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+        raise Invalid
+    return value
+
+
+def _convert_email(value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or (value and not _EMAIL_RE.fullmatch(value)):
+        raise Invalid
+    return value
+
+
+def _convert_challenge(value: Any, ctx: Context) -> str:
+    if value == "dns-01":
+        raise Invalid('dns-01 is not supported: the proxy answers "http-01" and "tls-alpn-01" itself')
+    if value not in CHALLENGES:
+        raise Invalid
+    return value
+
+
+def _convert_challenges(value: Any, ctx: Context) -> tuple[str, ...]:
+    found = _list_of(Kind("", _convert_challenge)).convert(value, ctx)
+    if len(set(found)) != len(found):
+        raise Invalid("each challenge once")
+    return found
+
+
+def _convert_storage(value: Any, ctx: Context) -> Path:
+    """A folder the proxy may create (0700) and write: checked now, made when the proxy starts."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid
+    folder = Path(_path(value, ctx))
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise Invalid(f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Invalid(f"{existing} is not writable by this user" if existing == folder else
+                      f"cannot create {folder}: {existing} is not writable by this user")
+    return folder
+
+
+def _convert_ca_file(value: Any, ctx: Context) -> Path | None:
+    path = _convert_optional_file(value, ctx)
+    if path is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError:
+            raise Invalid(f"{path} holds no PEM certificate to trust") from None
+    return path
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    """``[tls.acme]``: where the certificates of ``acme = true`` sites come from. Setting it (or a site's
+    acme = true) agrees to the CA's terms of service."""
+
+    directory: str = setting(
+        LETS_ENCRYPT, Kind("an https:// URL", _convert_directory),
+        "The CA's ACME directory URL. Let's Encrypt's staging CA, for trying: "
+        '"https://acme-staging-v02.api.letsencrypt.org/directory".', shown=f'"{LETS_ENCRYPT}"')
+    email: str = setting("", Kind('an email address, or ""', _convert_email),
+                         "Contact address given to the CA (expiry warnings, policy changes).")
+    storage: Path = setting(
+        None, Kind("a folder (relative to the config file)", _convert_storage, ()),
+        "Where the account key and the certificates are kept across restarts; created 0700, files 0600. "
+        "Back it up: without it the proxy orders every certificate again.", shown='"acme"')
+    ca_file: Path | None = setting(
+        None, Kind('a PEM file (relative to the config file), or ""', _convert_ca_file, ("",)),
+        "CA certificates to trust for the ACME server's own HTTPS, instead of the system's (a private CA, "
+        'Pebble\'s in tests); "" for the system\'s.', shown='""')
+    challenges: tuple[str, ...] = setting(
+        CHALLENGES, Kind('a list of "http-01" and "tls-alpn-01"', _convert_challenges),
+        "Challenges the proxy may answer, in order of preference: http-01 on [server] listen (port 80 for a "
+        "real CA), tls-alpn-01 on [tls] listen (port 443).", shown='["http-01", "tls-alpn-01"]')
+    renew_before: float | None = setting(
+        None, Kind('a duration like "30d", "12h", or seconds; "" for a third of the lifetime', _convert_duration,),
+        'Renew when this much of a certificate\'s lifetime remains; "" renews when a third remains (30 days '
+        "of Let's Encrypt's 90).", shown='""')
+    retry_delay: float = setting(
+        60.0, SECONDS, "After a failed attempt, wait this long; doubled after each further failure, up to 6 hours "
+        "(an hour at least when the CA says rate limited).")
 
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -1250,9 +1377,10 @@ class TlsSettings:
     listen: tuple[Listen, ...] = setting(
         (Listen(Address("127.0.0.1", 8443)),), _list_of(LISTEN),
         "Addresses that speak HTTPS (written as [server].listen, tables included).", shown='["127.0.0.1:8443"]')
-    certificate: Path = setting(
+    certificate: Path | None = setting(
         None, PEM_FILE, "Certificate chain (leaf first, then intermediates), e.g. Let's Encrypt's fullchain.pem. "
-        "Re-read on SIGHUP.", shown="(required)")
+        "Re-read on SIGHUP. Optional when a site has acme = true: clients that name no site then get the first "
+        "such site's certificate.", shown="(required without ACME)")
     key: Path | None = setting(None, PEM_KEY, "Private key, unencrypted.", shown='""')
     min_version: str = setting("TLSv1.2", _choice(*TLS_VERSIONS),
                                "Oldest protocol version accepted; TLS 1.0 and 1.1 never are.")
@@ -1263,9 +1391,20 @@ class TlsSettings:
     hsts: str = setting(
         "", STRING, 'Strict-Transport-Security value on every HTTPS response, e.g. "max-age=31536000" '
         '(unless the app sets its own); "" for none.')
+    http2: bool = setting(
+        True, BOOL, 'Offer HTTP/2 in the TLS handshake (ALPN "h2", then "http/1.1"); false offers HTTP/1.1 alone. '
+        "WebSockets go over HTTP/1.1 either way.")
     sites: tuple[TlsSite, ...] = setting(
         (), Kind("[[tls.sites]] tables", _list_of(_table(TlsSite, "a table"), non_empty=False).convert),
         "Extra certificates chosen by the name the client asks for (SNI).", shown="[]")
+    acme: AcmeSettings | None = setting(
+        None, _table(AcmeSettings, "a table"), "The ACME CA for sites with acme = true ([tls.acme], below).",
+        shown="(defaults)")
+
+
+def acme_sites(config: "Config") -> tuple[TlsSite, ...]:
+    """The sites whose certificates come from ACME, as TLS sites, in the order of [[sites]]."""
+    return tuple(site for site in config.tls.sites if site.acme) if config.tls is not None else ()
 
 
 @dataclass(frozen=True)
@@ -1274,13 +1413,122 @@ class Status:
 
     path: str = setting("/_proxy/status", PREFIX, "JSON status of every upstream and server.")
     metrics_path: str = setting("/_proxy/metrics", PREFIX, "Prometheus text exposition of the proxy's counters.")
+    cache_path: str = setting(
+        "/_proxy/cache", PREFIX, "DELETE here with ?key=KEY purges that key from every cache (a trailing * "
+        "purges every key it begins); answers 200 when something was purged, 404 when nothing was.")
     allow: tuple = setting((ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
-                           _list_of(NETWORK_OR_UNIX), "Clients allowed to read both pages; anyone else gets 404. "
+                           _list_of(NETWORK_OR_UNIX), "Clients allowed to read the status pages and to purge the "
+                           "caches (PURGE, DELETE on cache_path); anyone else gets 404 (405 for PURGE). "
                            '"unix:" allows clients of unix: listeners (nginx: allow unix:).',
                            shown='["127.0.0.1/32", "::1/128"]')
 
     def allows(self, ip: str) -> bool:
         return matching_network(ip, self.allow) is not None
+
+
+# --- the response cache: [caches.NAME] (routes name one with cache = "NAME") ---
+
+def _convert_cache_folder(value: Any, ctx: Context) -> str:
+    """A folder the proxy may create: it must exist, or its parent must."""
+    if not isinstance(value, str):
+        raise Invalid
+    if value == "":
+        return ""
+    folder = Path(_path(value, ctx))
+    if folder.exists() and not folder.is_dir():
+        raise Invalid(f"{folder} is not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise Invalid(f"neither {folder} nor its parent folder exists")
+    return str(folder)
+
+
+def _convert_cache_key(value: Any, ctx: Context) -> str:
+    from .http.cache import KeyTemplate
+
+    if not isinstance(value, str):
+        raise Invalid
+    try:
+        KeyTemplate(value)
+    except ValueError as exc:
+        raise Invalid(f"{value!r}: {exc}") from None
+    return value
+
+
+def _convert_use_stale(value: Any, ctx: Context) -> frozenset[str]:
+    from .http.cache import STALE_CONDITIONS
+
+    if not isinstance(value, list) or not all(v in STALE_CONDITIONS for v in value):
+        raise Invalid
+    return frozenset(value)
+
+
+def _convert_header_name(value: Any, ctx: Context) -> str:
+    if value == "":
+        return ""
+    return _convert_token(value, ctx)
+
+
+CACHE_FOLDER = Kind('a folder (relative to the config file; created if missing), or "" for none',
+                    _convert_cache_folder, ("",))
+CACHE_KEY = Kind("text with $scheme, $host, $request_uri, $uri, $args, $http_NAME or $cookie_NAME", _convert_cache_key)
+USE_STALE = Kind('a list of "error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504"',
+                 _convert_use_stale)
+HEADER_NAME = Kind('a header name, or "" for none', _convert_header_name)
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A response cache (nginx proxy_cache, RFC 9111): a memory tier in each worker, and optionally a
+    disk tier that every worker shares and that outlives restarts."""
+
+    name: str = field(metadata={"internal": True})
+    memory: int = setting(
+        64 * 1024**2, SIZE, "Bytes of responses each worker keeps in memory; the least recently used go first. "
+        "A response larger than an eighth of it is kept on disk only (with a path) or not at all.",
+        shown='"64m"')
+    path: str = setting(
+        "", CACHE_FOLDER, "Folder of the disk tier: shared by the workers (one lookup there before the upstream "
+        "is asked) and kept across restarts; \"\" for memory only.", shown='""')
+    max_size: int = setting(
+        1024**3, SIZE, "Bytes the disk tier may hold; the least recently used entries are removed beyond it.",
+        shown='"1g"')
+    max_entry_size: int = setting(
+        1024**2, SIZE, "Largest response body stored; a larger one is relayed and not stored (while it "
+        "streams, at most 256 KiB of it is held in memory when there is a disk tier).", shown='"1m"')
+    default_ttl: float = setting(
+        0.0, SECONDS_OR_ZERO, "Seconds a 200, 301 or 302 without freshness information (Cache-Control max-age, "
+        "s-maxage, Expires) is fresh (nginx proxy_cache_valid); 0 = such answers are not stored.")
+    key: str = setting(
+        "$scheme$host$request_uri", CACHE_KEY, "What tells requests apart (nginx proxy_cache_key); add "
+        "$http_NAME or $cookie_NAME to keep answers apart per header or cookie. Vary is honoured on top.")
+    lock: bool = setting(
+        True, BOOL, "Collapsed forwarding (nginx proxy_cache_lock): while one request for a key is sent "
+        "upstream, others for the same key wait for its answer instead of going upstream too.")
+    lock_timeout: float = setting(
+        5.0, SECONDS, "How long a request waits for another's answer before it goes upstream itself "
+        "(and its answer is not stored).")
+    use_stale: frozenset[str] = setting(
+        frozenset(), USE_STALE, "When an expired entry answers instead of the upstream (nginx "
+        'proxy_cache_use_stale): "error", "timeout" or "http_5xx" when the upstream fails, "updating" while '
+        "another request refreshes it. The upstream's stale-if-error and stale-while-revalidate allow it too; "
+        "no-cache and must-revalidate forbid it.", shown="[]")
+    client_no_cache: str = setting(
+        "ignore", _choice("ignore", "revalidate"),
+        'A client\'s Cache-Control: no-cache (or max-age=0, Pragma: no-cache): "ignore" (nginx\'s default: '
+        'a browser\'s reload button does not reach the app) or "revalidate" (RFC 9111: the entry is validated '
+        "with the upstream first, and a client's no-store is not stored).")
+    status_header: str = setting(
+        "X-Cache-Status", HEADER_NAME, "Response header naming what the cache did (HIT, MISS, EXPIRED, STALE, "
+        'UPDATING, REVALIDATED, BYPASS); "" for none.')
+    template: Any = field(default=None, init=False, compare=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        from .http.cache import KeyTemplate
+
+        object.__setattr__(self, "template", KeyTemplate(self.key))
+        if not self.path and self.max_entry_size > self.memory:
+            raise Invalid(f"max_entry_size ({self.max_entry_size}) is more than memory ({self.memory}) and there "
+                          "is no disk tier: lower it, or set path")
 
 
 @dataclass(frozen=True)
@@ -1297,6 +1545,7 @@ class Config:
     tls: TlsSettings | None = None
     sites: tuple[Site, ...] = ()  # [[sites]], or one default site holding ``routes``
     rate_limits: Mapping[str, RateLimit] = field(default_factory=lambda: MappingProxyType({}))
+    caches: Mapping[str, Cache] = field(default_factory=lambda: MappingProxyType({}))
 
     def all_routes(self) -> tuple[Route, ...]:
         return tuple(route for site in self.sites for route in site.routes)
@@ -1353,7 +1602,7 @@ def load(path: str | os.PathLike) -> Config:
 
 def from_dict(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document (tests use this directly)."""
-    known = [*SECTIONS, "upstreams", "routes", "sites", "rate_limits", "status", "tls"]
+    known = [*SECTIONS, "upstreams", "routes", "sites", "rate_limits", "status", "tls", "caches"]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of: {', '.join(known)})")
@@ -1364,9 +1613,11 @@ def from_dict(data: dict[str, Any], source: Path) -> Config:
     sites = _sites(data, routes, source)
     status = _build(Status, data["status"], Context(source, "status")) if "status" in data else None
     tls = _build(TlsSettings, data["tls"], Context(source, "tls")) if "tls" in data else None
+    caches = _named_tables(data, "caches", Cache, source)
     tls = _site_certificates(tls, sites, "sites" in data, source)
     config = Config(path=source, upstreams=MappingProxyType(upstreams), routes=routes, status=status, tls=tls,
-                    sites=sites, rate_limits=MappingProxyType(rate_limits), **sections)
+                    sites=sites, rate_limits=MappingProxyType(rate_limits), caches=MappingProxyType(caches),
+                    **sections)
     _cross_check(config)
     return config
 
@@ -1405,6 +1656,8 @@ def _site_certificates(tls: TlsSettings | None, sites: tuple[Site, ...], explici
                        source: Path) -> TlsSettings | None:
     """A site's certificate is served for its names (SNI): as if it were a [[tls.sites]] entry."""
     for site in sites:
+        if site.acme:
+            _check_acme_site(site, tls, source)
         if site.key is not None and site.certificate is None:
             raise ConfigError(f"{source}: {site.where}.key: given without a certificate")
         if site.certificate is None:
@@ -1420,9 +1673,34 @@ def _site_certificates(tls: TlsSettings | None, sites: tuple[Site, ...], explici
     if tls.sites:
         raise ConfigError(f"{source}: tls.sites: with [[sites]], give each site's certificate in its own table "
                           "(certificate = \"...\", key = \"...\" under [[sites]]) instead of [[tls.sites]]")
-    certified = tuple(TlsSite(where=site.where, names=site.names, certificate=site.certificate, key=site.key)
-                      for site in sites if site.certificate is not None)
-    return dataclasses.replace(tls, sites=certified)
+    certified = tuple(TlsSite(where=site.where, names=site.names, certificate=site.certificate, key=site.key,
+                              acme=site.acme) for site in sites if site.certificate is not None or site.acme)
+    acme = tls.acme
+    if acme is None and any(site.acme for site in sites):
+        acme = _build(AcmeSettings, {}, Context(source, "tls.acme"))
+    if acme is not None and acme.storage is None:  # its default is relative to the config file's folder
+        acme = dataclasses.replace(acme, storage=_convert_storage("acme", Context(source, "tls.acme.storage")))
+    return dataclasses.replace(tls, sites=certified, acme=acme)
+
+
+def _check_acme_site(site: Site, tls: TlsSettings | None, source: Path) -> None:
+    """A site that gets its certificate by ACME: a [tls] section, names a CA will certify, no files."""
+    where = f"{source}: {site.where}"
+    if site.certificate is not None:
+        raise ConfigError(f"{where}.acme: the certificate comes from the CA: remove certificate and key, or "
+                          "set acme = false")
+    if tls is None:
+        raise ConfigError(f"{where}.acme: needs a [tls] section (the HTTPS listen addresses)")
+    if not site.names:
+        raise ConfigError(f"{where}.acme: a CA certifies names: give this site names")
+    for name in site.names:
+        if name.startswith("*."):
+            raise ConfigError(f"{where}.names: {name!r} is a wildcard: a CA certifies one only by the DNS-01 "
+                              "challenge, which the proxy does not support: list the names, or give this site "
+                              "a certificate file")
+        if is_ip_literal(name) or "." not in name:
+            raise ConfigError(f"{where}.names: {name!r} is not a public domain name a CA can certify: "
+                              "give this site a certificate file for it")
 
 
 def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -1448,6 +1726,9 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     for name, cls in SECTIONS.items():
         fix(cls, out.get(name))
+    tls_table = out.get("tls")
+    if isinstance(tls_table, dict) and isinstance(tls_table.get("acme"), dict):
+        fix(AcmeSettings, tls_table["acme"])
     fix_routes(out.get("routes"))
     for site in out.get("sites", []) if isinstance(out.get("sites"), list) else ():
         fix(Site, site)
@@ -1456,6 +1737,8 @@ def with_absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         fix(UpstreamTls, upstream.get("tls") if isinstance(upstream, dict) else None)
     tls = out.get("tls")
     fix(TlsSettings, tls)
+    for table in out.get("caches", {}).values() if isinstance(out.get("caches"), dict) else ():
+        fix(Cache, table)
     for site in tls.get("sites", []) if isinstance(tls, dict) and isinstance(tls.get("sites"), list) else ():
         fix(TlsSite, site)
     return out
@@ -1473,6 +1756,15 @@ def _cross_check(config: Config) -> None:
     _check_sites(config, source)
     if config.tls is not None:
         _check_tls(config.tls, seen, source)
+
+
+def _check_route_cache(config: Config, route: Route) -> None:
+    source = config.path
+    if route.cache not in config.caches:
+        defined = ", ".join(config.caches) or "none"
+        raise ConfigError(f"{source}: {route.where}.cache: unknown cache {route.cache!r} (defined: {defined})")
+    if not route.upstream:
+        raise ConfigError(f"{source}: {route.where}.cache: a cache stores what an upstream answers: set upstream too")
 
 
 def _check_sites(config: Config, source: Path) -> None:
@@ -1518,6 +1810,8 @@ def _check_route(route: Route, config: Config, source: Path) -> None:
     if route.rate_limit and route.rate_limit not in config.rate_limits:
         defined = ", ".join(config.rate_limits) or "none"
         raise ConfigError(f"{where}.rate_limit: unknown rate limit {route.rate_limit!r} (defined: {defined})")
+    if route.cache:
+        _check_route_cache(config, route)
 
 
 def _check_listen(where: str, listen: tuple[Listen, ...], seen: set, source: Path, again: str) -> None:
@@ -1532,6 +1826,11 @@ def _check_listen(where: str, listen: tuple[Listen, ...], seen: set, source: Pat
 def _check_tls(tls: TlsSettings, plain: set, source: Path) -> None:
     """Listen addresses apart from [server].listen, each SNI name once, and certificates that load."""
     _check_listen("tls.listen", tls.listen, set(plain), source, " (in [server] or [tls])")
+    if tls.certificate is None and not any(site.acme for site in tls.sites):
+        raise ConfigError(f"{source}: tls.certificate: missing (expected {PEM_FILE.expected}; it may be left out "
+                          "when a [[sites]] entry has acme = true)")
+    if tls.certificate is None and tls.key is not None:
+        raise ConfigError(f"{source}: tls.key: given without a certificate")
     names: set[str] = set()
     for i, site in enumerate(tls.sites):
         for name in site.names:
@@ -1566,7 +1865,8 @@ def reference() -> str:
               ("[[routes]] and [[sites.routes]]", Route), ("compress of a route", Compress),
               ("request_headers and response_headers of a route", HeaderRules),
               ("basic_auth of a route", BasicAuth), ("[rate_limits.NAME]", RateLimit), ("[status]", Status),
-              ("[tls]", TlsSettings), ("[[tls.sites]]", TlsSite)]
+              ("[tls]", TlsSettings), ("[[tls.sites]]", TlsSite), ("[tls.acme]", AcmeSettings),
+              ("[caches.NAME]", Cache)]
     out: list[str] = []
     for title, cls in tables:
         out += [f"### `{title}`", "", "| key | default | meaning |", "|---|---|---|"]

@@ -16,7 +16,8 @@ from pathlib import Path
 from .config import Config, UnixAddress, authority
 from .errors import ClientError
 from .http import codec, static
-from .http.decide import Check, ConnFacts, Decider, Delayed, Forward, Reply, Static, StatusPage
+from .http.cache import CONDITIONAL
+from .http.decide import Check, ConnFacts, Decider, Delayed, Forward, Purge, Reply, Static, StatusPage
 from .http.encoding import choose, negotiate
 from .http.headers import connection_tokens, request_id, upstream_request_headers, why_dropped
 from .http.placeholders import Vars
@@ -198,6 +199,8 @@ def describe(cfg: Config, action, head, facts: ConnFacts, headers: list[tuple[st
         refused = action.otherwise
         return [f"auth:    user {credentials.user!r}: wrong user or password (logged)",
                 *_response_lines(cfg, refused, head, facts, rid)], refused.status, _reply_coding(cfg, refused, head)
+    if kind is Purge:
+        return _explain_purge(action), 200, None
     lines = _response_lines(cfg, action, head, facts, rid)
     if kind is Reply:
         coding = _reply_coding(cfg, action, head)
@@ -318,13 +321,17 @@ def _reply_coding(cfg: Config, reply: Reply, head) -> str | None:
 def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
                      headers: list[tuple[str, str]], rid: bytes) -> list[str]:
     upstream = cfg.upstreams[action.group]
-    out = [_explain_server(upstream, facts.client_ip)]
+    out = _explain_cache(cfg, action.cache) if action.cache is not None else []
+    out.append(_explain_server(upstream, facts.client_ip))
     wanted = action.upgrade
     if wanted is not None:
         out.append(f"upgrade: {wanted.protocol.decode('latin-1')}: Connection and Upgrade are forwarded; if the "
                    f"server answers 101 both connections become a tunnel of raw bytes (closed after "
                    f"{upstream.websocket_idle_timeout:g}s without one)")
     body_length = head.content_length if head.has_body else None
+    filling = action.cache is not None and action.cache.mode == "lookup"
+    if filling:  # what the cache sends for it (server/caching.py Filling)
+        head = head._replace(method=b"GET", headers=[(n, v) for n, v in head.headers if n not in CONDITIONAL])
     forwarded = upstream_request_headers(
         head.headers, host=action.host, client_ip=facts.client_ip, scheme=facts.scheme, request_id=rid,
         via=b"1.1 " + cfg.server.name.encode(), body_length=body_length,
@@ -345,6 +352,9 @@ def _explain_forward(cfg: Config, action: Forward, head, facts: ConnFacts,
         if wanted is not None and name.lower() in ("connection", "upgrade"):
             continue  # passed on, rewritten to exactly "upgrade" and the protocol
         reason = why_dropped(name.lower().encode(), named)
+        if filling and name.lower().encode() in CONDITIONAL:
+            reason = "the cache asks for the whole answer (or revalidates with its own validators) and answers " \
+                     "the client's condition itself"
         if reason:
             out.append(f"dropped: {name}: {reason}")
     out.append("sent upstream (hop-by-hop headers removed, forwarding headers set by the proxy):")
@@ -378,3 +388,28 @@ def _over(upstream, spec) -> str:
         return f", over HTTPS (SNI {name}; the certificate is not checked: verify = false)"
     trusted = f"CAs in {tls.ca_file}" if tls.ca_file else "the system's CAs"
     return f", over HTTPS (certificate checked against {trusted}, for the name {name})"
+
+
+def _explain_cache(cfg: Config, use) -> list[str]:
+    """What the route's cache does with the request (http/cache.py CacheUse)."""
+    settings = cfg.caches[use.cache]
+    if use.mode == "invalidate":
+        return [f"cache:   {use.cache}: {use.why}"]
+    if use.mode == "bypass":
+        return [f"cache:   {use.cache}: BYPASS: {use.why}; the answer is not stored"]
+    where = "memory" + (f", then the disk tier in {settings.path}" if settings.path else "")
+    lines = [f"cache:   {use.cache}: key {use.key.decode('latin-1')!r} ({settings.key}), {use.why}",
+             f"         a fresh entry ({where}) is the answer (HIT): the upstream below is not involved; "
+             f"otherwise it goes there and an answer it allows to be stored is kept"
+             + (" (not this one: the client sent no-store)" if use.no_store else "")]
+    if settings.lock:
+        lines.append(f"         while it is fetched, other requests for this key wait up to {settings.lock_timeout:g}s "
+                     "for its answer (collapsed forwarding)")
+    return lines
+
+
+def _explain_purge(purge: Purge) -> list[str]:
+    what = f"every entry of {purge.uri.decode('latin-1')}" if purge.uri else \
+        f"the key {purge.key.decode('latin-1')!r}" + (" and every key it begins" if purge.key.endswith(b"*") else "")
+    return [f"answer:  200 from the proxy: {what} removed from cache(s) {', '.join(purge.caches)} in every tier and "
+            "worker (404 when none was stored)"]

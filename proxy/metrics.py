@@ -57,6 +57,13 @@ class Metrics:
         self.tunnels_open = 0
         self.tunnels_total = 0
         self.tunnel_bytes: Counter[str] = Counter()  # "to_upstream", "to_client"
+        # HTTP/2 (server/h2conn.py): connections open and opened, streams answered, streams the client reset
+        # while they were answered, GOAWAY frames sent by reason.
+        self.http2_open = 0
+        self.http2_connections = 0
+        self.http2_streams = 0
+        self.http2_resets = 0
+        self.http2_goaway: Counter[str] = Counter()
         self.proxy_protocol_refused = 0  # connections closed for a missing or malformed PROXY header
 
     def observe(self, record: AccessRecord) -> None:
@@ -153,27 +160,33 @@ def worker_view(runtime) -> dict:
         "metrics": runtime.metrics.as_data(),
         "upstreams": upstreams,
         "edge": edge_view(runtime),
+        "caches": runtime.caches.view(),
     }
 
 
-# --- edge protocols: open tunnels and their bytes, TLS handshakes ----------
+# --- edge protocols: open tunnels and their bytes, TLS handshakes, HTTP/2 ----
 
 TUNNEL_KEYS = ("open", "total", "bytes_to_upstream", "bytes_to_client")
+HTTP2_KEYS = ("connections_open", "connections_total", "streams_total", "resets_by_client")
 
 
 def edge_view(runtime) -> dict:
     metrics = runtime.metrics
     tunnels = (metrics.tunnels_open, metrics.tunnels_total, metrics.tunnel_bytes["to_upstream"],
                metrics.tunnel_bytes["to_client"])
+    http2 = (metrics.http2_open, metrics.http2_connections, metrics.http2_streams, metrics.http2_resets)
     return {"tunnels": dict(zip(TUNNEL_KEYS, tunnels)),
             "tls": ({"handshakes": metrics.tls_handshakes, "failures": dict(metrics.tls_failures)}
                     if runtime.tls is not None else None),
+            "http2": {**dict(zip(HTTP2_KEYS, http2)), "goaway": dict(metrics.http2_goaway)},
             "proxy_protocol": {"refused": metrics.proxy_protocol_refused}}
 
 
 def merge_edge(edges) -> dict:
-    """Every worker's tunnel and TLS numbers added up; "tls" is None when TLS is off."""
+    """Every worker's tunnel, TLS and HTTP/2 numbers added up; "tls" is None when TLS is off."""
     tunnels: Counter[str] = Counter()
+    http2: Counter[str] = Counter()
+    goaway: Counter[str] = Counter()
     handshakes, failures, tls_on, refused = 0, Counter(), False, 0
     for edge in edges:
         tunnels.update(edge["tunnels"])
@@ -182,8 +195,12 @@ def merge_edge(edges) -> dict:
             tls_on = True
             handshakes += edge["tls"]["handshakes"]
             failures.update(edge["tls"]["failures"])
+        if edge.get("http2"):
+            http2.update({key: edge["http2"][key] for key in HTTP2_KEYS})
+            goaway.update(edge["http2"]["goaway"])
     return {"tunnels": {key: tunnels[key] for key in TUNNEL_KEYS},
             "tls": {"handshakes": handshakes, "failures": dict(sorted(failures.items()))} if tls_on else None,
+            "http2": {**{key: http2[key] for key in HTTP2_KEYS}, "goaway": dict(sorted(goaway.items()))},
             "proxy_protocol": {"refused": refused}}
 
 
@@ -203,16 +220,85 @@ def _edge_samples(edge: dict) -> list[str]:
             "# HELP proxy_tls_handshake_failures_total TLS handshakes that failed, by cause.",
             "# TYPE proxy_tls_handshake_failures_total counter"]
     out += [f'proxy_tls_handshake_failures_total{{reason="{_label(kind)}"}} {n}' for kind, n in tls["failures"].items()]
+    http2 = edge["http2"]
+    out += ["# HELP proxy_http2_connections_open Client connections speaking HTTP/2 now (the rest of "
+            "proxy_connections speak HTTP/1.1).", "# TYPE proxy_http2_connections_open gauge",
+            f"proxy_http2_connections_open {http2['connections_open']}",
+            "# HELP proxy_http2_connections_total Client connections that spoke HTTP/2.",
+            "# TYPE proxy_http2_connections_total counter",
+            f"proxy_http2_connections_total {http2['connections_total']}",
+            "# HELP proxy_http2_streams_total HTTP/2 requests answered (also in proxy_requests_total).",
+            "# TYPE proxy_http2_streams_total counter", f"proxy_http2_streams_total {http2['streams_total']}",
+            "# HELP proxy_http2_client_resets_total HTTP/2 streams the client reset while they were answered.",
+            "# TYPE proxy_http2_client_resets_total counter",
+            f"proxy_http2_client_resets_total {http2['resets_by_client']}",
+            "# HELP proxy_http2_goaway_total GOAWAY frames sent, by reason.", "# TYPE proxy_http2_goaway_total counter"]
+    out += [f'proxy_http2_goaway_total{{reason="{_label(reason)}"}} {n}' for reason, n in http2["goaway"].items()]
     refused = edge.get("proxy_protocol", {}).get("refused", 0)
     out += ["# HELP proxy_protocol_refused_total Connections closed for a missing or malformed PROXY header.",
             "# TYPE proxy_protocol_refused_total counter", f"proxy_protocol_refused_total {refused}"]
     return out
 
 
+# --- response caches: answers by X-Cache-Status, bytes, entries, evictions --
+
+def merge_caches(views, retired: dict) -> dict:
+    """Every worker's cache numbers added up. The memory tiers are each worker's own (summed); the disk
+    tier is shared, so its numbers are taken once (the first view: the answering worker's, live).
+    ``retired``: the answers and memory evictions counted by workers that have left."""
+    out: dict[str, dict] = {}
+    for view in views:
+        for name, cache in view.get("caches", {}).items():
+            into = out.setdefault(name, {"statuses": Counter(), "memory": Counter(), "disk": None})
+            into["statuses"].update(cache["statuses"])
+            into["memory"].update(cache["memory"])
+            into["disk"] = into["disk"] or cache["disk"]
+    for name, counts in retired.items():
+        if name in out:  # a cache no longer configured is left out
+            out[name]["statuses"].update(counts["statuses"])
+            out[name]["memory"]["evictions"] += counts["evictions"]
+    from .http.cache import HIT, MISS, STATUSES
+
+    return {name: {"hits": cache["statuses"][HIT], "misses": cache["statuses"][MISS],
+                   "statuses": {label: cache["statuses"][label] for label in STATUSES},
+                   "memory": dict(cache["memory"]), "disk": cache["disk"]} for name, cache in out.items()}
+
+
+def retire_caches(retired: dict, view: dict) -> dict:
+    """``retired`` plus the counters of a departing worker's caches (the gauges go with it)."""
+    out = {name: {"statuses": Counter(counts["statuses"]), "evictions": counts["evictions"]}
+           for name, counts in retired.items()}
+    for name, cache in view.get("caches", {}).items():
+        into = out.setdefault(name, {"statuses": Counter(), "evictions": 0})
+        into["statuses"].update(cache["statuses"])
+        into["evictions"] += cache["memory"]["evictions"]
+    return {name: {"statuses": dict(counts["statuses"]), "evictions": counts["evictions"]}
+            for name, counts in out.items()}
+
+
+def _cache_samples(caches: dict) -> list[str]:
+    out = ["# HELP proxy_cache_requests_total Answers on routes with a response cache, by what the cache did "
+           "(X-Cache-Status).", "# TYPE proxy_cache_requests_total counter"]
+    for name, cache in caches.items():
+        out += [f'proxy_cache_requests_total{{cache="{_label(name)}",status="{label}"}} {count}'
+                for label, count in cache["statuses"].items()]
+    for metric, kind, text in (("bytes", "gauge", "Bytes held, by tier (memory: every worker's together)."),
+                               ("entries", "gauge", "Responses held, by tier (memory: every worker's together)."),
+                               ("evictions", "counter", "Least recently used entries removed to make room.")):
+        series = f"proxy_cache_{metric}" + ("_total" if kind == "counter" else "")
+        out += [f"# HELP {series} {text}", f"# TYPE {series} {kind}"]
+        for name, cache in caches.items():
+            for tier in ("memory", "disk"):
+                numbers = cache[tier]
+                if numbers:
+                    out.append(f'{series}{{cache="{_label(name)}",tier="{tier}"}} {numbers.get(metric, 0)}')
+    return out
+
+
 # --- the master's share: counters of the workers that have left ------------
 
 # ``retired`` before any worker has left.
-NOTHING_RETIRED: dict = {"metrics": {"requests": [], "durations": {}}, "servers": {}, "edge": None}
+NOTHING_RETIRED: dict = {"metrics": {"requests": [], "durations": {}}, "servers": {}, "edge": None, "caches": {}}
 
 
 def master_view(pid: int, started: float, retired: dict) -> dict:
@@ -234,10 +320,13 @@ def retire(retired: dict, view: dict) -> dict:
             for key in _COUNTERS:
                 into[key] += server[key]
     edges = [retired["edge"]] if retired["edge"] else []
-    if "edge" in view:  # a tunnel that was open is closed now
-        edges.append({**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}})
+    if "edge" in view:  # a tunnel or an HTTP/2 connection that was open is closed now
+        edge = {**view["edge"], "tunnels": {**view["edge"]["tunnels"], "open": 0}}
+        if edge.get("http2"):
+            edge["http2"] = {**edge["http2"], "connections_open": 0}
+        edges.append(edge)
     return {"metrics": _metrics_data(requests, durations), "servers": servers,
-            "edge": merge_edge(edges) if edges else None}
+            "edge": merge_edge(edges) if edges else None, "caches": retire_caches(retired.get("caches", {}), view)}
 
 
 def _add_metrics(requests: Counter, durations: dict[str, dict], metrics: dict) -> None:
@@ -305,6 +394,7 @@ def merge(views: list[dict]) -> dict:
         "started": master["started"] if master is not None else min(v["started"] for v in views),
         "master_pid": master["pid"] if master is not None else None,
         "edge": merge_edge(edges),
+        "caches": merge_caches(views, retired.get("caches", {})),
     }
 
 
@@ -320,10 +410,13 @@ def status_document(merged: dict, server_name: str) -> dict:
         "started": iso8601(merged["started"]),
         "uptime_seconds": round(time.time() - merged["started"], 3),
         "workers": merged["workers"],
-        "connections": merged["connections"],
+        "connections": {**merged["connections"], "by_protocol": {
+            "http/1.1": merged["connections"].get("open", 0) - merged["edge"]["http2"]["connections_open"],
+            "h2": merged["edge"]["http2"]["connections_open"]}},
         "requests": sum(count for _, _, count in merged["requests"]),
         "upstreams": merged["upstreams"],
         **merged["edge"],  # "tunnels" and "tls"
+        "caches": merged["caches"],
     }
 
 
@@ -384,4 +477,5 @@ def render_prometheus(merged: dict) -> bytes:
     for name, (kind, text) in series.items():
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
     out += _edge_samples(merged["edge"])
+    out += _cache_samples(merged["caches"])
     return ("\n".join(out) + "\n").encode()

@@ -11,8 +11,10 @@ Every context gets the same settings (Mozilla's "intermediate" profile, which
 is also roughly what nginx ships): TLS 1.2 or newer, forward-secret AEAD
 ciphers only for TLS 1.2 (TLS 1.3's suites are all AEAD and fixed by
 OpenSSL), no compression (CRIME), the server's cipher order, ALPN
-``http/1.1`` (the proxy speaks nothing else, and saying so stops a client
-that wants only h2 from guessing). ``[[tls.sites]]`` contexts are chosen in
+``h2`` then ``http/1.1`` (only ``http/1.1`` with ``[tls] http2 = false``;
+naming it stops a client that wants only h2 from guessing). The TLS 1.2
+suites are all allowed for HTTP/2 (RFC 9113 section 9.2.2: ephemeral key
+exchange, AEAD). ``[[tls.sites]]`` contexts are chosen in
 the SNI callback by swapping the handshake's context, the standard way with
 Python's ``ssl``.
 
@@ -36,7 +38,7 @@ from .errors import ConfigError
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.2 suites: ephemeral key exchange (forward secrecy) and AEAD only.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
-ALPN = ("http/1.1",)
+ALPN = {True: ("h2", "http/1.1"), False: ("http/1.1",)}  # by [tls] http2: the server's preference first
 
 _PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----")
 
@@ -65,7 +67,8 @@ def fingerprint(pem: bytes) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def server_context(certificate: Path, key: Path | None, min_version: str, where: str, source: Path) -> ssl.SSLContext:
+def server_context(certificate: Path, key: Path | None, min_version: str, where: str, source: Path,
+                   http2: bool = True) -> ssl.SSLContext:
     """One server-side context, or ConfigError naming the file that is wrong (``where`` is e.g. "tls")."""
     cert_pem = _read(certificate, f"{where}.certificate", source)
     key_pem = cert_pem if key is None else _read(key, f"{where}.key", source)
@@ -79,7 +82,7 @@ def server_context(certificate: Path, key: Path | None, min_version: str, where:
     context.minimum_version = VERSIONS[min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.set_ciphers(CIPHERS)
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(ALPN[http2]))
     try:
         context.load_cert_chain(certificate, key, password=_no_passphrase)
     except _Encrypted:
@@ -107,6 +110,8 @@ class Certificates:
     wildcard: Mapping[str, ssl.SSLContext]  # "example.test" for "*.example.test" -> context
     fingerprints: tuple[str, ...]  # the default certificate's, then each site's, for the log
     hsts: tuple[tuple[bytes, bytes], ...] = field(default=())  # the header to add, or none
+    shown: tuple[str, ...] = ()  # what each fingerprint is the certificate of (a file, or an ACME site's), for the log
+    pending: tuple[str, ...] = ()  # ACME sites served a self-signed certificate until the CA issues theirs: why
 
     def __repr__(self) -> str:
         return f"<Certificates default={self.fingerprints[0][:11]} sites={len(self.fingerprints) - 1}>"
@@ -137,15 +142,36 @@ def sni_name(ssl_object) -> str | None:
 
 
 def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
-    """Build every context of ``[tls]``; ConfigError (one line, naming the file) when one cannot be."""
-    default = server_context(settings.certificate, settings.key, settings.min_version, "tls", source)
+    """Build every context of ``[tls]``; ConfigError (one line, naming the file) when one cannot be.
+
+    An ACME site's certificate is read from ``[tls.acme] storage``; until the CA has issued one, the site
+    gets a self-signed certificate (``pending`` says why). Without ``[tls] certificate``, clients that name
+    no site get the first ACME site's certificate.
+    """
     exact: dict[str, ssl.SSLContext] = {}
     wildcard: dict[str, ssl.SSLContext] = {}
-    prints = [fingerprint(settings.certificate.read_bytes())]
+    prints, shown, pending = [], [], []
+    if settings.certificate is not None:
+        default = server_context(settings.certificate, settings.key, settings.min_version, "tls", source,
+                                 settings.http2)
+        prints.append(fingerprint(settings.certificate.read_bytes()))
+        shown.append(str(settings.certificate))
+    else:
+        first = next(site for site in settings.sites if site.acme)
+        default, pem, text, _ = _acme_context(first, settings, source)
+        prints.append(fingerprint(pem))
+        shown.append(f"{text} (as the default)")
     for i, site in enumerate(settings.sites):
-        context = server_context(site.certificate, site.key, settings.min_version, site.where or f"tls.sites[{i}]",
-                                 source)
-        prints.append(fingerprint(site.certificate.read_bytes()))
+        where = site.where or f"tls.sites[{i}]"
+        if site.acme:
+            context, pem, text, why = _acme_context(site, settings, source)
+            pending += [why] if why else []
+        else:
+            context = server_context(site.certificate, site.key, settings.min_version, where, source,
+                                     settings.http2)
+            pem, text = site.certificate.read_bytes(), str(site.certificate)
+        prints.append(fingerprint(pem))
+        shown.append(text)
         for name in site.names:
             if name.startswith("*."):
                 wildcard[name[2:]] = context
@@ -153,17 +179,56 @@ def load_certificates(settings: TlsSettings, source: Path) -> Certificates:
                 exact[name] = context
     hsts = ((b"strict-transport-security", settings.hsts.encode("latin-1")),) if settings.hsts else ()
     certificates = Certificates(settings, default, MappingProxyType(exact), MappingProxyType(wildcard),
-                                tuple(prints), hsts)
+                                tuple(prints), hsts, tuple(shown), tuple(pending))
     default.sni_callback = certificates._sni  # always: the SNI name is also kept for the 421 of http/sites.py
     return certificates
 
 
 def describe(certificates: Certificates) -> str:
-    """One line for the log: which certificate files, by fingerprint."""
-    settings = certificates.settings
-    files: list[tuple[Path, str]] = [(settings.certificate, certificates.fingerprints[0])]
-    files += [(site.certificate, fp) for site, fp in zip(settings.sites, certificates.fingerprints[1:])]
-    return ", ".join(f"{path} (sha256 {fp[:23]}...)" for path, fp in files)
+    """One line for the log: which certificates (files, or ACME sites'), by fingerprint."""
+    return ", ".join(f"{text} (sha256 {fp[:23]}...)" for text, fp in zip(certificates.shown, certificates.fingerprints))
+
+
+# --- ACME sites: the stored certificate, or a self-signed one until the CA has issued it ---
+
+_FALLBACKS: dict[tuple[str, ...], bytes] = {}  # names -> PEM: one self-signed certificate per site and process
+
+
+def _acme_context(site, settings: TlsSettings, source: Path) -> tuple[ssl.SSLContext, bytes, str, str]:
+    """(context, PEM, what it is, why it is self-signed or "") for an ACME site."""
+    from .acme.store import Store
+
+    store = Store(settings.acme.storage, settings.acme.directory)
+    path = store.certificate(site.names)
+    label = ", ".join(site.names)
+    try:
+        pem = path.read_bytes()
+        context = server_context(path, None, settings.min_version, f"{site.where}.acme", source, settings.http2)
+        return context, pem, f"{path} (ACME)", ""
+    except FileNotFoundError:
+        why = f"{site.where} ({label}): no certificate from the CA yet: serving a self-signed one until it comes"
+    except (OSError, ConfigError) as exc:
+        why = f"{site.where} ({label}): cannot use {path} ({exc}): serving a self-signed certificate"
+    pem = _FALLBACKS.get(site.names)
+    if pem is None:
+        from .acme.challenges import self_signed
+
+        pem = _FALLBACKS[site.names] = self_signed(site.names, 7)
+    return _pem_context(pem, settings, source), pem, f"{label}: self-signed (ACME pending)", why
+
+
+def _pem_context(pem: bytes, settings: TlsSettings, source: Path) -> ssl.SSLContext:
+    """A server context from PEM bytes (``ssl`` loads only files: a private temporary one, removed at once)."""
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp(suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        return server_context(Path(name), None, settings.min_version, "tls", source, settings.http2)
+    finally:
+        os.unlink(name)
 
 
 # --- the proxy as a client: HTTPS to upstream servers -------------------------
@@ -178,7 +243,7 @@ def client_context(settings: UpstreamTls, where: str, source: Path) -> ssl.SSLCo
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(ALPN[False]))  # the docstring says why: HTTP/1.1, whatever clients speak
     if not settings.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -112,6 +112,30 @@ class EagerClient:
         self.sock.close()
 
 
+def tls_site_config(app: str, *, server: str = "", limits: str = "", static: bool = False) -> str:
+    """A proxy.toml for the HTTP/2 tests: a plain and a TLS listener (site.pem/site.key, see write_cert),
+    [status], and everything forwarded to ``app``; ``static`` serves /static/ from the folder "static"."""
+    files = '[[routes]]\nprefix = "/static/"\nstatic = "static"' if static else ""
+    return f"""
+[server]
+listen = ["127.0.0.1:0"]
+{server}
+[limits]
+{limits}
+[tls]
+listen = ["127.0.0.1:0"]
+certificate = "site.pem"
+key = "site.key"
+[status]
+[upstreams.app]
+servers = ["{app}"]
+{files}
+[[routes]]
+prefix = "/"
+upstream = "app"
+"""
+
+
 def der(cert: trustme.LeafCert) -> bytes:
     return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
 

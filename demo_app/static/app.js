@@ -82,9 +82,19 @@ async function timedFetch(url, options) {
 function browserTiming(url, headersAt) {
   const entries = performance.getEntriesByName(new URL(url, location.href).href, "resource");
   const entry = entries[entries.length - 1];
-  if (!entry || !entry.responseStart || !entry.requestStart) return { wait: headersAt, setup: 0, exact: false };
+  const protocol = entry?.nextHopProtocol || "";
+  if (!entry || !entry.responseStart || !entry.requestStart) return { wait: headersAt, setup: 0, exact: false, protocol };
   const setup = entry.connectEnd > entry.connectStart ? entry.connectEnd - entry.domainLookupStart : 0;
-  return { wait: entry.responseStart - entry.requestStart, setup, exact: true };
+  return { wait: entry.responseStart - entry.requestStart, setup, exact: true, protocol };
+}
+
+// The protocol a request used to reach the proxy, from Resource Timing's nextHopProtocol: the ALPN id
+// ("h2", "http/1.1"; "" when the browser does not say). The proxy forwards every request as HTTP/1.1.
+const PROTOCOLS = { "h2": "HTTP/2", "h2c": "HTTP/2", "http/1.1": "HTTP/1.1", "http/1.0": "HTTP/1.0", "h3": "HTTP/3" };
+
+function describeProtocol(id) {
+  if (!id) return "(not reported)";
+  return PROTOCOLS[id] ? `${PROTOCOLS[id]} (${id})` : id;
 }
 
 function describeWait(browser) {
@@ -116,13 +126,14 @@ async function loadWhoami() {
     const app = timing.app?.dur ?? null;
 
     setField("api.browser", ms(browser.wait));
+    setField("api.protocol", describeProtocol(browser.protocol));
     setField("api.rid", response.headers.get("x-request-id") || "–");
     setField("api.route", route);
     setField("api.handler", handler === "proxy" ? "forwarded" : handler);
     if (connect) {
       const reused = connect.desc === "reused";
       setField("api.conn", reused ? "pooled, reused" : `new (${ms(connect.dur)} to connect)`, reused ? "reused" : "new");
-      setField("api.hop2", reused ? "kept-alive connection" : "new connection");
+      setField("api.hop2", `${seen.protocol || "HTTP/1.1"}, ${reused ? "kept-alive" : "new"} connection`);
     } else {
       setField("api.conn", "–");
     }
@@ -140,7 +151,7 @@ async function loadWhoami() {
     setField("api.host", seen.host);
     setField("api.app", ms(app));
     setField("api.total", describeWait(browser));
-    setField("api.hop1", `${response.status} ${response.statusText || "OK"}`);
+    setField("api.hop1", `${PROTOCOLS[browser.protocol] || "HTTP"} · ${response.status} ${response.statusText || "OK"}`);
 
     const connectMs = connect?.dur ?? 0;
     drawBar("api-bar", "api-legend", [
@@ -187,6 +198,8 @@ async function loadStatic() {
     const timing = parseServerTiming(rawTiming);
     const { handler, route } = describeProxy(timing);
     setField("static.browser", ms(browser.wait));
+    setField("static.protocol", describeProtocol(browser.protocol));
+    setField("static.hop1", PROTOCOLS[browser.protocol] || "HTTP");
     setField("static.status", `${response.status} ${response.statusText || ""}`.trim());
     setField("static.route", route);
     setField("static.handler", handler === "static" ? "file from disk" : handler);
@@ -195,6 +208,52 @@ async function loadStatic() {
     document.getElementById("static-server-timing").textContent = `Server-Timing: ${rawTiming}`;
   } catch (exc) {
     setField("static.status", `failed: ${exc.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// What X-Cache-Status says about the app tier: answered by the proxy alone, or made (or checked) by Gunicorn.
+const CACHE_REACHED = {
+  HIT: [false, "not forwarded", "no: the proxy answered alone"],
+  STALE: [false, "not forwarded", "no: a stale answer, refreshed in the background"],
+  UPDATING: [false, "not forwarded", "no: a stale answer, another request refreshes it"],
+  MISS: [true, "forwarded", "yes: Gunicorn made it, the proxy kept it"],
+  EXPIRED: [true, "forwarded", "yes: the stored one had expired, Gunicorn made a new one"],
+  REVALIDATED: [true, "If-None-Match: 304", "yes: Gunicorn said the stored one is still good"],
+  BYPASS: [true, "forwarded", "yes: the cache was bypassed"],
+};
+const cacheSeen = { count: 0 };
+
+async function loadCached() {
+  const button = document.getElementById("cache-again");
+  button.disabled = true;
+  try {
+    const { response, headersAt } = await timedFetch("/api/cached/report");
+    const body = await response.json();
+    const browser = browserTiming("/api/cached/report", headersAt);
+    const rawTiming = response.headers.get("server-timing") || "";
+    const timing = parseServerTiming(rawTiming);
+    const { handler } = describeProxy(timing);
+    const status = response.headers.get("x-cache-status") || "none";
+    const [reached, hop, who] = CACHE_REACHED[status] || [true, "forwarded", "yes"];
+    cacheSeen.count += 1;
+    setField("cache.browser", ms(browser.wait));
+    setField("cache.seen", String(cacheSeen.count));
+    setField("cache.status", status, reached ? "new" : "reused");
+    setField("cache.age", response.headers.get("age") !== null ? `${response.headers.get("age")} s` : "– (just made)");
+    setField("cache.handler", handler === "cache" ? "answered from the cache" : "forwarded, then stored");
+    setField("cache.proxy", ms(timing.proxy?.dur ?? null));
+    setField("cache.hop", hop);
+    setField("cache.reached", who);
+    setField("cache.pid", String(body.worker_pid));
+    setField("cache.made", new Date(body.generated_at * 1000).toLocaleTimeString());
+    setField("cache.count", String(body.made_by_this_process));
+    document.getElementById("cache-hop").classList.toggle("off", !reached);
+    document.getElementById("cache-app").classList.toggle("idle", !reached);
+    document.getElementById("cache-server-timing").textContent = `Server-Timing: ${rawTiming}`;
+  } catch (exc) {
+    setField("cache.status", `failed: ${exc.message}`);
   } finally {
     button.disabled = false;
   }
@@ -267,14 +326,17 @@ function wsSend() {
 document.getElementById("ws-send").addEventListener("click", wsSend);
 document.getElementById("api-again").addEventListener("click", loadWhoami);
 document.getElementById("static-again").addEventListener("click", loadStatic);
+document.getElementById("cache-again").addEventListener("click", loadCached);
 document.getElementById("upload-form").addEventListener("submit", upload);
 // The first requests wait for the page's load event: made while the page itself is still loading, they
 // would queue behind its files and mostly measure the browser warming up, not the two tiers. One after
 // the other, so neither waits on the other's connection.
 async function firstRequests() {
   performance.setResourceTimingBufferSize(1000);  // "Send again" many times and still read each request
+  setField("page.protocol", describeProtocol(performance.getEntriesByType("navigation")[0]?.nextHopProtocol));
   await loadWhoami();
   await loadStatic();
+  await loadCached();
   wsSend();
 }
 if (document.readyState === "complete") firstRequests();

@@ -19,8 +19,10 @@ The order of the steps is the order nginx users expect:
 1. ``OPTIONS *`` asks about the server itself (RFC 9110 section 9.3.7): 200.
 2. The status pages, for the ``[status] allow`` networks (404 for others, so
    they learn nothing), GET and HEAD only.
-3. ``[tls] redirect_http`` on a plain connection: 308, which keeps the method
-   and body, unlike 301/302 (RFC 9110 section 15.4.9).
+3. ACME http-01 challenges (http/challenge.py), on a plain connection, for
+   the names of ``acme = true`` sites: answered before any route or redirect.
+   Then ``[tls] redirect_http`` on a plain connection: 308, which keeps the
+   method and body, unlike 301/302 (RFC 9110 section 15.4.9).
 4. The site the Host names (http/sites.py); none, and no default site: 404,
    or 421 over TLS when the SNI name differs from Host.
 5. The longest matching route prefix of that site; none matches: 404.
@@ -48,11 +50,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
+from urllib.parse import unquote_to_bytes
 
-from ..config import Config, Route
+from ..config import Config, Route, Status, acme_sites
 from ..errors import ALLOW_GET_HEAD, ClientError
 from ..tls import https_location
+from . import cache as cache_rules
 from . import upgrade as upgrade_rules
+from .challenge import CONTENT_TYPE as CHALLENGE_TYPE, PREFIX as CHALLENGE_PATH, Http01
 from .clientip import TrustedProxies
 from .placeholders import Vars
 from .policy import Applied, Credentials, RoutePolicy, limit_key
@@ -115,6 +120,7 @@ class Forward(NamedTuple):
     upgrade: Upgrade | None = None
     target: bytes | None = None  # None: the client's target as it is
     policy: Applied | None = None
+    cache: cache_rules.CacheUse | None = None  # the route has a cache: what it does with this request
 
 
 class Static(NamedTuple):
@@ -123,6 +129,16 @@ class Static(NamedTuple):
 
     route: Route
     otherwise: Forward | Reply | None = None
+    policy: Applied | None = None
+
+
+class Purge(NamedTuple):
+    """Remove entries from ``caches``: every entry of ``uri`` (PURGE), or of ``key`` (DELETE on
+    ``[status] cache_path``; a key ending in ``*`` stands for every key it begins)."""
+
+    caches: tuple[str, ...]
+    uri: bytes = b""
+    key: bytes = b""
     policy: Applied | None = None
 
 
@@ -145,7 +161,7 @@ class Delayed(NamedTuple):
     policy: Applied | None = None
 
 
-Action = Reply | StatusPage | Static | Forward | Check | Delayed
+Action = Reply | StatusPage | Static | Forward | Check | Delayed | Purge
 
 
 def refusal(error: ClientError) -> Reply:
@@ -171,9 +187,11 @@ class Decider:
     when the master made them); ``clock`` is time.monotonic, the clock those limits count in.
     """
 
-    __slots__ = ("config", "sites", "router", "trusted", "clock", "_status_paths")
+    __slots__ = ("config", "sites", "router", "trusted", "clock", "_status_paths", "_http01")
 
-    def __init__(self, config: Config, zones=None, clock=time.monotonic) -> None:
+    def __init__(self, config: Config, zones=None, clock=time.monotonic, challenges=None) -> None:
+        """``challenges``: token -> key authorization of a pending ACME http-01 challenge, or None (the server
+        reads the storage folder; without it no challenge is pending)."""
         if zones is None:
             from ..server.zones import Zones  # a process of its own (explain, tests): limits of its own
 
@@ -185,7 +203,12 @@ class Decider:
         trusted = config.server.trusted_proxies
         self.trusted = TrustedProxies(trusted) if trusted else None
         status = config.status
-        self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics"}
+        self._status_paths = {} if status is None else {status.path: "status", status.metrics_path: "metrics",
+                                                        status.cache_path: "cache"}
+        acme = config.tls.acme if config.tls is not None else None
+        names = [name for site in acme_sites(config) for name in site.names]
+        self._http01 = Http01(names, challenges or _none_pending) \
+            if names and acme is not None and "http-01" in acme.challenges else None
 
     def _prepare(self, site, zones) -> _SiteEntry:
         policies = {id(route): RoutePolicy(route, zones, self.config.rate_limits)
@@ -230,9 +253,19 @@ class Decider:
         if page is not None:
             if not self.config.status.allows(conn.client_ip):
                 return Reply(404, f"{conn.client_ip} is not in [status] allow")
+            if page == "cache":
+                return self._cache_page(head)
             if method not in _GET_HEAD:
                 return Reply(405, "the status pages answer GET and HEAD", ALLOW_GET_HEAD)
             return StatusPage(page)
+        http01 = self._http01
+        if http01 is not None and conn.scheme == b"http" and path.startswith(CHALLENGE_PATH):
+            answer = http01.answer(path, head.host or conn.local)
+            if answer is not None:
+                status, why, body = answer
+                if method not in _GET_HEAD:
+                    return Reply(405, "ACME http-01 challenges answer GET and HEAD", ALLOW_GET_HEAD)
+                return Reply(status, why, CHALLENGE_TYPE if body is not None else (), body, handler="acme")
         tls = self.config.tls
         if tls is not None and tls.redirect_http and conn.scheme == b"http":
             location = https_location(head.host or conn.local, head.target, conn.https_port or 443)
@@ -252,6 +285,8 @@ class Decider:
                 return self._with_policy(route, policy, head, conn, request_id, trace)
         if route.static is not None and method in _GET_HEAD:
             return Static(route, self._forward(route, head, conn) if route.upstream else None)
+        if route.cache and method == b"PURGE":
+            return self._purge(route, head, conn)
         if route.upstream:
             return self._forward(route, head, conn)
         return Reply(405, f"static route; {method.decode()} is not GET or HEAD", ALLOW_GET_HEAD)
@@ -260,6 +295,9 @@ class Decider:
                  applied: Applied | None = None) -> Forward | Reply:
         if head.upgrade is None:  # the rules found no request to switch protocols (the usual case)
             if policy is None:
+                if route.cache:
+                    return Forward(route, route.upstream, head.host or conn.local, None, None, None,
+                                   self._cache_use(route, head, conn))
                 return Forward(route, route.upstream, head.host or conn.local, None)
             wanted = None
         else:
@@ -270,11 +308,33 @@ class Decider:
                 allowed = ", ".join(upstream.upgrade) or "no upgrades"
                 return Reply(exc.status, f"{exc} (upstream {upstream.name!r} allows {allowed})",
                              keep_alive=exc.keep_alive, policy=applied)
+        cache = self._cache_use(route, head, conn) if route.cache and wanted is None else None
         if policy is None:
-            return Forward(route, route.upstream, head.host or conn.local, wanted)
+            return Forward(route, route.upstream, head.host or conn.local, wanted, None, None, cache)
         target = policy.target(head) if policy.rewrite else None
         return Forward(route, route.upstream, head.host or conn.local, wanted,
-                       None if target == head.target else target, applied)
+                       None if target == head.target else target, applied, cache)
+
+    # --- the response cache ---
+
+    def _cache_use(self, route: Route, head, conn: ConnFacts) -> cache_rules.CacheUse:
+        if not head.host:  # an HTTP/1.0 request without Host: the address it reached is the host in the key
+            head = head._replace(host=conn.local)
+        return cache_rules.use(head, conn.scheme, self.config.caches[route.cache])
+
+    def _purge(self, route: Route, head, conn: ConnFacts) -> Purge | Reply:
+        if not (self.config.status or Status()).allows(conn.client_ip):
+            return Reply(405, f"PURGE is for the [status] allow networks, not {conn.client_ip}", ALLOW_ALL)
+        return Purge((route.cache,), uri=cache_rules.effective_uri(conn.scheme, head.host or conn.local, head.target))
+
+    def _cache_page(self, head) -> Purge | Reply:
+        if head.method != b"DELETE":
+            return Reply(405, "the cache page answers DELETE ?key=...", ((b"allow", b"DELETE"),))
+        keys = [unquote_to_bytes(value) for name, _, value in (p.partition(b"=") for p in head.query.split(b"&"))
+                if name == b"key" and value]
+        if len(keys) != 1:
+            return Reply(400, "DELETE on the cache page takes one ?key=KEY (a trailing * for every key it begins)")
+        return Purge(tuple(self.config.caches), key=keys[0])
 
     # --- a route with a policy (http/policy.py: the order of the steps and why) ---
 
@@ -349,6 +409,8 @@ class Decider:
         if route.static is not None and method in _GET_HEAD:
             otherwise = self._forward(route, head, conn, policy, applied) if route.upstream else None
             return Static(route, otherwise, applied)
+        if route.cache and method == b"PURGE":
+            return self._purge(route, head, conn)
         if route.upstream:
             return self._forward(route, head, conn, policy, applied)
         return Reply(405, f"static route; {method.decode()} is not GET or HEAD", ALLOW_GET_HEAD, policy=applied)
@@ -372,6 +434,10 @@ class Seen:
             return cls(origin, normalize_path(raw_path), query, host)
         except (ClientError, IndexError):
             return None
+
+
+def _none_pending(token: str) -> None:
+    return None
 
 
 def _has_policy(route: Route) -> bool:

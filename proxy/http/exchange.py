@@ -16,7 +16,7 @@ from ..accesslog import AccessRecord
 class Exchange:
     __slots__ = ("head", "started", "wall", "request_id", "client_ip", "policy", "status", "body_bytes", "route",
                  "handler", "upstream_addr", "upstream_status", "connect_time", "header_time", "response_time",
-                 "reused", "tunnel")
+                 "reused", "tunnel", "cache")
 
     def __init__(self, head, request_id: bytes, client_ip: str = "", started: float | None = None) -> None:
         self.head = head  # a RequestHead, or None when the request was refused before its head was read
@@ -36,6 +36,7 @@ class Exchange:
         self.response_time: float | None = None
         self.reused: bool | None = None
         self.tunnel = None  # (protocol, bytes to upstream, bytes to client, ended by) once a tunnel ended
+        self.cache = ""  # what a response cache did: "HIT", "MISS"... (http/cache.py STATUSES)
 
     def __repr__(self) -> str:
         line = self.head.request_line if self.head is not None else "-"
@@ -66,6 +67,7 @@ class Exchange:
             upstream_connect_time=self.connect_time,
             upstream_header_time=self.header_time,
             upstream_response_time=self.response_time,
+            cache=self.cache,
             **tunnel,
         )
 

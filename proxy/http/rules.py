@@ -167,6 +167,13 @@ def check_lax_syntax(raw_head: bytes, fields: list[tuple[bytes, bytes]], error: 
         raise error("bare LF or CR in the head")
     if b"\n " in raw_head or b"\n\t" in raw_head:
         raise error("obsolete line folding in the head")
+    check_fields(fields, error)
+
+
+def check_fields(fields: list[tuple[bytes, bytes]], error: type) -> None:
+    """What llhttp refuses in the fields of a head, as ``error``: control bytes in a value, a Content-Length
+    that is not digits or comes twice, Content-Length with Transfer-Encoding. An HTTP/2 request's fields
+    (http/http2.py) go through the same checks, since they are forwarded as HTTP/1.1."""
     lengths = 0
     codings = []
     for name, value in fields:

@@ -15,12 +15,17 @@ The master has a slot too. A worker that stops withdraws its view
 master ``release``s the slot: the master folds that last view into the
 totals of retired workers it publishes, so counters survive a reload or a
 worker's death instead of starting again at zero.
+
+Beside the slots, ``notices`` is a region where the workers tell each other
+what the response caches invalidated (server/cachestore.py ``Notices``).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
+
+from .cachestore import REGION_BYTES
 
 SLOT_BYTES = 64 * 1024
 SLOTS = 256
@@ -33,6 +38,7 @@ class Board:
         self.slots = slots
         self.slot_bytes = slot_bytes
         self._map = mmap.mmap(-1, slots * slot_bytes)  # anonymous and shared: inherited by forks
+        self.notices = mmap.mmap(-1, REGION_BYTES)  # pages no worker writes to are never even allocated
         self._free = list(range(slots))
 
     def __repr__(self) -> str:

@@ -36,21 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from time import perf_counter
 
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec, encoding
-from ..http.decide import Check, ConnFacts, Delayed, Forward, Reply, Seen, Static, StatusPage, refusal
+from ..http.decide import Check, ConnFacts, Delayed, Forward, Purge, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.placeholders import Vars
-from ..http.proxyproto import UNIX_CLIENT
 from ..http.responses import HTML, error_page, reason as reason_phrase
 from ..tls import sni_name
 from .buffers import RequestBody, Spool
+from .caching import purge, serve_cached
 from .files import serve_static
 from .forward import Forwarding
+from .sockets import peer_ip, prepare
 
 log = logging.getLogger("proxy")
 
@@ -72,6 +72,8 @@ class ClientProtocol(asyncio.Protocol):
                  "body", "responder", "spool", "write_paused", "deadline", "queued", "framing", "keep_alive",
                  "eof", "tunnel", "_spool_limits", "compress", "encoder", "_advancing", "_turn", "_held",
                  "_read_paused", "_dropped")
+
+    takes_sendfile = True  # a FileSender may hand the transport to loop.sendfile (an HTTP/2 stream may not)
 
     def __init__(self, worker, scheme: bytes = b"http", client_ip: str | None = None) -> None:
         self.w = worker
@@ -109,16 +111,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        family = sock.family if sock is not None else None
-        if family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        prepare(transport, WRITE_HIGH_WATER)
         if not self.client_ip:
-            # A unix socket's client has no address: "unix:", as nginx's $remote_addr says.
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if isinstance(peer, tuple) and peer else (
-                UNIX_CLIENT if family == socket.AF_UNIX else "")
+            self.client_ip = peer_ip(transport)
         w = self.w
         sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
         self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
@@ -151,6 +146,13 @@ class ClientProtocol(asyncio.Protocol):
         if state is BODY:
             self.w.timers.arm(self, self.w.config.limits.body_timeout)
         self._advance()
+
+    def handed_over(self) -> None:
+        """The connection turned out to be HTTP/2 before a byte reached this protocol (h2conn.PriorKnowledge):
+        it is no longer this one's to count or to time."""
+        self.state = CLOSED
+        self.w.timers.disarm(self)
+        self.w.conns.discard(self)
 
     def crashed(self) -> None:
         """A bug in the proxy while serving this connection: logged with its traceback, the connection cut
@@ -315,6 +317,9 @@ class ClientProtocol(asyncio.Protocol):
         kind = type(action)
         if kind is Forward:
             self.exchange.route = action.route.prefix
+            if action.cache is not None:
+                serve_cached(self, action)  # server/caching.py: the answer may come from the cache
+                return
             self.responder = Forwarding(self, action, self.body)
             self.responder.start()
         elif kind is Static:
@@ -324,6 +329,8 @@ class ClientProtocol(asyncio.Protocol):
             self.reply(action)
         elif kind is StatusPage:
             self._status_page(action)
+        elif kind is Purge:
+            purge(self, action)
         elif kind is Check:
             self.responder = Verifying(self, action)
         elif kind is Delayed:
@@ -365,10 +372,14 @@ class ClientProtocol(asyncio.Protocol):
         w = self.w
         if page.kind == "status":
             document = metrics.status_document(w.merged_metrics(), w.config.server.name)
+            if w.acme is not None:
+                document["certificates"] = w.acme.status()
             body = metrics.render_json(document)
             kind = b"application/json"
         else:
             body = metrics.render_prometheus(w.merged_metrics())
+            if w.acme is not None:
+                body += ("\n".join(w.acme.samples()) + "\n").encode()
             kind = b"text/plain; version=0.0.4; charset=utf-8"
         self.respond(200, [(b"content-type", kind), (b"cache-control", b"no-store")], body)
 
@@ -431,11 +442,8 @@ class ClientProtocol(asyncio.Protocol):
     def write(self, data) -> None:
         """Bytes of the body, compressed when the answer is (and flushed: a streamed body stays live),
         framed (chunked when the length was not known)."""
-        encoder = self.encoder
-        if encoder is not None:
-            size = len(data)
-            data = encoder.feed(data) + encoder.flush()
-            self.exchange.body_bytes += len(data) - size  # the producer counted what it handed over
+        if self.encoder is not None:
+            data = self.encoded(data)
         if self.framing == "chunked":
             data = codec.chunk(data)
         elif self.framing == "none":
@@ -444,12 +452,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def finish(self) -> None:
         """The producer handed over the whole body: end it, then complete once the last byte is queued."""
-        encoder = self.encoder
-        if encoder is not None:
-            self.encoder = None
-            tail = encoder.finish()
-            self.exchange.body_bytes += len(tail)
-            self.write(tail)
+        if self.encoder is not None:
+            self.write(self.encoded_tail())
         if self.framing == "chunked":
             self.write_raw(codec.LAST_CHUNK)
         spool = self.spool
@@ -457,6 +461,21 @@ class ClientProtocol(asyncio.Protocol):
             spool.when_flushed(self._complete)
         else:
             self._complete()
+
+    def encoded(self, data) -> bytes:
+        """``data`` through the answer's encoder, flushed so that a streamed body stays live (both protocols'
+        ``write``); the exchange counts the bytes that go out, the producer having counted what it handed over."""
+        encoder = self.encoder
+        coded = encoder.feed(data) + encoder.flush()
+        self.exchange.body_bytes += len(coded) - len(data)
+        return coded
+
+    def encoded_tail(self) -> bytes:
+        """The end of the compressed body (both protocols' ``finish``); the encoder is done with."""
+        encoder, self.encoder = self.encoder, None
+        tail = encoder.finish()
+        self.exchange.body_bytes += len(tail)
+        return tail
 
     def write_raw(self, data: bytes) -> None:
         spool = self.spool

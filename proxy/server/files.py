@@ -99,8 +99,7 @@ def serve_static(client, action) -> None:
                 client.respond(plan.status, _without_length(plan.headers), data)
                 return
         client.start_response(plan.status, _without_length(plan.headers), plan.content_length)
-        # A body compressed on its way (client.encoder) must pass through client.write: no sendfile.
-        sender = FileSender(client, fd, plan.parts, w.config.server.sendfile and client.encoder is None)
+        sender = FileSender(client, fd, plan.parts, may_sendfile(client))
         fd = -1  # the sender owns it now
         client.responder = sender
         sender.writable()
@@ -115,6 +114,13 @@ def _without_length(headers) -> list[tuple[bytes, bytes]]:
     if headers and headers[-1][0] == b"content-length":
         return list(headers[:-1])
     return [(name, value) for name, value in headers if name != b"content-length"]
+
+
+def may_sendfile(client) -> bool:
+    """Whether a FileSender may use sendfile(2), asked after ``start_response``: it is on, the bytes go from
+    the file straight to the socket (not through an HTTP/2 stream's frames: ``takes_sendfile``), and the
+    body is not compressed on its way (``client.encoder``: it must pass through ``client.write``)."""
+    return client.w.config.server.sendfile and client.takes_sendfile and client.encoder is None
 
 
 class FileSender:

@@ -47,12 +47,14 @@ class Forwarding:
                  "last_error", "peer", "conn", "reused", "began", "received", "state", "retried_stale",
                  "chunks", "deadline", "queued", "cancelled", "more", "tunnel")
 
-    def __init__(self, client, action, body) -> None:
+    def __init__(self, client, action, body, head=None) -> None:
         self.client = client
         self.action = action
         self.body = body
         self.exchange = client.exchange
-        self.head = self.exchange.head
+        # What is sent: the client's request, or the one a cache sends for it (a GET for a HEAD, its own
+        # validators instead of the client's: server/caching.py).
+        self.head = head if head is not None else self.exchange.head
         self.group = client.w.groups[action.group]
         self.upstream = self.group.config
         self.headers: list = []
@@ -390,6 +392,11 @@ class Forwarding:
 
     def writable(self) -> None:
         """The client's socket has room again (the spool does the work)."""
+
+    def detached(self) -> None:
+        """The client went away but the response is still wanted (a cache fills from it): its spool is
+        gone, so read on at the upstream's pace."""
+        self._room()
 
     def client_lost(self) -> None:
         """The client went away: stop this request (the upstream connection is closed, nginx's 499)."""

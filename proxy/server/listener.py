@@ -20,6 +20,7 @@ from ..http.responses import error_bytes
 from ..tls import Certificates
 from .board import Board
 from .client import ClientProtocol
+from .h2conn import PriorKnowledge
 from .proxied import PendingHeader
 from .sockets import bind_all, bound_address, close_listener, describe_listener
 from .tls import log_tls_listening, tls_protocol
@@ -33,6 +34,8 @@ def accept(worker: Worker, scheme: bytes = b"http") -> asyncio.Protocol:
     """The protocol for a new connection: served, or answered 503 at ``[server] max_connections``."""
     if worker.conns.at_capacity(len(worker.edge.handshakes)):
         return _Refuse(worker)
+    if worker.config.server.h2c:
+        return PriorKnowledge(worker)  # HTTP/2 if it starts with the preface, else HTTP/1.1
     return ClientProtocol(worker, scheme)
 
 
@@ -129,7 +132,8 @@ class Acceptor:
 async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_sockets=None,
                 certificates: Certificates | None = None,
                 on_ready: Callable[[list[Address | UnixAddress]], None] | None = None, grace: float | None = None,
-                board: Board | None = None, slot: int | None = None, zones: Zones | None = None) -> None:
+                board: Board | None = None, slot: int | None = None, zones: Zones | None = None,
+                notices=None, certificates_version: int = 0) -> None:
     """Run the proxy until ``shutdown`` completes, then stop gracefully.
 
     ``shutdown`` may complete with a number of seconds that replaces the
@@ -139,10 +143,12 @@ async def serve(config: Config, *, shutdown: Awaitable, sockets=None, tls_socket
     the contexts for them; without sockets ``serve`` binds both lists itself
     (and closes them, unix socket files included, when it ends). ``zones``:
     the master's shared memory for rate and connection limits (without it,
-    this process's own).
+    this process's own). ``notices``: the counters the certificate manager
+    bumps (server/acme.py), ``certificates_version`` their value when
+    ``certificates`` were read.
     """
     loop = asyncio.get_running_loop()
-    worker = Worker(config, loop, board, slot, certificates, zones)
+    worker = Worker(config, loop, board, slot, certificates, zones, notices, certificates_version)
     own = sockets is None
     if own:
         sockets = bind_all(config.server.listen)

@@ -18,11 +18,17 @@ closing a socket. Signals, as nginx and Gunicorn use them:
   nginx does: the master reopens its error log and passes the signal to
   every worker, which reopens its access and error logs. Nothing else
   changes. (Without a handler, SIGUSR1 would end the process.)
-* SIGCHLD: a worker ended. If nobody asked it to, it is logged with its
+* SIGCHLD: a worker (or the certificate manager) ended. If nobody asked it to, it is logged with its
   exit status and replaced (with a growing delay if it keeps dying).
   Either way the counters it last published are folded into the totals the
   master keeps on the status board (metrics.retire), so the status page and
   Prometheus counters carry on across reloads and restarts.
+
+With ``acme = true`` sites the master also forks one certificate manager
+(server/acme.py): it alone talks to the ACME CA. It is restarted when it
+dies (after a growing delay), replaced with the configuration on a reload,
+and stopped with the workers. ``notices`` (shared memory, made before any
+fork) is how it tells the workers that a certificate changed.
 
 ``[server] pid_file``, when set, holds the master's pid from start to exit
 (as nginx's): the process these signals go to.
@@ -46,7 +52,7 @@ from dataclasses import dataclass, field
 
 from .. import config as config_module
 from ..accesslog import cannot_open
-from ..config import Config, Listen
+from ..config import Config, Listen, acme_sites
 from ..errors import ConfigError
 from ..logfiles import reopen_log_files
 from ..metrics import NOTHING_RETIRED, master_view, retire
@@ -54,6 +60,7 @@ from ..tls import Certificates, describe, load_certificates
 from .board import Board
 from .sockets import (ListenError, bind, chmod_listener, close_listener, describe_listener, keyed,
                       raise_fd_limit)
+from .acme import Notices, manager_main
 from .tls import log_tls_listening
 from .zones import Zones
 
@@ -98,6 +105,15 @@ class Master:
     _restart_delay: float = 0.0
     _ready_generations: set[int] = field(default_factory=set)  # generations whose workers all came up once
     _previous: tuple | None = None  # (config, certificates, generation) while a reload is in progress
+    # ACME: the certificate manager's pid (None when none runs), when it may start again, and the counters it
+    # bumps; certificates_version is their value when ``certificates`` were read.
+    notices: Notices = field(default_factory=Notices)
+    certificates_version: int = 0
+    manager_pid: int | None = None
+    _manager_at: float = 0.0
+    _manager_delay: float = 0.0
+    _manager_started: float = 0.0
+    _manager_replaced: bool = False
 
     def __repr__(self) -> str:
         return f"<Master generation={self.generation} workers={sorted(self.workers)} stopping={self.stopping!r}>"
@@ -118,6 +134,7 @@ class Master:
         for entry, sock in self.sockets_for(self.config):
             log.info("%s", describe_listener(entry, sock, "http"))
         if self.config.tls is not None:
+            self.certificates_version = self.notices.certificates
             self.certificates = load_certificates(self.config.tls, self.config.path)  # ConfigError: to the CLI
             for key, entry in keyed(self.config.tls.listen):
                 self.tls_sockets[key] = bind(entry)
@@ -209,7 +226,9 @@ class Master:
             self._reap()
             self._publish()
             self._check_ready_timeouts()
-            if self.stopping and not self.workers:
+            if not self.stopping:
+                self._keep_manager()
+            if self.stopping and not self.workers and self.manager_pid is None:
                 log.info("master stopped")
                 return self.exit_code
             if not self.stopping:
@@ -235,7 +254,7 @@ class Master:
             try:
                 code = _worker_main(self.config, self.sockets_for(self.config), ready_write,
                                     self.board, slot, self.tls_sockets_for(self.config), self.certificates,
-                                    self.zones)
+                                    self.zones, self.notices, self.certificates_version)
             except BaseException:  # noqa: B036 - a worker must never fall back into the master's loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -244,6 +263,55 @@ class Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(ready_write)
         self.workers[pid] = Worker(pid, self.generation, ready_read, time.monotonic(), slot)
+
+    # --- the certificate manager (ACME) ---
+
+    def _keep_manager(self) -> None:
+        """Start the certificate manager when the configuration wants one and none runs (after the delay a
+        manager that died earns)."""
+        if self.manager_pid is not None or not acme_sites(self.config) or time.monotonic() < self._manager_at:
+            return
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            code = 1
+            try:
+                for sock in [*self.sockets.values(), *self.tls_sockets.values()]:
+                    sock.close()  # the master's to close: a port must be free once the master closed it
+                code = manager_main(self.config, self.notices)
+            except BaseException:  # noqa: B036 - never fall back into the master's loop
+                log.exception("certificate manager %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.manager_pid = pid
+        self._manager_started = time.monotonic()
+
+    def _manager_ended(self, status: int) -> None:
+        self.manager_pid = None
+        if self.stopping or self._manager_replaced:
+            self._manager_replaced = False
+            log.info("certificate manager exited")
+            return
+        lived = time.monotonic() - self._manager_started
+        self._manager_delay = 1.0 if lived > 60 else min(max(self._manager_delay * 2, 1.0), 60.0)
+        self._manager_at = time.monotonic() + self._manager_delay
+        log.error("certificate manager died (%s) after %.1fs; starting a new one in %gs", _describe(status), lived,
+                  self._manager_delay)
+
+    def _replace_manager(self) -> None:
+        """A reload: the manager goes, and one with the new configuration comes (once this one has left)."""
+        if self.manager_pid is not None:
+            self._manager_replaced = True
+            self._kill(self.manager_pid, signal.SIGTERM)
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
     def sockets_for(self, cfg: Config) -> list[tuple[Listen, object]]:
         """``cfg``'s plain listen entries, each with its socket (options such as proxy_protocol come from
@@ -298,6 +366,9 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.manager_pid:
+                self._manager_ended(status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -335,6 +406,7 @@ class Master:
                 self._stop_worker(other, signal.SIGTERM)
         self.config, self.certificates, self.generation = self._previous
         self._previous = None
+        self._replace_manager()  # it runs the configuration that failed
 
     def _replace_missing(self) -> None:
         current = [w for w in self.workers.values() if w.generation == self.generation]
@@ -382,6 +454,8 @@ class Master:
                  "" if sig == signal.SIGQUIT else " gracefully")
         for worker in self.workers.values():
             self._stop_worker(worker, sig)
+        if self.manager_pid is not None:
+            self._kill(self.manager_pid, sig)
         for sock in [*self.sockets.values(), *self.tls_sockets.values()]:
             close_listener(sock)
 
@@ -391,6 +465,7 @@ class Master:
         path = self.config.path
         try:
             new = config_module.load(path)
+            version = self.notices.certificates
             certificates = load_certificates(new.tls, new.path) if new.tls is not None else None  # re-read
         except ConfigError as exc:
             log.error("reload failed, still serving the previous configuration: %s", exc)
@@ -433,7 +508,9 @@ class Master:
             log.info("TLS certificates for the new workers: %s", describe(certificates))
         self._previous = (self.config, self.certificates, self.generation)
         self.certificates = certificates
+        self.certificates_version = version
         self.config = new
+        self._replace_manager()
         self.zones.prepare(new)  # zones kept by name and size: a reload does not reset the limits
         _reopen_logs("master", "SIGHUP")  # the new workers inherit the master's error log: a fresh one
         log.info("reloading %s: starting %d new worker(s)", path, new.server.workers)
@@ -468,7 +545,7 @@ def _loop_factory(choice: str):
 
 
 def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: int, tls_sockets: list,
-                 certificates: Certificates | None, zones: Zones) -> int:
+                 certificates: Certificates | None, zones: Zones, notices: Notices, certificates_version: int) -> int:
     """A worker: one asyncio loop serving the inherited sockets until told to stop."""
     from .listener import serve
 
@@ -507,7 +584,8 @@ def _worker_main(cfg: Config, sockets: list, ready_fd: int, board: Board, slot: 
             os.close(ready_fd)
 
         await serve(cfg, shutdown=stop, sockets=sockets, on_ready=ready, board=board, slot=slot,
-                    tls_sockets=tls_sockets, certificates=certificates, zones=zones)
+                    tls_sockets=tls_sockets, certificates=certificates, zones=zones, notices=notices,
+                    certificates_version=certificates_version)
 
     new_loop = _loop_factory(cfg.server.event_loop)
     with asyncio.Runner(loop_factory=new_loop) as runner:

@@ -24,6 +24,7 @@ import asyncio
 from ..errors import ProxyHeaderError
 from ..http import proxyproto
 from .client import DRAIN_IDLE, ClientProtocol
+from .h2conn import PriorKnowledge
 
 
 class PendingHeader(asyncio.Protocol):
@@ -64,7 +65,8 @@ class PendingHeader(asyncio.Protocol):
         transport = self.transport
         w.timers.disarm(self)
         w.conns.discard(self)
-        client = ClientProtocol(w, b"http", client_ip)  # None (LOCAL, UNKNOWN): the connection's own peer
+        # None (LOCAL, UNKNOWN): the connection's own peer. With [server] h2c, HTTP/2 may follow the header.
+        client = PriorKnowledge(w, client_ip) if w.config.server.h2c else ClientProtocol(w, b"http", client_ip)
         transport.set_protocol(client)
         client.connection_made(transport)
         if rest:

@@ -18,6 +18,7 @@ import stat
 import weakref
 
 from ..config import Address, Listen, UnixAddress
+from ..http.proxyproto import UNIX_CLIENT
 
 log = logging.getLogger("proxy")
 
@@ -199,3 +200,22 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             return soft
     return soft
+
+
+def prepare(transport, high_water: int) -> None:
+    """A new connection's transport: TCP_NODELAY (answers are written whole; Nagle's algorithm would only
+    hold their last segment back) and the write buffer's high-water mark, past which its producer waits."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.set_write_buffer_limits(high=high_water)
+
+
+def peer_ip(transport) -> str:
+    """The address of the other end: "unix:" for a unix socket's client (it has none; nginx's $remote_addr
+    says the same), "" for a transport that has none."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return peer[0]
+    sock = transport.get_extra_info("socket")
+    return UNIX_CLIENT if sock is not None and sock.family == socket.AF_UNIX else ""

@@ -1,4 +1,5 @@
-"""HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does.
+"""HTTPS listeners: accept TCP, shake hands with the current certificates, then serve as plain HTTP does
+(or as HTTP/2, server/h2conn.py, when the client chose "h2" by ALPN).
 
 Why not asyncio's ``ssl=`` argument when accepting: asyncio would then
 swallow failed handshakes without a word (it logs them only in debug mode),
@@ -20,6 +21,14 @@ it until header_timeout: the old "uvloop hangs with [[tls.sites]]", where any
 name could lose the race and every connection does when the worker is busy.
 So ``_Holding`` keeps those bytes and pauses, and ``_replay`` hands them to
 the TLS protocol that ``start_tls`` installs, before its handshake starts.
+
+ACME (server/acme.py): with ``acme = true`` sites, each new connection first
+lets ``worker.acme.check`` take up certificates the manager renewed. While a
+tls-alpn-01 validation is pending, ``_Holding`` reads the whole ClientHello
+itself (the same replay carries it to the handshake afterwards): a client
+that offers ``acme-tls/1`` alone for that name is the CA, and gets the
+validation certificate and then a closed connection (RFC 8737 section 3);
+everyone else shakes hands as usual.
 """
 
 from __future__ import annotations
@@ -29,12 +38,14 @@ import asyncio.sslproto
 import logging
 from typing import Callable
 
+from ..acme.challenges import NotHello, client_hello
 from ..config import Address
 from ..errors import ProxyHeaderError
 from ..http import proxyproto
 from ..http.proxyproto import UNIX_CLIENT
 from ..tls import Certificates, Failure, FailureLog, classify, describe
 from .client import ClientProtocol
+from .h2conn import Http2Protocol
 from .sockets import describe_listener
 
 log = logging.getLogger("proxy")
@@ -89,15 +100,20 @@ class _Holding(asyncio.Protocol):
     On a ``proxy_protocol`` listener it first reads the PROXY header (it comes before the TLS
     handshake: the balancer writes it in clear as soon as it connects): ``header`` is then a future
     that the handshake task waits for, resolved with the header or failed with why there is none.
+
+    While a tls-alpn-01 validation is pending (ACME, see the module docstring), ``hello`` is a future
+    resolved with the whole ClientHello (acme.challenges.Hello, read after any PROXY header), or None
+    when what came is not one.
     """
 
-    __slots__ = ("_worker", "_transport", "early", "header")
+    __slots__ = ("_worker", "_transport", "early", "header", "hello")
 
     def __init__(self, worker, proxied: bool = False) -> None:
         self._worker = worker
         self._transport: asyncio.Transport | None = None
         self.early = bytearray()
         self.header: asyncio.Future | None = worker.loop.create_future() if proxied else None
+        self.hello: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
         worker = self._worker
@@ -106,7 +122,12 @@ class _Holding(asyncio.Protocol):
             transport.abort()  # there is no way to say 503 before the handshake
             return
         self._transport = transport
-        if self.header is None:
+        acme = worker.acme
+        if acme is not None:
+            acme.check(worker)  # a renewed certificate, a validation pending: taken up before this handshake
+            if acme.alpn:
+                self.hello = worker.loop.create_future()
+        if self.header is None and self.hello is None:
             transport.pause_reading()  # honoured by asyncio; a no-op under uvloop (see the module docstring)
         task = worker.loop.create_task(_handshake(worker, transport, self))
         edge.handshakes.add(task)
@@ -126,17 +147,33 @@ class _Holding(asyncio.Protocol):
                 return  # more of the header to read
             if isinstance(found, ProxyHeaderError):
                 header.set_exception(found)
-            else:
-                del self.early[:found.length]
-                header.set_result(found)
+                self._transport.pause_reading()
+                return
+            del self.early[:found.length]
+            header.set_result(found)
+        hello = self.hello
+        if hello is not None and not hello.done():
+            try:
+                found = client_hello(bytes(self.early))
+            except NotHello:  # OpenSSL will say what it is
+                found = False
+            if found is None:
+                return  # read on: the hello is not complete yet
+            hello.set_result(found or None)
         self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._no_header(ProxyHeaderError("the connection closed before its PROXY header ended"))
+        self._no_hello()
         return False
 
     def connection_lost(self, exc) -> None:
         self._no_header(ConnectionResetError())
+        self._no_hello()
+
+    def _no_hello(self) -> None:
+        if self.hello is not None and not self.hello.done():
+            self.hello.set_result(None)
 
     def _no_header(self, exc: BaseException) -> None:
         header = self.header
@@ -187,19 +224,47 @@ async def _handshake(worker, transport: asyncio.Transport, holding: _Holding) ->
             return
         client_ip = found.client_ip
         peer = found.client or peer  # a failed handshake is then logged with the client's address
+    context = worker.tls.default
+    validation = None
+    if holding.hello is not None:  # a tls-alpn-01 validation is pending: is this the CA?
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(holding.hello), worker.config.limits.header_timeout)
+        except TimeoutError as exc:
+            transport.abort()
+            worker.edge.handshake_failed(exc, peer, worker)
+            return
+        validation = worker.acme.validation_context(hello) if hello is not None else None
+        context = validation or context
+        if transport.is_closing():
+            return
     protocol = TlsClientProtocol(worker, b"https", client_ip)
     if holding.early:
         worker.loop.call_soon(_replay, transport, holding)
     try:
         tls_transport = await worker.loop.start_tls(
-            transport, protocol, worker.tls.default, server_side=True,
+            transport, protocol, context, server_side=True,
             ssl_handshake_timeout=worker.config.limits.header_timeout)
     except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; so are resets and asyncio's timeout
         transport.abort()
         worker.edge.handshake_failed(exc, peer, worker)
         return
     worker.metrics.tls_handshakes += 1
+    if validation is not None:  # RFC 8737 section 3: the CA only looks at the certificate, then closes
+        log.info("acme: tls-alpn-01 validation of %s from %s answered", hello.server_name, _peer_text(peer))
+        tls_transport.abort()
+        return
     worker.edge.handshakes.discard(asyncio.current_task())  # from here on it counts as a connection
+    ssl_object = tls_transport.get_extra_info("ssl_object")
+    if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        # The client chose HTTP/2 ([tls] http2 offered it): the connection is an Http2Protocol's, and what
+        # the TLS protocol already delivered (kept in _early) goes to it.
+        early, protocol._early = protocol._early, None
+        http2 = Http2Protocol(worker, b"https", client_ip)
+        tls_transport.set_protocol(http2)
+        http2.connection_made(tls_transport)
+        for data in early:
+            http2.data_received(data)
+        return
     protocol.connection_made(tls_transport)
 
 
@@ -271,5 +336,7 @@ def log_tls_listening(listeners, certificates: Certificates | None) -> None:
     ``listeners``: (listen entry, socket) pairs."""
     if certificates is not None and listeners:
         log.info("TLS certificates: %s", describe(certificates))
+        for why in certificates.pending:
+            log.warning("acme: %s", why)
     for entry, sock in listeners:
         log.info("%s", describe_listener(entry, sock, "https"))

@@ -12,9 +12,9 @@ it can never be trusted with another request.
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from ..http import codec
+from .sockets import prepare
 
 WRITE_HIGH_WATER = 64 * 1024
 
@@ -48,10 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        prepare(transport, WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner

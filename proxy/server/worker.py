@@ -7,7 +7,8 @@ uses the parts it needs:
   (the status page reads counters, it never walks the connections), and the
   graceful stop.
 * ``RequestLog``: the access log and the metrics, fed the same record.
-* ``decider`` (http/decide.py), ``files`` (the open-file cache), ``groups``
+* ``decider`` (http/decide.py), ``files`` (the open-file cache), ``caches``
+  (the response caches, server/caching.py), ``groups``
   (upstream groups and their pools), ``timers`` (the shared deadline timer),
   ``stamp`` (the headers the proxy adds), ``edge`` (TLS state).
 """
@@ -21,7 +22,7 @@ import time
 from time import perf_counter
 
 from ..accesslog import AccessLog
-from ..config import Address, Config, Status
+from ..config import Address, Config, Status, acme_sites
 from ..http import static
 from ..http.decide import Decider
 from ..http.headers import Stamp, request_id
@@ -29,7 +30,9 @@ from ..http.responses import Clock
 from ..metrics import Metrics, merge, worker_view
 from ..tls import Certificates, load_certificates
 from ..upstream.group import UpstreamGroup
+from .acme import AcmeEdge
 from .board import PUBLISH_INTERVAL, Board
+from .caching import Caches
 from .client import DRAIN_IDLE
 from .timers import Deadlines
 from .tls import EdgeState
@@ -129,14 +132,19 @@ class Worker:
     """The parts one worker process's connections share (see the module docstring)."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, board: Board | None = None,
-                 slot: int | None = None, certificates: Certificates | None = None, zones: Zones | None = None) -> None:
+                 slot: int | None = None, certificates: Certificates | None = None, zones: Zones | None = None,
+                 notices=None, certificates_version: int = 0) -> None:
         self.config = config
         self.loop = loop
         self.board = board  # shared with the other workers, for whole-proxy status pages
         self.slot = slot
         self._published_final = False
         # Rate and connection limits: the master's shared zones, or this process's own.
-        self.decider = Decider(config, zones)
+        # ACME (server/acme.py): what this worker knows of the certificate manager's work; None without
+        # acme = true sites. ``notices``: the master's shared counters (none without a master: then nothing
+        # changes while the process runs).
+        self.acme = AcmeEdge(config, notices, certificates_version) if acme_sites(config) else None
+        self.decider = Decider(config, zones, challenges=self.acme.store.key_authorization if self.acme else None)
         self.timers = Deadlines(loop)
         self.groups = {name: UpstreamGroup(up, loop, self.timers, config.server.http_engine)
                        for name, up in config.upstreams.items()}
@@ -146,6 +154,7 @@ class Worker:
         self.files = static.OpenFileCache(server.open_file_cache_valid, server.open_file_cache_entries,
                                           server.open_file_cache_bytes)
         self.conns = Connections(loop, config.server.max_connections)
+        self.caches = Caches(config.caches, board.notices if board is not None else None, slot)
         self.clock = Clock()
         # Edge (TLS): the certificates this process serves: built by the master once per generation and
         # inherited by its workers, or built here from the config. ``edge``: handshakes and their failures.
@@ -212,5 +221,6 @@ class Worker:
         await self.conns.drain(grace, self.config.limits.keepalive_timeout)
         for group in self.groups.values():
             group.close()
+        self.caches.close()
         self.timers.close()
         self.log.access.close()

@@ -1,4 +1,5 @@
-"""The demo page in headless Chromium: the path diagram fills in with the worker that answered.
+"""The demo page in headless Chromium: the path diagram fills in with the worker that answered, and over
+HTTPS the page reports HTTP/2 for its own requests.
 
 Runs the whole local stack the way ``make up`` does (``python -m appserver.stack``,
 on ports chosen at run time) and drives Debian's ``chromium`` through its
@@ -10,9 +11,12 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 
+from tests.helpers import ROOT, free_port
 from tests.integration.test_apptier import StackProcess, children
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,7 +56,8 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1366,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--disable-dev-shm-usage", "--window-size=1366,1000", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--ignore-certificate-errors"):  # the HTTPS test's certificate is self-signed (proxy gencert)
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -99,7 +104,70 @@ def test_page_draws_the_path_with_the_worker_pid(stack, browser, tmp_path):
     WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("api.conn") not in ("", "…"))
     assert field("api.conn").startswith(("pooled, reused", "new ("))
 
+    # The cached panel: the first answer was made by Gunicorn and stored (MISS); fetched again, the proxy
+    # answers alone (HIT) with the same body, and the diagram leaves the app tier out of the path.
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("cache.status") in ("MISS", "HIT"))
+    made_by = field("cache.pid")
+    assert int(made_by) in children(stack.pid)
+    browser.find_element(By.ID, "cache-again").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("cache.seen") == "2")
+    assert field("cache.status") == "HIT", field("cache.status")
+    assert field("cache.hop") == "not forwarded" and field("cache.handler") == "answered from the cache"
+    assert "idle" in browser.find_element(By.ID, "cache-app").get_attribute("class")
+    assert "off" in browser.find_element(By.ID, "cache-hop").get_attribute("class")
+    assert field("cache.pid") == made_by and field("cache.count") == "1"  # the app made it once
+
     shot = tmp_path / "demo-page.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+@pytest.fixture(scope="module")
+def https_stack(tmp_path_factory):
+    """The same stack with the repository's proxy.toml plus a [tls] listener, its certificate made by
+    ``proxy gencert`` (self-signed: the browser is told to accept it)."""
+    folder = tmp_path_factory.mktemp("https-stack")
+    subprocess.run([sys.executable, "-m", "proxy", "gencert", "--out", str(folder), "localhost", "127.0.0.1"],
+                   check=True, capture_output=True, cwd=ROOT)
+    port = free_port()
+    text = (ROOT / "proxy.toml").read_text().replace('"demo_app/static"', f'"{ROOT / "demo_app/static"}"')
+    config = folder / "proxy.toml"
+    config.write_text(text + f"""
+[tls]
+listen = ["127.0.0.1:{port}"]
+certificate = "cert.pem"
+key = "key.pem"
+""")
+    launcher = StackProcess(config)
+    launcher.https_url = f"https://localhost:{port}"
+    try:
+        yield launcher
+    finally:
+        launcher.signal(signal.SIGINT)
+        launcher.stop()
+
+
+def test_the_page_over_https_reports_http2_and_the_proxy_speaks_http11_to_gunicorn(https_stack, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(https_stack.https_url + "/")
+
+    def field(name: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'[data-field="{name}"]').text
+
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("api.pid").isdigit())
+    protocols = browser.execute_script("""
+        const api = performance.getEntriesByName(new URL("/api/whoami", location.href).href, "resource")[0];
+        return [performance.getEntriesByType("navigation")[0].nextHopProtocol, api.nextHopProtocol];""")
+    assert protocols == ["h2", "h2"]
+    assert field("page.protocol") == "HTTP/2 (h2)"
+    assert field("api.protocol") == "HTTP/2 (h2)"
+    assert field("api.hop1").startswith("HTTP/2 · 200")
+    assert field("api.hop2").startswith("HTTP/1.1, ")  # the proxy's leg to Gunicorn
+    assert field("api.scheme") == "https"
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("static.protocol") == "HTTP/2 (h2)")
+    # The WebSocket panel: the browser opens its socket over HTTP/1.1 on the same listener and port.
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: field("ws.state") == "open")
+    assert any('"GET /api/whoami HTTP/2.0" 200' in line for line in https_stack.stdout)  # the access log

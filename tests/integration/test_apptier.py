@@ -21,6 +21,7 @@ import requests
 
 from appserver.cli import check_bind
 from appserver.config import ConfigError
+from tests.h2client import H2Client
 from tests.helpers import ROOT, Process, ProxyProcess, accepting, free_port, wait_until
 
 STATIC = ROOT / "demo_app" / "static"
@@ -46,10 +47,11 @@ class AppServerProcess(Process):
 class StackProcess(Process):
     """``python -m appserver.stack`` (what ``make up`` runs) on ports chosen at run time."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Path | None = None) -> None:
+        """``config``: a proxy.toml other than the repository's."""
         self.app_port, self.proxy_port = free_port(), free_port()
         super().__init__([sys.executable, "-m", "appserver.stack", "--app-port", str(self.app_port),
-                          "--proxy-port", str(self.proxy_port)])
+                          "--proxy-port", str(self.proxy_port), *(["--config", str(config)] if config else [])])
         self.wait_for_line(rf"twotier is up: http://127\.0\.0\.1:{self.proxy_port}/", timeout=60, stream="stdout")
         self.url = f"http://127.0.0.1:{self.proxy_port}"
 
@@ -113,6 +115,7 @@ def stack(tmp_path_factory, appserver):
     proxy = ProxyProcess(folder, f"""
         [server]
         listen = ["127.0.0.1:0"]
+        h2c = true
         [upstreams.app]
         servers = ["{appserver.address}"]
         [[routes]]
@@ -214,6 +217,21 @@ def test_stream_is_relayed_chunk_by_chunk(stack):
     produced_last = float(received[-1][1].rsplit(" at ", 1)[1])
     # The first chunk reached the client before the app had written the last one: nothing was held back.
     assert received[0][0] < produced_last
+
+
+def test_stream_is_relayed_chunk_by_chunk_over_http2(stack):
+    """The same over HTTP/2 (h2c with prior knowledge on this listener): each chunk goes on as it comes."""
+    with H2Client(stack.port, tls=False, timeout=15) as client:
+        stream_id = client.start("GET", "/api/stream?chunks=4&interval=0.3")
+        response = client.responses[stream_id]
+        client.wait(lambda: b"\n" in response.body)
+        first_seen = time.time()
+        assert not response.ended
+        client.response(stream_id)
+    assert response.status == 200
+    lines = bytes(response.body).decode().splitlines()
+    assert [text.split(" from ")[0] for text in lines] == [f"chunk {i} of 4" for i in range(1, 5)]
+    assert first_seen < float(lines[-1].rsplit(" at ", 1)[1])
 
 
 def test_an_app_500_passes_through_unchanged(stack, appserver):

@@ -82,11 +82,18 @@ basic_auth = {{ realm = "t", users_file = "htpasswd" }}
 error_pages = {{ 401 = "www/file.txt" }}
 compress = true
 
+[[sites.routes]]
+prefix = "/cached/"
+upstream = "app"
+cache = "c"
+
 [[sites]]
 names = ["other.test", "*.other.test"]
 [[sites.routes]]
 prefix = "/"
 redirect = "/elsewhere{{uri}}"
+
+[caches.c]
 """
 
 GOOD = "Authorization: Basic " + base64.b64encode(b"alice:wonderland").decode()
@@ -142,6 +149,13 @@ TABLE = [
     b"GET /zip-local/x HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br;q=0.5, zstd\r\n\r\n",
     b"GET /zip-local/x HTTP/1.1\r\nHost: t\r\n\r\n",
     b"GET /zip-local/x HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n",
+    # A route with a cache: the recording upstream's answers say nothing about caching, so none is stored.
+    b"GET /cached/x HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /cached/x HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"a\"\r\n\r\n",
+    b"POST /cached/x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    b"GET /cached/x HTTP/1.1\r\nHost: t\r\nAuthorization: Basic eDp5\r\n\r\n",
+    b"GET /_proxy/cache?key=x HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"DELETE /_proxy/cache HTTP/1.1\r\nHost: t\r\n\r\n",
     # sites: another site by Host (its own routes), and the default one for a Host no site names
     b"GET /file.txt HTTP/1.1\r\nHost: other.test\r\n\r\n",
     b"GET /x HTTP/1.1\r\nHost: www.other.test:8080\r\n\r\n",

@@ -16,11 +16,13 @@ import threading
 import bcrypt
 import pytest
 
+from tests.h2client import H2Client
 from tests.helpers import ProxyProcess, RecordingUpstream, raw_request, status_of, wait_until
 
 CONFIG = """
 [server]
 listen = ["127.0.0.1:0"]
+h2c = true
 trusted_proxies = ["127.0.0.5/32"]
 [limits]
 max_body_bytes = 100
@@ -240,6 +242,28 @@ def test_response_header_rules_apply_to_upstream_answers_and_to_the_proxys_own(s
     assert header(get(proxy.port, "/plain/x"), "x-powered-by") == "PHP/5"  # no rule there
     missing = get(proxy.port, "/nothing-here")
     assert status_of(missing) == 404 and header(missing, "x-frame-options") == "DENY"  # "always", as nginx says
+
+
+def test_a_routes_policy_applies_to_http2_streams_too(stack):
+    """Over HTTP/2 (h2c on this listener): redirects, header rules, error pages (for a head refused before any
+    decision too), basic auth with its check in a thread."""
+    proxy, upstream = stack
+    auth = "Basic " + base64.b64encode(b"alice:wonderland").decode()
+    with H2Client(proxy.port, tls=False, authority=b"shop.example.test") as client:
+        moved = client.request("GET", "/old/a?x=1")
+        assert (moved.status, moved.header(b"location")) == (
+            301, b"https://new.example.test/a?from=shop.example.test&x=1")
+        ruled = client.request("GET", "/api/x")
+        assert ruled.status == 200 and ruled.header(b"x-frame-options") == b"DENY"
+        assert ruled.header(b"x-powered-by") is None and ruled.header(b"x-served-for") == b"127.0.0.1"
+        missing = client.request("GET", "/nothing-here")
+        assert (missing.status, bytes(missing.body)) == (404, PAGES["404"].encode())
+        large = client.request("POST", "/api/x", [("content-length", "500")], b"x" * 500)
+        assert (large.status, bytes(large.body)) == (413, PAGES["413"].encode())
+        assert large.header(b"x-frame-options") == b"DENY"
+        assert client.request("GET", "/private/x").status == 401
+        assert client.request("GET", "/private/x", [("authorization", auth)]).status == 200
+        assert b"authorization" not in upstream.last().lower()
 
 
 # --- error pages ----------------------------------------------------------------

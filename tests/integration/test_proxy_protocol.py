@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.edge import EagerClient, client_context, https_port, read_head, write_cert
+from tests.h2client import H2Client
 from tests.helpers import ProxyProcess, raw_request, status_of, wait_until
 from tests.unit.test_proxyproto import ipv6_block, tlv, v2
 
@@ -22,12 +23,13 @@ V1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"
 
 
 def config(upstream: str, event_loop: str, *, tls: str = "", status_allow: str = '["127.0.0.1/32"]',
-           limits: str = "") -> str:
+           limits: str = "", server: str = "") -> str:
     """A plain listener and a proxy_protocol one, in front of ``upstream``; ``tls``: a [tls] section."""
     return f"""
         [server]
         listen = ["127.0.0.1:0", {{ address = "127.0.0.1:0", proxy_protocol = true }}]
         event_loop = "{event_loop}"
+        {server}
         [limits]
         {limits}
         [upstreams.app]
@@ -140,16 +142,19 @@ def test_a_plain_listener_beside_it_is_unchanged(proxied):
     assert len(proxied.upstream.received) == 1
 
 
-@pytest.fixture
-def proxied_tls(start_proxy, recording_upstream, event_loop, ca, tmp_path):
-    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
-    upstream = recording_upstream()
-    proxy = start_proxy(config(upstream.address, event_loop, tls="""
+PROXIED_TLS = """
         [tls]
         listen = [{ address = "127.0.0.1:0", proxy_protocol = true }]
         certificate = "site.pem"
         key = "site.key"
-    """))
+"""
+
+
+@pytest.fixture
+def proxied_tls(start_proxy, recording_upstream, event_loop, ca, tmp_path):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, event_loop, tls=PROXIED_TLS))
     proxy.tls_port = https_port(proxy)
     proxy.upstream = upstream
     return proxy
@@ -173,6 +178,19 @@ def test_on_a_tls_listener_the_header_comes_before_the_handshake(proxied_tls, ca
     sent = proxied_tls.upstream.received[-1]
     assert forwarded_for(sent) == "203.0.113.7"
     assert re.search(rb"(?im)^x-forwarded-proto: https\r$", sent)
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["h2-over-tls", "h2c"])
+def test_over_http2_the_header_names_the_client_too(start_proxy, recording_upstream, event_loop, ca, tmp_path, tls):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    upstream = recording_upstream()
+    proxy = start_proxy(config(upstream.address, event_loop, tls=PROXIED_TLS, server="h2c = true"))
+    with H2Client(https_port(proxy) if tls else proxied_port(proxy), tls=tls, prefix=V1) as client:
+        assert client.request("GET", "/x").status == 200
+        assert client.request("GET", "/y").status == 200
+    assert [forwarded_for(sent) for sent in upstream.received] == ["203.0.113.7"] * 2
+    [line] = wait_until(lambda: [x for x in proxy.access_lines() if '"GET /y HTTP/2.0" 200' in x])
+    assert line.startswith("203.0.113.7 ")
 
 
 def test_on_a_tls_listener_a_handshake_without_a_header_is_refused(proxied_tls, ca):
@@ -199,6 +217,11 @@ def test_a_reload_turns_the_proxy_protocol_on_for_a_listener_it_keeps(start_prox
     proxy.config_path.write_text(textwrap.dedent(proxied))
     proxy.signal(signal.SIGHUP)
     proxy.wait_for_line("reload complete")
+    # The old workers were told to stop; until each has, it may still accept a connection and read it
+    # as plain HTTP (a PROXY line is then an unknown method). Wait for them to go.
+    old = sum("(generation 1) is accepting" in line for line in proxy.lines)
+    wait_until(lambda: sum(bool(re.search(r"worker \d+ exited", line)) for line in proxy.lines) >= old,
+               what="the old workers to exit")
     # The same socket (same port), read by the new workers as a proxy_protocol one.
     wait_until(lambda: raw_request(second, GET) == b"", what="plain requests to be refused")
     assert status_of(raw_request(second, V1 + GET)) == 200

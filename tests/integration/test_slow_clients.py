@@ -194,17 +194,17 @@ def test_send_timeout_is_time_without_progress_not_time_for_the_whole_file(start
     size = 12 * 1024 * 1024  # well beyond what the kernel's socket buffers absorb at once
     (www / "four.bin").write_bytes(os.urandom(size))
     proxy = start_proxy(proxy_config(static="www", server=f'sendfile = {sendfile}\nevent_loop = "asyncio"',
-                                     limits="send_timeout = 0.5"))
+                                     limits="send_timeout = 1"))
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         sock.sendall(b"GET /four.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        received = b""
+        received = bytearray()  # += on bytes would copy 12 MiB over and over on a busy machine
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             received += chunk
-            time.sleep(0.01)  # the reader's pace (at most 6.5 MB/s): 12 MiB take about two seconds
+            time.sleep(0.01)  # the reader's pace (at most 6.5 MB/s): 12 MiB take two seconds or more, > send_timeout
     body = received.partition(b"\r\n\r\n")[2]
     assert len(body) == size

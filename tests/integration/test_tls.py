@@ -14,8 +14,11 @@ import time
 import pytest
 import requests
 
-from tests.edge import EagerClient, client_context, der, https_port, peer_certificate, worker_pid, write_cert
+from tests.edge import (EagerClient, client_context, der, https_port, peer_certificate, read_until_eof, worker_pid,
+                        write_cert)
 from tests.helpers import EVENT_LOOPS, ROOT, ProxyProcess, wait_until
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an HTTP/2 client sends first (RFC 9113 section 3.4)
 
 
 def tls_config(certificate: str, key: str, *, event_loop: str, upstream: str = "", static: str = "", extra: str = "",
@@ -83,14 +86,31 @@ def test_https_request_reaches_the_app_as_https(site, ca):
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
-def test_alpn_offers_http11_only(site, ca):
+def test_alpn_offers_h2_then_http11(site, ca):
     context = client_context(ca)
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    context.set_alpn_protocols(["http/1.1", "h2"])  # the server's preference decides (test_http2.py goes on)
     with socket.create_connection(("127.0.0.1", site.tls_port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            assert tls.selected_alpn_protocol() == "http/1.1"
+            assert tls.selected_alpn_protocol() == "h2"
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
             assert tls.compression() is None
+
+
+def test_http2_false_offers_http11_only_and_h2c_is_off_by_default(tmp_path, ca, start_proxy):
+    write_cert(ca.issue_cert("localhost"), tmp_path, "site")
+    proxy = start_proxy(tls_config("site.pem", "site.key", event_loop="auto", static=str(tmp_path),
+                                   extra="http2 = false"))
+    context = client_context(ca)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", https_port(proxy)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == "http/1.1"
+            tls.sendall(PREFACE)  # HTTP/2 all the same: an HTTP/1.1 request line of version 2.0
+            assert read_until_eof(tls).startswith(b"HTTP/1.1 505 ")
+    # [server] h2c is off unless asked for: the plain listener answers the preface as HTTP/1.1 does.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(PREFACE)
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 505 ")
 
 
 def test_plain_http_is_redirected_with_308_and_no_hsts(site):

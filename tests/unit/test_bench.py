@@ -1,4 +1,4 @@
-"""The benchmark's sans-IO parts: wrk's result line, groups and medians, the configs, the table."""
+"""The benchmark's sans-IO parts: wrk's result line, h2load's summary, groups and medians, the configs, the table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, configs, report, wrk
+from bench import cli, configs, h2load, load, report, wrk
 from bench.scenarios import BY_KEY, GZIP_LEVEL, SCENARIOS
 
 WRK_LINE = ('WRK_JSON {"requests":3000,"duration_us":3000000,"bytes":123,"connect_errors":0,"read_errors":1,'
@@ -153,6 +153,7 @@ def test_both_engines_are_measured_unless_told_otherwise():
 
 def layout(**changes) -> configs.Layout:
     values = dict(work=Path("/tmp/w"), static=Path("/tmp/w/static"), app_port=8001, nginx_port=8002,
+                  nginx_tls_port=8003, certificate=Path("/tmp/w/cert.pem"), key=Path("/tmp/w/key.pem"),
                   nginx_sendfile=False, proxy_sendfile=False)
     return configs.Layout(**{**values, **changes})
 
@@ -182,17 +183,17 @@ def test_every_location_reaches_both_servers():
 
 def test_a_location_brings_what_it_needs_beside_its_block(monkeypatch):
     cached = configs.Location(
-        "/api/cached/", lambda layout: "proxy_pass http://app;\nproxy_cache bench;\n",
-        lambda layout: 'upstream = "app"\ncache = "bench"\n',
-        nginx_http=lambda layout: f"proxy_cache_path {layout.work}/nginx-cache keys_zone=bench:1m;\n",
-        proxy_tables=lambda layout: '[caches.bench]\nmemory = "64m"\n')
+        "/api/x/", lambda layout: "proxy_pass http://app;\nproxy_cache x;\n",
+        lambda layout: 'upstream = "app"\ncache = "x"\n',
+        nginx_http=lambda layout: f"proxy_cache_path {layout.work}/nginx-x keys_zone=x:1m;\n",
+        proxy_tables=lambda layout: '[caches.x]\nmemory = "64m"\n')
     monkeypatch.setattr(configs, "LOCATIONS", (*configs.LOCATIONS, cached))
     nginx = configs.nginx_conf(layout())
-    assert "\n    proxy_cache_path /tmp/w/nginx-cache keys_zone=bench:1m;\n" in nginx.split("server {")[0]
-    assert "location /api/cached/ {\n            proxy_pass http://app;\n            proxy_cache bench;\n        }" in nginx
+    assert "\n    proxy_cache_path /tmp/w/nginx-x keys_zone=x:1m;\n" in nginx.split("server {")[0]
+    assert "location /api/x/ {\n            proxy_pass http://app;\n            proxy_cache x;\n        }" in nginx
     proxy = tomllib.loads(configs.proxy_toml(layout()))
-    assert proxy["routes"][-1] == {"prefix": "/api/cached/", "upstream": "app", "cache": "bench"}
-    assert proxy["caches"] == {"bench": {"memory": "64m"}}
+    assert proxy["routes"][-1] == {"prefix": "/api/x/", "upstream": "app", "cache": "x"}
+    assert proxy["caches"]["x"] == {"memory": "64m"}
 
 
 def test_the_engines_configs_differ_only_in_the_engine():
@@ -240,6 +241,74 @@ def test_bytes_on_the_wire_are_compared_per_answer_within_each_group():
     assert cells[0][10] == "19.4k (1.03x)" and cells[1][10] == "18.8k"
     assert report.to_json([summary], {"gzip-100k": runs}, {})["scenarios"][0]["engines"]["llhttp"]["bytes_ratio"] \
         == pytest.approx(engine.bytes_ratio)
+
+
+def test_both_servers_cache_the_cached_prefix_alike():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    assert "location /api/cached/ {" in nginx and "proxy_cache cached;" in nginx and "proxy_cache_lock on;" in nginx
+    assert "proxy_cache_path /tmp/w/nginx-cache " in nginx
+    assert '[caches.bench]' in proxy and 'prefix = "/api/cached/"' in proxy and 'cache = "bench"' in proxy
+    assert BY_KEY["cached-4k"].path.startswith("/api/cached/") and not BY_KEY["proxied-4k"].path.startswith(
+        "/api/cached/")
+
+
+def test_cache_speedup_is_each_servers_hits_over_the_same_answer_forwarded():
+    def summary(key, llhttp_rps, h11_rps, nginx_rps):
+        runs = [run("llhttp", 0, llhttp_rps), run("h11", 0, h11_rps), run("nginx", 0, nginx_rps)]
+        return report.summarise(BY_KEY[key], runs, BOTH)
+
+    speedup = report.cache_speedup([summary("cached-4k", 12000, 8000, 40000), summary("proxied-4k", 1000, 1000, 2000)])
+    assert speedup == {"llhttp": pytest.approx(12.0), "h11": pytest.approx(8.0), "nginx": pytest.approx(20.0)}
+    line = report.cache_line(speedup)
+    assert "proxy llhttp 12.0x (goal >=10x: met), proxy h11 8.0x (goal >=10x: missed), nginx 20.0x" in line
+    assert report.cache_speedup([summary("cached-4k", 1, 1, 1)]) is None
+    assert report.cache_json({"nginx": math.nan}) == {"nginx": None}  # JSON has no NaN
+
+
+def test_collapsed_forwarding_counts_gunicorns_own_record(tmp_path):
+    from bench import collapse
+
+    (tmp_path / "collapse").write_text("proxy-1\nnginx-2\nproxy-1\n")
+    assert collapse.upstream_count(tmp_path, "proxy-1") == 2 and collapse.upstream_count(tmp_path, "x") == 0
+    line = collapse.line({"llhttp": {"clients": 100, "answered": 100, "upstream_requests": 1},
+                          "nginx": {"clients": 100, "answered": 99, "upstream_requests": 2}})
+    assert "reached Gunicorn: proxy llhttp 1 (of 100 clients, 100 answered 200); nginx 2 (of 100" in line
+
+
+def test_both_configs_speak_http2_over_tls_with_the_same_certificate():
+    nginx = configs.nginx_conf(layout())
+    proxy = configs.proxy_toml(layout())
+    assert "listen 127.0.0.1:8003 ssl http2" in nginx and "ssl_certificate /tmp/w/cert.pem;" in nginx
+    assert '[tls]' in proxy and 'certificate = "/tmp/w/cert.pem"' in proxy
+    # h2load opens no new connection after a GOAWAY: neither server may send one during a run.
+    assert f"keepalive_requests {configs.KEEPALIVE_REQUESTS};" in nginx
+    assert f"keepalive_requests = {configs.KEEPALIVE_REQUESTS}" in proxy
+
+
+H2LOAD_OUTPUT = """starting benchmark...
+finished in 3.00s, 1739.84 req/s, 6.90MB/s
+requests: 5220 total, 5230 started, 5220 done, 5200 succeeded, 20 failed, 15 errored, 2 timeout
+status codes: 5190 2xx, 0 3xx, 4 4xx, 6 5xx
+traffic: 20.71MB (21715800) total, 100.20KB (102604) headers (space savings 90.04%), 20.47MB (21463040) data
+"""
+
+
+def test_h2load_summary_and_per_request_log_give_wrks_numbers():
+    log = "".join(f"1700000000{i:06d}\t200\t{(i + 1) * 1000}\n" for i in range(100))  # 1 ms .. 100 ms
+    parsed = h2load.parse(H2LOAD_OUTPUT, log)
+    assert parsed.requests == 5200 and parsed.seconds == 3.0 and parsed.bytes == 21715800
+    assert (parsed.p50_ms, parsed.p99_ms, parsed.max_ms) == (51.0, 100.0, 100.0)
+    assert parsed.errors == {"failed": 3, "errored": 15, "timeout": 2, "status": 10}
+    with pytest.raises(wrk.WrkError):
+        h2load.parse("no protocol was negotiated", "")
+
+
+def test_http2_scenarios_use_h2load_over_tls():
+    scenario = BY_KEY["h2-static-4k"]
+    assert load.tls(scenario) and not load.tls(BY_KEY["static-4k"])
+    argv = h2load.command("https://127.0.0.1:1/x", scenario.connections, scenario.streams, 3, Path("/tmp/log"))
+    assert argv[:5] == ["h2load", "-c10", "-m10", "-t2", "-D3"]
 
 
 def test_the_policy_route_is_in_both_configs_only_when_measured():

@@ -7,7 +7,7 @@ import pytest
 from proxy import config
 from proxy.errors import ClientError
 from proxy.explain import build_request, parse
-from proxy.http.decide import ConnFacts, Decider, Forward, Reply, Static, StatusPage
+from proxy.http.decide import ConnFacts, Decider, Forward, Purge, Reply, Static, StatusPage
 
 HTTP = ConnFacts(b"http", "127.0.0.1", b"127.0.0.1:8080", 8443)
 HTTPS = ConnFacts(b"https", "127.0.0.1", b"127.0.0.1:8443", 8443)
@@ -110,3 +110,39 @@ def test_refusals_happen_before_decide(cfg):
     with pytest.raises(ClientError) as refused:
         head(cfg, "TRACE", "/")
     assert refused.value.status == 405
+
+
+# --- the response cache ----------------------------------------------------------------------
+
+@pytest.fixture
+def cached(tmp_path):
+    return config.from_dict({
+        "upstreams": {"app": {"servers": ["127.0.0.1:8001"]}},
+        "status": {},
+        "caches": {"api": {}},
+        "routes": [{"prefix": "/", "upstream": "app"}, {"prefix": "/api/", "upstream": "app", "cache": "api"}],
+    }, tmp_path / "proxy.toml")
+
+
+def test_a_forward_carries_what_its_cache_does(cached):
+    assert decide(cached, "GET", "/other").cache is None  # a route without a cache: as before
+    lookup = decide(cached, "GET", "/api/x?y=1").cache
+    assert (lookup.cache, lookup.mode, lookup.key) == ("api", "lookup", b"http127.0.0.1:8080/api/x?y=1")
+    assert decide(cached, "POST", "/api/x").cache.mode == "invalidate"
+    assert decide(cached, "GET", "/api/x", headers=[("Authorization", "Basic eDp5")]).cache.mode == "bypass"
+    upgrade = decide(cached, "GET", "/api/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
+    assert upgrade.upgrade is not None and upgrade.cache is None  # a tunnel is never cached
+
+
+def test_purge_from_the_status_networks_only(cached):
+    assert decide(cached, "PURGE", "/api/x") == Purge(("api",), uri=b"http://127.0.0.1:8080/api/x")
+    refused = decide(cached, "PURGE", "/api/x", conn=FAR)
+    assert type(refused) is Reply and refused.status == 405
+    assert type(decide(cached, "PURGE", "/other")) is Forward  # no cache on that route: the app's business
+
+
+def test_the_cache_page_purges_a_key(cached):
+    assert decide(cached, "DELETE", "/_proxy/cache?key=http%3A%2F%2Fh%2Fa*") == Purge(("api",), key=b"http://h/a*")
+    assert decide(cached, "DELETE", "/_proxy/cache").status == 400
+    assert decide(cached, "GET", "/_proxy/cache?key=k").status == 405
+    assert decide(cached, "DELETE", "/_proxy/cache?key=k", conn=FAR).status == 404

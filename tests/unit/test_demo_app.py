@@ -30,6 +30,7 @@ def test_whoami_reports_the_client_as_the_proxy_described_it(client):
     assert seen["url"] == "https://example.test/api/whoami"  # url_for(_external=True) is the client's
     assert seen["request_id"] == "rid-1"
     assert seen["via"] == "1.1 twotier"
+    assert seen["protocol"] == "HTTP/1.1"  # what the app tier speaks, whatever the client spoke to the proxy
     assert seen["worker_pid"] == os.getpid()
     assert seen["thread"] and seen["hostname"]
     assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7"
@@ -172,3 +173,13 @@ def test_wsgi_module_takes_the_tally_folder_from_the_environment(tmp_path, monke
     finally:
         monkeypatch.delenv("DEMO_TALLY_DIR")
         importlib.reload(demo_app.wsgi)
+
+
+def test_the_cached_report_says_it_may_be_cached_and_counts_what_the_app_made(client):
+    first = client.get("/api/cached/report")
+    assert first.headers["Cache-Control"] == "public, max-age=10, stale-while-revalidate=60"
+    body = first.get_json()
+    assert body["made_by_this_process"] == 1 and body["worker_pid"] == os.getpid()
+    second = client.get("/api/cached/report")
+    assert second.get_json()["made_by_this_process"] == 2
+    assert first.headers["ETag"] != second.headers["ETag"]
