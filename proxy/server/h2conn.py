@@ -65,7 +65,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from ..errors import ClientError, ClientTimeout
-from ..http import http2
+from ..http import encoding, http2
 from ..http.decide import Check, ConnFacts, Delayed, Forward, Seen, Static, refusal
 from ..http.exchange import Exchange
 from ..tls import sni_name
@@ -563,6 +563,8 @@ class Stream:
     fail = ClientProtocol.fail
     _end_exchange = ClientProtocol._end_exchange
     _log_exchange = ClientProtocol._log_exchange
+    encoded = ClientProtocol.encoded
+    encoded_tail = ClientProtocol.encoded_tail
 
     def __init__(self, conn: Http2Protocol, stream_id: int) -> None:
         self.conn = conn
@@ -576,8 +578,8 @@ class Stream:
         self.action = None
         self.body: RequestBody | None = None
         self.responder = None
-        self.compress = None  # set by the ``execute`` both protocols share; HTTP/2 answers are not compressed yet
-        self.encoder = None
+        self.compress = None  # the route's config.Compress, set by ``execute`` as on HTTP/1.1 (http/encoding.py)
+        self.encoder = None  # the body's encoder when the answer is compressed
         self.spool = None
         self._spool_limits = None  # ClientProtocol's, cleared by the methods both share; a Stream spools at once
         self.write_paused = conn.write_paused
@@ -705,6 +707,8 @@ class Stream:
             return
         if spool is not None:
             self.spool = Spool(self, spool[0], spool[1], self.w.config.server.temp_dir)
+        if self.compress is not None:  # as on HTTP/1.1: the route's compression, chosen by this request
+            headers, length, self.encoder = encoding.begin(self.compress, self.exchange.head, status, headers, length)
         self._head(status, headers, length, False)
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
@@ -713,8 +717,13 @@ class Stream:
         connection goes on whatever one stream's answer was."""
         if self.state is DONE:
             return
+        if length is None:
+            length = len(body)
+        if self.compress is not None:
+            headers, length, body = encoding.complete(self.compress, self.exchange.head, status, headers, length,
+                                                      body)
         empty = not body
-        if self._head(status, headers, len(body) if length is None else length, empty) or empty:
+        if self._head(status, headers, length, empty) or empty:
             self.ending = True
             self.complete()
             return
@@ -725,6 +734,8 @@ class Stream:
     def write(self, data) -> None:
         if self.bodiless or self.state is DONE:
             return
+        if self.encoder is not None:
+            data = self.encoded(data)
         spool = self.spool
         if spool is not None:
             spool.push(data)
@@ -745,6 +756,8 @@ class Stream:
         conn.dirty()
 
     def finish(self) -> None:
+        if self.encoder is not None:
+            self.write(self.encoded_tail())
         spool = self.spool
         if spool is not None and spool.pending:
             spool.when_flushed(self._finish)

@@ -25,9 +25,11 @@ import pytest
 
 from tests.edge import https_port, write_cert
 from tests.h2client import H2Client
-from tests.helpers import EVENT_LOOPS, ProxyProcess, RecordingUpstream, free_port, wait_until
+from tests.apps.basic import json_records
+from tests.helpers import EVENT_LOOPS, ProxyProcess, RecordingUpstream, decoder, free_port, wait_until
 
 BIG = os.urandom(300 * 1024 + 7)
+TEXT = b"".join(b"line %d of a text file that compresses well\n" % i for i in range(30000))  # 1.3 MB
 SCRIPT = b"console.log('hello from app.js');\n" * 20
 TRAILERS = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
             b"5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n")
@@ -76,6 +78,8 @@ def site(request, tmp_path_factory, ca, test_app_gunicorn, ws_gunicorn):
     (static / "big.bin").write_bytes(BIG)
     (static / "app.js").write_bytes(SCRIPT)
     (static / "app.js.gz").write_bytes(gzip.compress(SCRIPT))
+    (static / "page.html").write_bytes(TEXT[:40000])  # compressed once, kept with the file
+    (static / "big.txt").write_bytes(TEXT)  # compressed as it is sent
     (static / "sub").mkdir()
     (static / "sub" / "index.html").write_bytes(b"<p>sub</p>\n")
     (static / ".env").write_bytes(b"secret")
@@ -131,6 +135,14 @@ def site(request, tmp_path_factory, ca, test_app_gunicorn, ws_gunicorn):
         [[routes]]
         prefix = "/ws/"
         upstream = "ws"
+        [[routes]]
+        prefix = "/zip/"
+        static = "static"
+        compress = true
+        [[routes]]
+        prefix = "/json"
+        upstream = "app"
+        compress = true
         [[routes]]
         prefix = "/"
         static = "public"
@@ -252,6 +264,55 @@ def test_a_stream_gets_what_the_same_request_gets_over_http11(site, name, method
     one = comparable(*over_http11(site.tls_port, method, path, headers, body), compare_body)
     two = comparable(*over_http2(site.tls_port, method, path, headers, body), compare_body)
     assert two == one
+
+
+# Compressing routes: a proxied JSON answer with its length, one streamed without, a static file compressed
+# once and one compressed as it is sent; each coding, and identity.
+ZIPPED = [("/json?size=50000", json_records(50000)), ("/json-stream?size=300000", None),
+          ("/zip/page.html", TEXT[:40000]), ("/zip/big.txt", TEXT)]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+@pytest.mark.parametrize("path, expected", ZIPPED, ids=[p for p, _ in ZIPPED])
+def test_a_stream_is_compressed_as_it_asks_and_decodes_to_what_http11_gets(site, path, expected, coding):
+    status, plain_headers, plain = over_http11(site.tls_port, "GET", path)
+    assert status == 200 and not [v for n, v in plain_headers if n == b"content-encoding"]
+    assert expected is None or plain == expected
+    asked = [("Accept-Encoding", coding)]
+    for status, headers, body in (over_http2(site.tls_port, "GET", path, asked),
+                                  over_http11(site.tls_port, "GET", path, asked)):
+        fields = dict(headers)
+        assert status == 200 and fields[b"content-encoding"] == coding.encode()
+        assert fields[b"vary"].lower().count(b"accept-encoding") == 1
+        assert len(body) < len(plain) // 4 and decoder(coding)(body) == plain
+        if b"content-length" in fields:
+            assert int(fields[b"content-length"]) == len(body)
+        if b"etag" in fields:
+            assert fields[b"etag"].startswith(b'W/"')
+    head = comparable(*over_http2(site.tls_port, "HEAD", path, asked), False)
+    assert head == comparable(*over_http11(site.tls_port, "HEAD", path, asked), False)
+    assert head[1][b"content-encoding"] == [coding.encode()] and head[2] is None
+
+
+@pytest.mark.parametrize("path, expected", ZIPPED, ids=[p for p, _ in ZIPPED])
+@pytest.mark.parametrize("accept", [None, "identity", "gzip;q=0"])
+def test_a_stream_that_takes_no_coding_gets_identity_on_a_compressing_route(site, path, expected, accept):
+    asked = [("Accept-Encoding", accept)] if accept else []
+    status, headers, body = over_http2(site.tls_port, "GET", path, asked)
+    fields = dict(headers)
+    assert status == 200 and b"content-encoding" not in fields and b"accept-encoding" in fields[b"vary"].lower()
+    assert body == (expected if expected is not None else over_http11(site.tls_port, "GET", path)[2])
+
+
+def test_many_compressed_streams_at_once_each_decode_to_their_answer(site):
+    """Streams compressed by different encoders, interleaved on one connection (and flow control)."""
+    with H2Client(site.tls_port) as client:
+        ids = {client.start("GET", path, [("accept-encoding", coding)]): (path, expected, coding)
+               for path, expected in ZIPPED if expected is not None for coding in ("gzip", "br", "zstd")}
+        for stream_id, (path, expected, coding) in ids.items():
+            response = client.response(stream_id)
+            assert response.status == 200 and response.header(b"content-encoding") == coding.encode(), path
+            assert decoder(coding)(bytes(response.body)) == expected, path
 
 
 def test_the_app_sees_an_https_request_forwarded_as_http11(site):
@@ -414,6 +475,16 @@ def test_curl_http2(site, path, expected):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"HTTP/2 200")
     assert expected in done.stdout
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="no curl on PATH (Debian: apt-get install -y curl)")
+def test_curl_http2_decodes_a_compressed_answer(site):
+    done = subprocess.run(["curl", "-sS", "--http2", "-k", "--compressed", "-D", "-",
+                           f"https://localhost:{site.tls_port}/zip/big.txt"], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200") and re.search(rb"(?im)^content-encoding: (gzip|br|zstd)\r?$", head)
+    assert body == TEXT
 
 
 @pytest.mark.skipif(not shutil.which("nghttp"), reason="no nghttp on PATH (Debian: apt-get install -y nghttp2-client)")
