@@ -20,7 +20,9 @@ from .wrk import WrkError, WrkResult, output
 
 THREADS = 2  # one per core, as for wrk
 
-_FINISHED = re.compile(r"finished in ([\d.]+)s, [\d.]+ req/s, ")
+# h2load prints the duration in the unit that suits it: "3.00s", but "997.91ms" for a run just under a second.
+_FINISHED = re.compile(r"finished in ([\d.]+)(s|ms|us), [\d.]+ req/s, ")
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                        r"(\d+) errored, (\d+) timeout")
 _STATUSES = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
@@ -51,7 +53,7 @@ def parse(output: str, log: str) -> WrkResult:
     succeeded, failed, errored, timeout = (int(n) for n in counts.groups()[3:])
     return WrkResult(
         requests=succeeded,
-        seconds=float(finished[1]),
+        seconds=float(finished[1]) * _UNIT_SECONDS[finished[2]],
         bytes=int(traffic[1]) if traffic else 0,
         p50_ms=_percentile(durations, 0.50),
         p90_ms=_percentile(durations, 0.90),

@@ -302,6 +302,9 @@ def test_h2load_summary_and_per_request_log_give_wrks_numbers():
     assert parsed.errors == {"failed": 3, "errored": 15, "timeout": 2, "status": 10}
     with pytest.raises(wrk.WrkError):
         h2load.parse("no protocol was negotiated", "")
+    # A run that ends just under a second (--quick's 1 s runs) is reported in milliseconds.
+    quick = h2load.parse(H2LOAD_OUTPUT.replace("finished in 3.00s", "finished in 997.91ms"), log)
+    assert quick.seconds == pytest.approx(0.99791) and quick.requests == 5200
 
 
 def test_http2_scenarios_use_h2load_over_tls():
