@@ -453,7 +453,8 @@ class Http2Protocol(asyncio.Protocol):
             if not stream.stalled_since:
                 stream.stalled_since = self.w.loop.time()
                 self.stalled.add(stream)
-        elif stream.stalled_since:
+        else:  # _send_frame zeroes stalled_since on progress: the set must lose the stream here too, or
+            # expired() would read 0.0 as a stall that began at time zero and cancel a stream that is fine
             stream.stalled_since = 0.0
             self.stalled.discard(stream)
         paused = self.write_paused or stream.out_size >= STREAM_HIGH_WATER

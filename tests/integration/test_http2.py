@@ -267,9 +267,9 @@ def test_a_stream_gets_what_the_same_request_gets_over_http11(site, name, method
 
 
 # Compressing routes: a proxied JSON answer with its length, one streamed without, a static file compressed
-# once and one compressed as it is sent; each coding, and identity. The stream is kept under 128 KiB: a longer
-# streamed answer over HTTP/2 is sometimes reset (CANCEL) after 131,041 bytes, compressed or not.
-ZIPPED = [("/json?size=50000", json_records(50000)), ("/json-stream?size=100000", None),
+# once and one compressed as it is sent; each coding, and identity. The stream is longer than the client's
+# window (its identity body waits for WINDOW_UPDATEs).
+ZIPPED = [("/json?size=50000", json_records(50000)), ("/json-stream?size=300000", None),
           ("/zip/page.html", TEXT[:40000]), ("/zip/big.txt", TEXT)]
 
 
@@ -303,6 +303,16 @@ def test_a_stream_that_takes_no_coding_gets_identity_on_a_compressing_route(site
     fields = dict(headers)
     assert status == 200 and b"content-encoding" not in fields and b"accept-encoding" in fields[b"vary"].lower()
     assert body == (expected if expected is not None else over_http11(site.tls_port, "GET", path)[2])
+
+
+def test_a_stream_that_waited_for_its_window_is_not_cancelled_later(site):
+    """A stream that waited for WINDOW_UPDATE and then sent on was left among the stalled ones with no stall
+    time, and the next deadline check cancelled it (RST_STREAM CANCEL after 131,041 bytes, one in 10-60)."""
+    full = over_http11(site.tls_port, "GET", "/json-stream?size=300000")[2]
+    for _ in range(40):
+        with H2Client(site.tls_port) as client:
+            response = client.request("GET", "/json-stream?size=300000", [("accept-encoding", "identity")])
+        assert (response.reset, bytes(response.body) == full) == (None, True)
 
 
 def test_many_compressed_streams_at_once_each_decode_to_their_answer(site):
