@@ -27,9 +27,9 @@ LOCAL_BASE = "local/python:3.11-bookworm"
 
 
 def docker(*args: str, timeout: float = COMMAND_SECONDS, check: bool = True, env: dict | None = None,
-           ) -> subprocess.CompletedProcess:
+           input: str | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False,
-                            cwd=ROOT, env=env)
+                            cwd=ROOT, env=env, input=input)
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result

@@ -135,6 +135,17 @@ def test_static_file_comes_from_the_proxy_image(stack):
     assert "upstream" not in headers.get("server-timing", "")
 
 
+def test_the_proxy_image_has_what_basic_auth_and_acme_need(stack):
+    """The proxy image is installed without the app tier's dependencies; basic_auth (bcrypt) and
+    [tls.acme] (acme) must still be there, or a config using them fails only inside the container."""
+    made = docker("run", "--rm", "-i", "twotier-proxy:e2e", "hash-password", "--user", "alice",
+                  input="secret\n")
+    assert made.stdout.startswith("alice:$2"), made.stdout + made.stderr
+    imported = docker("run", "--rm", "--entrypoint", "/opt/twotier/bin/python", "twotier-proxy:e2e",
+                      "-c", "import proxy.server.acme, acme.client, josepy, OpenSSL; print('ok')")
+    assert imported.stdout.strip() == "ok", imported.stderr
+
+
 def test_whoami_sees_the_client_and_the_request_id(stack):
     request_id = f"e2e-{secrets.token_hex(8)}"
     status, headers, body = stack.request(
