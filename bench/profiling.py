@@ -99,10 +99,15 @@ def _frame(raw: str) -> str:
 
 
 def _short(file: str) -> str:
-    for marker in ("/site-packages/", "/lib/python3", "/wt-bench/", "/twotier/"):
+    """A file as a reader of the report can find it: ``proxy/...`` or a library's own path, never
+    the folder the profiled copy happened to live in."""
+    for marker in ("/site-packages/", "/lib/python3"):
         if marker in file:
             tail = file.split(marker, 1)[1]
             return tail.split("/", 1)[1] if marker == "/lib/python3" else tail
+    for package in ("/proxy/", "/bench/", "/appserver/"):
+        if package in file:
+            return package[1:] + file.rsplit(package, 1)[1]
     return file
 
 

@@ -1,6 +1,6 @@
 """Differential tests: llhttp and h11, fed the same bytes split the same way, must give the same outcome.
 
-Two implementations, one oracle (docs: STYLE.md habit 11). For each generated
+Two implementations, one oracle: each checks the other. For each generated
 byte stream (valid requests, mutations of them, every corpus case), cut into
 several ``feed`` calls and sometimes ended by EOF, both engines must produce
 the same events: heads equal field by field, the same body bytes for each
