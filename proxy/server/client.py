@@ -41,11 +41,10 @@ from time import perf_counter
 from .. import metrics
 from ..errors import ClientError, ClientTimeout, ProxyError
 from ..http import codec, encoding
-from ..http.decide import Check, ConnFacts, Delayed, Forward, Purge, Reply, Seen, Static, StatusPage, refusal
+from ..http.decide import Check, Delayed, Forward, Purge, Reply, Seen, Static, StatusPage, refusal
 from ..http.exchange import Exchange
 from ..http.placeholders import Vars
 from ..http.responses import HTML, error_page, reason as reason_phrase
-from ..tls import sni_name
 from .buffers import RequestBody, Spool
 from .caching import purge, serve_cached
 from .files import serve_static
@@ -115,8 +114,7 @@ class ClientProtocol(asyncio.Protocol):
         if not self.client_ip:
             self.client_ip = peer_ip(transport)
         w = self.w
-        sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
-        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
+        self.facts = w.conn_facts(transport, self.scheme, self.client_ip)
         w.conns.add(self)
         w.timers.arm(self, DRAIN_IDLE if w.conns.closing else w.config.limits.header_timeout)
 

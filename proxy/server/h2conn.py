@@ -68,7 +68,6 @@ from ..errors import ClientError, ClientTimeout
 from ..http import encoding, http2
 from ..http.decide import Check, ConnFacts, Delayed, Forward, Seen, Static, refusal
 from ..http.exchange import Exchange
-from ..tls import sni_name
 from .buffers import RequestBody, Spool
 from .client import CLOSED, DRAIN_IDLE, WRITE_HIGH_WATER, ClientProtocol
 from .sockets import peer_ip, prepare
@@ -140,8 +139,7 @@ class Http2Protocol(asyncio.Protocol):
             self.client_ip = peer_ip(transport)
         w = self.w
         limits = w.config.limits
-        sni = sni_name(transport.get_extra_info("ssl_object")) if self.scheme == b"https" else None
-        self.facts = ConnFacts(self.scheme, self.client_ip, w.local_host(transport), w.edge.https_port, sni)
+        self.facts = w.conn_facts(transport, self.scheme, self.client_ip)
         now = w.loop.time()
         self.idle_since = now
         self.resets = http2.Budget(RESET_BURST, RESET_RATE, now)

@@ -24,11 +24,11 @@ from time import perf_counter
 from ..accesslog import AccessLog
 from ..config import Address, Config, Status, acme_sites
 from ..http import static
-from ..http.decide import Decider
+from ..http.decide import ConnFacts, Decider
 from ..http.headers import Stamp, request_id
 from ..http.responses import Clock
 from ..metrics import Metrics, merge, worker_view
-from ..tls import Certificates, load_certificates
+from ..tls import Certificates, load_certificates, sni_name
 from ..upstream.group import UpstreamGroup
 from .acme import AcmeEdge
 from .board import PUBLISH_INTERVAL, Board
@@ -201,6 +201,12 @@ class Worker:
                 if view["published"] >= fresh:
                     views.append(view)
         return merge(views)
+
+    def conn_facts(self, transport, scheme: bytes, client_ip: str) -> ConnFacts:
+        """What decide() needs to know of a new connection, for every protocol's connection_made.
+        ``client_ip`` is the peer's address (or the one a PROXY header named)."""
+        sni = sni_name(transport.get_extra_info("ssl_object")) if scheme == b"https" else None
+        return ConnFacts(scheme, client_ip, self.local_host(transport), self.edge.https_port, sni)
 
     @staticmethod
     def local_host(transport) -> bytes:
